@@ -1,0 +1,19 @@
+/* Error reporting: functions that can fail take a pp_err* and return -1 after
+ * filling it with one human-readable line (no trailing newline). The tools
+ * print it as "ppsim: error: <msg>" and exit 2. */
+#ifndef PP_ERROR_H
+#define PP_ERROR_H
+
+typedef struct {
+    char msg[512];
+} pp_err;
+
+/* Formats the message into e (if e is not NULL) and returns -1. */
+int pp_errf(pp_err *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prefixes the existing message: "<prefix>: <old message>". Returns -1. */
+int pp_err_prefix(pp_err *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,288 @@
+#include "engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ring.h"
+
+enum { EV_END, EV_ACT_ARRIVES, EV_GRAD_ARRIVES };
+
+typedef struct {
+    double t;
+    uint64_t seq; /* FIFO among equal times: results do not depend on heap order */
+    int32_t kind, stage, mb, pad_;
+} event;
+
+typedef struct {
+    event *a;
+    size_t n, cap;
+} heap;
+
+typedef struct {
+    pp_action head;
+    int has_head, busy;
+    int at_barrier;        /* counted as waiting at the current barrier */
+    uint64_t index;        /* actions started so far */
+    pp_timed_action cur;   /* the running action */
+    pp_ring acts, grads;   /* micro-batches whose inputs have arrived */
+    double link_up_free, link_down_free; /* send streams towards s-1 / s+1 */
+} stage_state;
+
+typedef struct {
+    const pp_sim_config *cfg;
+    pp_stream *src;
+    int P;
+    stage_state *st;
+    heap h;
+    uint64_t seq;
+    double comm; /* transfer time of one message */
+    int at_barrier;
+    pp_metrics_acc acc;
+} engine;
+
+static int before(const event *x, const event *y)
+{
+    return x->t < y->t || (x->t == y->t && x->seq < y->seq);
+}
+
+static int heap_push(heap *h, event ev)
+{
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        event *a = realloc(h->a, cap * sizeof *a);
+        if (!a)
+            return -1;
+        h->a = a;
+        h->cap = cap;
+    }
+    size_t i = h->n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!before(&ev, &h->a[p]))
+            break;
+        h->a[i] = h->a[p];
+        i = p;
+    }
+    h->a[i] = ev;
+    return 0;
+}
+
+static event heap_pop(heap *h)
+{
+    event top = h->a[0], last = h->a[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->n)
+            break;
+        if (c + 1 < h->n && before(&h->a[c + 1], &h->a[c]))
+            c++;
+        if (!before(&h->a[c], &last))
+            break;
+        h->a[i] = h->a[c];
+        i = c;
+    }
+    if (h->n)
+        h->a[i] = last;
+    return top;
+}
+
+static int schedule(engine *g, double t, int kind, int stage, int mb, pp_err *e)
+{
+    event ev = {t, g->seq++, kind, stage, mb, 0};
+    if (heap_push(&g->h, ev) < 0)
+        return pp_errf(e, "out of memory");
+    return 0;
+}
+
+static void fetch_head(engine *g, int s)
+{
+    stage_state *st = &g->st[s];
+    st->has_head = pp_stream_next(g->src, s, &st->head);
+}
+
+/* Whether the head action's inputs are here (consuming them if so). */
+static int inputs_ready(engine *g, int s)
+{
+    stage_state *st = &g->st[s];
+    const pp_action *a = &st->head;
+    pp_ring *need = NULL;
+    if (a->op == PP_OP_F && s > 0)
+        need = &st->acts;
+    else if ((a->op == PP_OP_B || a->op == PP_OP_I) && s < g->P - 1)
+        need = &st->grads;
+    if (!need)
+        return 1;
+    if (!pp_ring_get(need, a->mb))
+        return 0;
+    pp_ring_del(need, a->mb);
+    return 1;
+}
+
+static int start_action(engine *g, int s, double now, pp_err *e)
+{
+    stage_state *st = &g->st[s];
+    pp_timed_action *ta = &st->cur;
+    memset(ta, 0, sizeof *ta);
+    ta->act = st->head;
+    ta->start = now;
+    ta->end = now + pp_cost_duration(g->cfg->cost, st->head.op, s, st->index++, now);
+    if (pp_acc_action(&g->acc, s, ta, e) < 0)
+        return -1;
+    if (g->cfg->timeline && pp_timeline_add_action(g->cfg->timeline, s, ta) < 0)
+        return pp_errf(e, "out of memory");
+    st->busy = 1;
+    return schedule(g, ta->end, EV_END, s, ta->act.mb, e);
+}
+
+static int try_start(engine *g, int s, double now, pp_err *e);
+
+/* A barrier starts on every stage once the last one reaches it. */
+static int try_barrier(engine *g, int s, double now, pp_err *e)
+{
+    stage_state *st = &g->st[s];
+    if (st->busy || st->at_barrier)
+        return 0;
+    st->at_barrier = 1;
+    if (++g->at_barrier < g->P)
+        return 0;
+    g->at_barrier = 0;
+    for (int i = 0; i < g->P; i++) {
+        g->st[i].at_barrier = 0;
+        if (start_action(g, i, now, e) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int try_start(engine *g, int s, double now, pp_err *e)
+{
+    stage_state *st = &g->st[s];
+    if (st->busy || !st->has_head)
+        return 0;
+    if (st->head.op == PP_OP_BARRIER)
+        return try_barrier(g, s, now, e);
+    if (!inputs_ready(g, s))
+        return 0;
+    return start_action(g, s, now, e);
+}
+
+static int deliver(engine *g, int kind, int dst, int mb, double now, pp_err *e)
+{
+    stage_state *st = &g->st[dst];
+    int fresh;
+    if (!pp_ring_put(kind == EV_ACT_ARRIVES ? &st->acts : &st->grads, mb, &fresh))
+        return pp_errf(e, "out of memory");
+    return try_start(g, dst, now, e);
+}
+
+/* Sends on the link's own stream: after the previous message on it. */
+static int send(engine *g, int src, int dst, int mb, double now, pp_err *e)
+{
+    int kind = dst > src ? EV_ACT_ARRIVES : EV_GRAD_ARRIVES;
+    if (g->comm <= 0.0 && !g->cfg->timeline)
+        return deliver(g, kind, dst, mb, now, e);
+    stage_state *st = &g->st[src];
+    double *link = dst > src ? &st->link_down_free : &st->link_up_free;
+    double t0 = *link > now ? *link : now, t1 = t0 + g->comm;
+    *link = t1;
+    if (g->cfg->timeline) {
+        pp_transfer x = {src, dst, mb, kind == EV_GRAD_ARRIVES, t0, t1};
+        if (pp_timeline_add_transfer(g->cfg->timeline, &x) < 0)
+            return pp_errf(e, "out of memory");
+    }
+    if (g->comm <= 0.0)
+        return deliver(g, kind, dst, mb, now, e);
+    return schedule(g, t1, kind, dst, mb, e);
+}
+
+static int on_end(engine *g, int s, double now, pp_err *e)
+{
+    stage_state *st = &g->st[s];
+    const pp_action *a = &st->cur.act;
+    st->busy = 0;
+    if (a->op == PP_OP_F && s < g->P - 1 && send(g, s, s + 1, a->mb, now, e) < 0)
+        return -1;
+    if ((a->op == PP_OP_B || a->op == PP_OP_I) && s > 0 && send(g, s, s - 1, a->mb, now, e) < 0)
+        return -1;
+    fetch_head(g, s);
+    return try_start(g, s, now, e);
+}
+
+static int report_deadlock(engine *g, pp_err *e)
+{
+    for (int s = 0; s < g->P; s++) {
+        stage_state *st = &g->st[s];
+        if (!st->has_head)
+            continue;
+        char buf[32];
+        const pp_action *a = &st->head;
+        pp_action_format(*a, buf, sizeof buf);
+        if (a->op == PP_OP_F)
+            return pp_errf(e, "deadlock: stage %d stalls at action %llu \"%s\" waiting for F%d on stage %d",
+                           s, (unsigned long long)st->index, buf, a->mb, s - 1);
+        if (a->op == PP_OP_BARRIER)
+            return pp_errf(e, "deadlock: stage %d stalls at action %llu \"BARRIER\" waiting for the other stages",
+                           s, (unsigned long long)st->index);
+        return pp_errf(e, "deadlock: stage %d stalls at action %llu \"%s\" waiting for the gradient of micro-batch %d from stage %d",
+                       s, (unsigned long long)st->index, buf, a->mb, s + 1);
+    }
+    return 0;
+}
+
+static void engine_free(engine *g)
+{
+    if (g->st)
+        for (int s = 0; s < g->P; s++) {
+            pp_ring_free(&g->st[s].acts);
+            pp_ring_free(&g->st[s].grads);
+        }
+    free(g->st);
+    free(g->h.a);
+    pp_acc_free(&g->acc);
+}
+
+static int run(engine *g, pp_err *e)
+{
+    for (int s = 0; s < g->P; s++) {
+        fetch_head(g, s);
+        if (try_start(g, s, 0.0, e) < 0)
+            return -1;
+    }
+    while (g->h.n) {
+        event ev = heap_pop(&g->h);
+        int rc = ev.kind == EV_END ? on_end(g, ev.stage, ev.t, e)
+                                   : deliver(g, ev.kind, ev.stage, ev.mb, ev.t, e);
+        if (rc < 0)
+            return -1;
+    }
+    return report_deadlock(g, e);
+}
+
+int pp_simulate(pp_stream *src, const pp_sim_config *cfg, pp_metrics *out, pp_err *e)
+{
+    engine g;
+    memset(&g, 0, sizeof g);
+    memset(out, 0, sizeof *out);
+    g.cfg = cfg;
+    g.src = src;
+    g.P = src->info.stages;
+    if (cfg->cost->stages != g.P)
+        return pp_errf(e, "cost model has %d stages, the schedule %d", cfg->cost->stages, g.P);
+    g.comm = pp_cost_comm_time(cfg->cost);
+    g.st = calloc((size_t)g.P, sizeof *g.st);
+    int rc = g.st ? 0 : pp_errf(e, "out of memory");
+    for (int s = 0; rc == 0 && s < g.P; s++)
+        if (pp_ring_init(&g.st[s].acts, 0) < 0 || pp_ring_init(&g.st[s].grads, 0) < 0)
+            rc = pp_errf(e, "out of memory");
+    if (rc == 0)
+        rc = pp_acc_init(&g.acc, &src->info, cfg->model, cfg->recompute, cfg->timeline, e);
+    if (rc == 0)
+        rc = run(&g, e);
+    if (rc == 0)
+        rc = pp_acc_finish(&g.acc, out, e);
+    if (rc == 0)
+        snprintf(out->unit, sizeof out->unit, "%s", cfg->cost->unit);
+    engine_free(&g);
+    return rc;
+}

@@ -1,0 +1,202 @@
+#include "report.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+static void print_model_line(FILE *f, const pp_model_desc *model)
+{
+    if (!model)
+        return;
+    fprintf(f, "memory model: %s (%d layers x %d wide, %d heads, seq %d, vocab %d, "
+               "micro-batch %d, %s)\n",
+            model->name, model->layers, model->dim, model->heads, model->seq_len, model->vocab,
+            model->micro_batch, model->bytes_per_elem == 2 ? "bf16" : "fp32");
+}
+
+static void fmt_steady(char *buf, size_t n, const pp_metrics *m)
+{
+    if (m->has_steady)
+        snprintf(buf, n, "%.1f%%", 100.0 * m->steady_bubble_fraction);
+    else
+        snprintf(buf, n, "n/a");
+}
+
+void pp_report_table(FILE *f, const pp_metrics *m, const pp_model_desc *model)
+{
+    const pp_ir_info *i = &m->info;
+    char steady[32];
+    fmt_steady(steady, sizeof steady, m);
+    fprintf(f, "schedule %s: P=%d stages, m=%d micro-batches/step, %d steps, %d micro-batches\n",
+            i->name, i->stages, i->microbatches_per_step, i->steps, i->total_microbatches);
+    print_model_line(f, model);
+    fprintf(f, "makespan          %.6g %s\n", m->makespan, m->unit);
+    fprintf(f, "throughput        %.6g micro-batches/%s", m->throughput_mb, m->unit);
+    if (m->throughput_tokens > 0)
+        fprintf(f, ", %.6g tokens/%s", m->throughput_tokens, m->unit);
+    fprintf(f, "\nbubble            %.2f%% of P x makespan (Megatron convention: %.2f%% of compute)\n",
+            100.0 * m->bubble_fraction, 100.0 * m->bubble_megatron);
+    fprintf(f, "steady bubble     %s", steady);
+    if (m->has_steady)
+        fprintf(f, " (over [%.6g, %.6g] %s, the middle steps)", m->steady_from, m->steady_to, m->unit);
+    else
+        fprintf(f, " (too few steps for a steady state)");
+    fprintf(f, "\ndrift             max %d, mean %.3f versions (backward minus forward)\n",
+            m->drift_max, m->drift_mean);
+    fprintf(f, "staleness         max %d, mean %.3f updates (gradient age at its OPT)\n",
+            m->staleness_max, m->staleness_mean);
+    fprintf(f, "age               max %d, mean %.3f (staleness + drift)\n", m->age_max, m->age_mean);
+    fprintf(f, "peak memory       %.3f GiB (largest stage)\n\n", m->peak_memory_bytes_max / GIB);
+    fprintf(f, "stage    busy    idle bubble  drift  stale  in-flight copies peak GiB  hold\n");
+    fprintf(f, "       (%s)  (%s)      %%  max/mean max/mean    max    max           mean\n",
+            m->unit, m->unit);
+    for (int s = 0; s < i->stages; s++) {
+        const pp_stage_metrics *p = &m->stage[s];
+        fprintf(f, "%5d %7.6g %7.6g %6.1f %2d/%-5.2f %2d/%-5.2f %6d %6d %8.3f %6.4g\n", s, p->busy,
+                p->idle, 100.0 * p->bubble_fraction, p->drift_max, p->drift_mean,
+                p->staleness_max, p->staleness_mean, p->peak_inflight, p->peak_weight_copies,
+                p->peak_memory_bytes / GIB, p->hold_mean);
+    }
+}
+
+static void compare_memory(FILE *f, const pp_metrics *ms, int n)
+{
+    int P = ms[0].info.stages;
+    const int per_block = 8;
+    fprintf(f, "\npeak memory per stage (GiB)\n");
+    for (int first = 0; first < P; first += per_block) {
+        int last = first + per_block < P ? first + per_block : P;
+        fprintf(f, "%-14s", "schedule");
+        for (int s = first; s < last; s++)
+            fprintf(f, " %7s%-d", "s", s);
+        fprintf(f, "\n");
+        for (int k = 0; k < n; k++) {
+            fprintf(f, "%-14.14s", ms[k].info.name);
+            for (int s = first; s < last && s < ms[k].info.stages; s++)
+                fprintf(f, " %8.2f", ms[k].stage[s].peak_memory_bytes / GIB);
+            fprintf(f, "\n");
+        }
+    }
+}
+
+void pp_report_compare_table(FILE *f, const pp_metrics *ms, int n, const pp_model_desc *model)
+{
+    if (n < 1)
+        return;
+    const pp_ir_info *i = &ms[0].info;
+    fprintf(f, "P=%d stages, m=%d micro-batches/step, %d steps; times in %s\n", i->stages,
+            i->microbatches_per_step, i->steps, ms[0].unit);
+    print_model_line(f, model);
+    fprintf(f, "\n%-14s %7s %5s %6s %6s %9s %9s %6s %8s\n", "schedule", "thrpt", "x", "bubble",
+            "steady", "drift", "stale", "copies", "peak");
+    fprintf(f, "%-14s %7s %5s %6s %6s %9s %9s %6s %8s\n", "", "mb/unit", "", "%", "%",
+            "max/mean", "max/mean", "max", "GiB");
+    for (int k = 0; k < n; k++) {
+        const pp_metrics *m = &ms[k];
+        char steady[16], drift[16], stale[16];
+        if (m->has_steady)
+            snprintf(steady, sizeof steady, "%.1f", 100.0 * m->steady_bubble_fraction);
+        else
+            snprintf(steady, sizeof steady, "n/a");
+        snprintf(drift, sizeof drift, "%d/%.2f", m->drift_max, m->drift_mean);
+        snprintf(stale, sizeof stale, "%d/%.2f", m->staleness_max, m->staleness_mean);
+        double x = ms[0].throughput_mb > 0 ? m->throughput_mb / ms[0].throughput_mb : 0.0;
+        fprintf(f, "%-14.14s %7.4f %5.2f %6.1f %6s %9s %9s %6d %8.2f\n", m->info.name,
+                m->throughput_mb, x, 100.0 * m->bubble_fraction, steady, drift, stale,
+                m->peak_weight_copies_max, m->peak_memory_bytes_max / GIB);
+    }
+    fprintf(f, "x: throughput relative to %s; bubble: idle share of P x makespan; steady: "
+               "middle steps only\n", ms[0].info.name);
+    compare_memory(f, ms, n);
+}
+
+static cJSON *stage_json(const pp_stage_metrics *p, int s)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "stage", s);
+    cJSON_AddNumberToObject(o, "busy", p->busy);
+    cJSON_AddNumberToObject(o, "idle", p->idle);
+    cJSON_AddNumberToObject(o, "bubble_fraction", p->bubble_fraction);
+    cJSON_AddNumberToObject(o, "drift_max", p->drift_max);
+    cJSON_AddNumberToObject(o, "drift_mean", p->drift_mean);
+    cJSON_AddNumberToObject(o, "staleness_max", p->staleness_max);
+    cJSON_AddNumberToObject(o, "staleness_mean", p->staleness_mean);
+    cJSON_AddNumberToObject(o, "age_max", p->age_max);
+    cJSON_AddNumberToObject(o, "peak_inflight", p->peak_inflight);
+    cJSON_AddNumberToObject(o, "peak_weight_copies", p->peak_weight_copies);
+    cJSON_AddNumberToObject(o, "peak_memory_bytes", p->peak_memory_bytes);
+    cJSON_AddNumberToObject(o, "activation_hold_mean", p->hold_mean);
+    cJSON_AddNumberToObject(o, "activation_hold_max", p->hold_max);
+    cJSON_AddNumberToObject(o, "final_version", p->final_version);
+    return o;
+}
+
+static cJSON *metrics_json(const pp_metrics *m)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "schedule", m->info.name);
+    cJSON_AddNumberToObject(o, "stages", m->info.stages);
+    cJSON_AddNumberToObject(o, "microbatches_per_step", m->info.microbatches_per_step);
+    cJSON_AddNumberToObject(o, "steps", m->info.steps);
+    cJSON_AddNumberToObject(o, "total_microbatches", m->info.total_microbatches);
+    cJSON_AddStringToObject(o, "time_unit", m->unit);
+    cJSON_AddNumberToObject(o, "makespan", m->makespan);
+    cJSON_AddNumberToObject(o, "throughput", m->throughput_mb);
+    cJSON_AddNumberToObject(o, "throughput_tokens", m->throughput_tokens);
+    cJSON_AddNumberToObject(o, "bubble_fraction", m->bubble_fraction);
+    cJSON_AddNumberToObject(o, "bubble_megatron", m->bubble_megatron);
+    if (m->has_steady)
+        cJSON_AddNumberToObject(o, "steady_bubble_fraction", m->steady_bubble_fraction);
+    else
+        cJSON_AddNullToObject(o, "steady_bubble_fraction");
+    cJSON_AddNumberToObject(o, "drift_max", m->drift_max);
+    cJSON_AddNumberToObject(o, "drift_mean", m->drift_mean);
+    cJSON_AddNumberToObject(o, "staleness_max", m->staleness_max);
+    cJSON_AddNumberToObject(o, "staleness_mean", m->staleness_mean);
+    cJSON_AddNumberToObject(o, "age_max", m->age_max);
+    cJSON_AddNumberToObject(o, "age_mean", m->age_mean);
+    cJSON_AddNumberToObject(o, "peak_weight_copies_max", m->peak_weight_copies_max);
+    cJSON_AddNumberToObject(o, "peak_inflight_max", m->peak_inflight_max);
+    cJSON_AddNumberToObject(o, "peak_memory_bytes_max", m->peak_memory_bytes_max);
+    cJSON_AddNumberToObject(o, "actions", (double)m->actions);
+    cJSON *arr = cJSON_AddArrayToObject(o, "per_stage");
+    for (int s = 0; s < m->info.stages; s++)
+        cJSON_AddItemToArray(arr, stage_json(&m->stage[s], s));
+    return o;
+}
+
+int pp_report_json(FILE *f, const pp_metrics *ms, int n, int as_array)
+{
+    cJSON *root = (n == 1 && !as_array) ? metrics_json(&ms[0]) : cJSON_CreateArray();
+    if (cJSON_IsArray(root))
+        for (int k = 0; k < n; k++)
+            cJSON_AddItemToArray(root, metrics_json(&ms[k]));
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text)
+        return -1;
+    fprintf(f, "%s\n", text);
+    free(text);
+    return 0;
+}
+
+void pp_report_csv(FILE *f, const pp_metrics *ms, int n)
+{
+    fprintf(f, "schedule,stages,microbatches_per_step,steps,time_unit,makespan,throughput,"
+               "bubble_fraction,steady_bubble_fraction,drift_max,drift_mean,staleness_max,"
+               "staleness_mean,age_max,age_mean,peak_weight_copies_max,peak_inflight_max,"
+               "peak_memory_bytes_max\n");
+    for (int k = 0; k < n; k++) {
+        const pp_metrics *m = &ms[k];
+        fprintf(f, "%s,%d,%d,%d,%s,%.9g,%.9g,%.9g,", m->info.name, m->info.stages,
+                m->info.microbatches_per_step, m->info.steps, m->unit, m->makespan,
+                m->throughput_mb, m->bubble_fraction);
+        if (m->has_steady)
+            fprintf(f, "%.9g", m->steady_bubble_fraction);
+        fprintf(f, ",%d,%.9g,%d,%.9g,%d,%.9g,%d,%d,%.9g\n", m->drift_max, m->drift_mean,
+                m->staleness_max, m->staleness_mean, m->age_max, m->age_mean,
+                m->peak_weight_copies_max, m->peak_inflight_max, m->peak_memory_bytes_max);
+    }
+}

@@ -1,0 +1,32 @@
+/* A direct-mapped table keyed by a non-negative int (micro-batch or weight
+ * version) whose live keys lie in a sliding window: slot = key % size, and
+ * the table doubles when two live keys collide. Memory follows the window
+ * (micro-batches in flight), not the length of the run. */
+#ifndef PP_RING_H
+#define PP_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int32_t *keys;      /* -1 = empty */
+    unsigned char *vals;
+    size_t vsize;       /* bytes of payload per slot */
+    uint32_t mask;      /* size - 1, size a power of two */
+    size_t live;
+} pp_ring;
+
+int pp_ring_init(pp_ring *r, size_t vsize);
+void pp_ring_free(pp_ring *r);
+/* Payload of key, or NULL. */
+static inline void *pp_ring_get(const pp_ring *r, int32_t key)
+{
+    uint32_t i = (uint32_t)key & r->mask;
+    return r->keys[i] == key ? r->vals + i * r->vsize : NULL;
+}
+/* Inserts key (payload zeroed) or returns the existing payload; NULL only
+ * when out of memory. *fresh tells which. */
+void *pp_ring_put(pp_ring *r, int32_t key, int *fresh);
+void pp_ring_del(pp_ring *r, int32_t key);
+
+#endif
