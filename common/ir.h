@@ -97,6 +97,12 @@ struct pp_stream {
     /* Next action of `stage` into *out: 1 = got one, 0 = stage finished. */
     int (*next)(pp_stream *st, int stage, pp_action *out);
     void (*destroy)(pp_stream *st); /* frees st itself too */
+    /* Optional: whether the backward of `mb` on `stage` reads the stashed
+     * version (so its forward's version must stay alive). NULL = never. */
+    int (*stashes)(pp_stream *st, int stage, int mb);
+    /* Optional: the version that the next forward of `stage` (after the
+     * last action yielded) names explicitly, or -1. NULL = always -1. */
+    int (*next_f_version)(pp_stream *st, int stage);
     void *state;
 };
 

@@ -10,10 +10,18 @@
 #include "error.h"
 #include "ir.h"
 
+/* A forward whose backward will read the stashed version: the stage keeps
+ * that version alive from the forward on (the weight-copy count needs to
+ * know at forward time). */
+#define PP_TA_STASH 1
+
 typedef struct {
     pp_action act;
     int32_t version; /* weights read (F/B/I/W); version created (OPT) */
-    int32_t pad_;
+    int32_t flags;   /* PP_TA_* */
+    /* The version the stage's next forward names explicitly (F@vK), or -1:
+     * that version must stay alive until then (PipeDream-2BW). */
+    int32_t next_f_version;
     double start, end;
 } pp_timed_action;
 
@@ -61,6 +69,11 @@ int pp_timeline_add_action(pp_timeline *t, int stage, const pp_timed_action *a);
 int pp_timeline_add_mem(pp_timeline *t, int stage, const pp_mem_sample *m);
 int pp_timeline_add_transfer(pp_timeline *t, const pp_transfer *x);
 
+/* Weight version each micro-batch's F read on `stage`: (*v)[mb] for mb in
+ * [0, *n), -1 where the stage has no F for it. Caller frees *v. Lets the
+ * trace and SVG writers show drift on backward actions in linear time. */
+int pp_timeline_f_versions(const pp_timeline *t, int stage, int32_t **v, size_t *n);
+
 /* One row of the per-micro-batch CSV. */
 typedef struct {
     int stage, mb;
@@ -68,7 +81,9 @@ typedef struct {
     double f_start, f_end, b_start, b_end; /* B, or I..W for split backward */
 } pp_mb_row;
 
-/* Rows sorted by (stage, micro-batch); caller frees *rows. */
+/* Rows sorted by (stage, micro-batch); caller frees *rows. A part a run did
+ * not record (an interrupted measured run) reads -1 (versions) or NAN
+ * (times), and the CSV leaves that cell and the drift empty. */
 int pp_timeline_mb_rows(const pp_timeline *t, pp_mb_row **rows, size_t *n,
                         pp_err *e);
 /* Header "stage,microbatch,v_f,v_b,drift,f_start,f_end,b_start,b_end". */

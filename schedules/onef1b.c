@@ -83,6 +83,22 @@ static int walk_next(pp_stream *st, int s, pp_action *out)
     return 1;
 }
 
+static int walk_stashes(pp_stream *st, int stage, int mb)
+{
+    (void)stage;
+    (void)mb;
+    return ((walk_state *)st->state)->rule.b_sel == PP_SEL_STASH;
+}
+
+static int walk_next_f_version(pp_stream *st, int stage)
+{
+    walk_state *w = st->state;
+    const stage_cursor *c = &w->cur[stage];
+    if (!w->rule.f_prev_step || c->f_next >= st->info.total_microbatches)
+        return -1;
+    return make_f(w, c->f_next, st->info.microbatches_per_step).version;
+}
+
 static void walk_destroy(pp_stream *st)
 {
     walk_state *w = st->state;
@@ -108,6 +124,8 @@ int pp_1f1b_open(const pp_ir_info *info, const pp_1f1b_rule *rule, pp_stream **o
     st->info = *info;
     st->next = walk_next;
     st->destroy = walk_destroy;
+    st->stashes = walk_stashes;
+    st->next_f_version = walk_next_f_version;
     st->state = w;
     *out = st;
     return 0;

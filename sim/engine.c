@@ -7,15 +7,18 @@
 
 enum { EV_END, EV_ACT_ARRIVES, EV_GRAD_ARRIVES };
 
+/* Equal times pop in an order fixed by the heap's own (deterministic)
+ * layout; it cannot change a result: an action starts at the same time
+ * whichever of its inputs is handled first. */
 typedef struct {
     double t;
-    uint64_t seq; /* FIFO among equal times: results do not depend on heap order */
-    int32_t kind, stage, mb, pad_;
+    int32_t kind, stage, mb;
 } event;
 
 typedef struct {
     event *a;
     size_t n, cap;
+    int top_done; /* a[0] was handled: the next push may take its place */
 } heap;
 
 typedef struct {
@@ -34,19 +37,21 @@ typedef struct {
     int P;
     stage_state *st;
     heap h;
-    uint64_t seq;
     double comm; /* transfer time of one message */
     int at_barrier;
     pp_metrics_acc acc;
 } engine;
 
-static int before(const event *x, const event *y)
-{
-    return x->t < y->t || (x->t == y->t && x->seq < y->seq);
-}
+#define HEAP_ARITY 2
+static void heap_sift_root(heap *h, event ev);
 
 static int heap_push(heap *h, event ev)
 {
+    if (h->top_done) { /* most events schedule one successor: replace, sift once */
+        h->top_done = 0;
+        heap_sift_root(h, ev);
+        return 0;
+    }
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 64;
         event *a = realloc(h->a, cap * sizeof *a);
@@ -57,8 +62,8 @@ static int heap_push(heap *h, event ev)
     }
     size_t i = h->n++;
     while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!before(&ev, &h->a[p]))
+        size_t p = (i - 1) / HEAP_ARITY;
+        if (h->a[p].t <= ev.t)
             break;
         h->a[i] = h->a[p];
         i = p;
@@ -67,29 +72,39 @@ static int heap_push(heap *h, event ev)
     return 0;
 }
 
-static event heap_pop(heap *h)
+/* The heap is 4-ary: half the levels of a binary one, and the smallest of
+ * four children is found without unpredictable branches. */
+
+/* Replaces the root by ev and sifts it down. */
+static void heap_sift_root(heap *h, event ev)
 {
-    event top = h->a[0], last = h->a[--h->n];
-    size_t i = 0;
+    size_t n = h->n, i = 0;
+    event *a = h->a;
     for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
+        size_t c = HEAP_ARITY * i + 1;
+        if (c >= n)
             break;
-        if (c + 1 < h->n && before(&h->a[c + 1], &h->a[c]))
-            c++;
-        if (!before(&h->a[c], &last))
+        size_t best = c, end = c + HEAP_ARITY < n ? c + HEAP_ARITY : n;
+        for (size_t k = c + 1; k < end; k++)
+            best = a[k].t < a[best].t ? k : best;
+        if (a[best].t >= ev.t)
             break;
-        h->a[i] = h->a[c];
-        i = c;
+        a[i] = a[best];
+        i = best;
     }
+    a[i] = ev;
+}
+
+static void heap_pop(heap *h)
+{
+    event last = h->a[--h->n];
     if (h->n)
-        h->a[i] = last;
-    return top;
+        heap_sift_root(h, last);
 }
 
 static int schedule(engine *g, double t, int kind, int stage, int mb, pp_err *e)
 {
-    event ev = {t, g->seq++, kind, stage, mb, 0};
+    event ev = {t, kind, stage, mb};
     if (heap_push(&g->h, ev) < 0)
         return pp_errf(e, "out of memory");
     return 0;
@@ -127,6 +142,9 @@ static int start_action(engine *g, int s, double now, pp_err *e)
     ta->act = st->head;
     ta->start = now;
     ta->end = now + pp_cost_duration(g->cfg->cost, st->head.op, s, st->index++, now);
+    if (ta->act.op == PP_OP_F && g->src->stashes && g->src->stashes(g->src, s, ta->act.mb))
+        ta->flags |= PP_TA_STASH;
+    ta->next_f_version = g->src->next_f_version ? g->src->next_f_version(g->src, s) : -1;
     if (pp_acc_action(&g->acc, s, ta, e) < 0)
         return -1;
     if (g->cfg->timeline && pp_timeline_add_action(g->cfg->timeline, s, ta) < 0)
@@ -250,11 +268,16 @@ static int run(engine *g, pp_err *e)
             return -1;
     }
     while (g->h.n) {
-        event ev = heap_pop(&g->h);
+        event ev = g->h.a[0];
+        g->h.top_done = 1;
         int rc = ev.kind == EV_END ? on_end(g, ev.stage, ev.t, e)
                                    : deliver(g, ev.kind, ev.stage, ev.mb, ev.t, e);
         if (rc < 0)
             return -1;
+        if (g->h.top_done) {
+            g->h.top_done = 0;
+            heap_pop(&g->h);
+        }
     }
     return report_deadlock(g, e);
 }

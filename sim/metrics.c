@@ -9,11 +9,12 @@ typedef struct {
     int32_t v_f, v_b;
     double f_start;
     uint8_t stash, input_done;
+    uint8_t holds_ref; /* holds a reference on version v_f */
 } mb_rec;
 
 struct pp_acc_stage {
     int version;         /* current weight version */
-    int pinned;          /* version the last explicit-version F named, -1 */
+    int pinned;          /* older version kept for a later F@vK, -1 */
     pp_ring mbs;         /* mb -> mb_rec */
     pp_ring vref;        /* version -> int reference count */
     int copies, inflight;
@@ -166,11 +167,6 @@ static int on_forward(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err 
         if (v < 0 || v > s->version)
             return pp_errf(e, "F%d@v%d: version %d does not exist yet (the stage is at %d)", mb,
                            v, v, s->version);
-        if (v != s->pinned) { /* the stage reads forwards from v until told otherwise */
-            if (vref_add(s, v, 1, e) < 0 || (s->pinned >= 0 && vref_add(s, s->pinned, -1, e) < 0))
-                return -1;
-            s->pinned = v;
-        }
     }
     int fresh;
     mb_rec *r = pp_ring_put(&s->mbs, mb, &fresh);
@@ -181,6 +177,11 @@ static int on_forward(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err 
                        mb);
     r->v_f = v;
     r->f_start = ta->start;
+    if (ta->flags & PP_TA_STASH) {
+        r->holds_ref = 1;
+        if (vref_add(s, v, 1, e) < 0)
+            return -1;
+    }
     ta->version = v;
     s->m.forwards++;
     s->inflight++;
@@ -211,8 +212,10 @@ static int on_backward_input(pp_metrics_acc *a, int stage, pp_timed_action *ta, 
     r->input_done = 1;
     ta->version = r->v_b;
     record_drift(s, r->v_b, r->v_f);
-    if (r->stash) /* the forward's version stays alive until the weight grad */
+    if (r->stash && !r->holds_ref) { /* not announced at the forward: late */
+        r->holds_ref = 1;
         return vref_add(s, r->v_f, 1, e);
+    }
     return 0;
 }
 
@@ -241,7 +244,7 @@ static int on_backward_weight(pp_metrics_acc *a, int stage, pp_timed_action *ta,
     s->m.backwards++;
     if (note_memory(a, stage, ta->start, 1) < 0) /* recompute peaks inside B */
         return pp_errf(e, "out of memory");
-    if (r->stash && vref_add(s, r->v_f, -1, e) < 0)
+    if (r->holds_ref && vref_add(s, r->v_f, -1, e) < 0)
         return -1;
     pp_ring_del(&s->mbs, mb);
     s->inflight--;
@@ -264,7 +267,9 @@ static int on_opt(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err *e)
     }
     s->g_n = s->g_sum_vb = s->g_sum_vf = 0;
     s->g_min_vb = s->g_min_vf = INT32_MAX;
-    if (vref_add(s, s->version + 1, 1, e) < 0 || vref_add(s, s->version, -1, e) < 0)
+    /* Release before acquiring: an update nobody else references happens in
+     * place and must not count as a second copy. */
+    if (vref_add(s, s->version, -1, e) < 0 || vref_add(s, s->version + 1, 1, e) < 0)
         return -1;
     s->version++;
     ta->version = s->version;
@@ -300,6 +305,21 @@ static int dispatch(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err *e
     return on_backward_weight(a, stage, ta, r, e);
 }
 
+/* Keeps alive the version the stage's next forward names, once it exists. */
+static int update_pin(pp_acc_stage *s, int wanted, pp_err *e)
+{
+    if (wanted > s->version)
+        wanted = -1;
+    if (wanted == s->pinned)
+        return 0;
+    if (wanted >= 0 && vref_add(s, wanted, 1, e) < 0)
+        return -1;
+    if (s->pinned >= 0 && vref_add(s, s->pinned, -1, e) < 0)
+        return -1;
+    s->pinned = wanted;
+    return 0;
+}
+
 int pp_acc_action(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err *e)
 {
     if (stage < 0 || stage >= a->info.stages)
@@ -314,7 +334,7 @@ int pp_acc_action(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err *e)
     if (ta->start < a->last_start)
         return pp_errf(e, "stage %d: actions fed out of start-time order", stage);
     a->last_start = ta->start;
-    if (dispatch(a, stage, ta, e) < 0) {
+    if (dispatch(a, stage, ta, e) < 0 || update_pin(&a->st[stage], ta->next_f_version, e) < 0) {
         char buf[32];
         return pp_err_prefix(e, "stage %d, action \"%s\"", stage,
                              pp_action_format(*act, buf, sizeof buf));
@@ -427,6 +447,34 @@ void pp_metrics_free(pp_metrics *m)
     m->stage = NULL;
 }
 
+/* Whether the backward (or input-gradient half) of mb on this stage reads
+ * the stash. Linear, but only used on recorded runs, which are small. */
+static int backward_stashes(const pp_timed_list *l, int mb)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        const pp_action *a = &l->items[i].act;
+        if (a->mb == mb && (a->op == PP_OP_B || a->op == PP_OP_I))
+            return a->sel == PP_SEL_STASH;
+    }
+    return 0;
+}
+
+/* For each action, the version the next forward after it names, or -1. */
+static int32_t *next_f_versions(const pp_timed_list *l)
+{
+    int32_t *v = malloc((l->count ? l->count : 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    int32_t next = -1;
+    for (size_t i = l->count; i-- > 0;) {
+        v[i] = next;
+        const pp_action *a = &l->items[i].act;
+        if (a->op == PP_OP_F)
+            next = a->sel == PP_SEL_VERSION ? a->version : -1;
+    }
+    return v;
+}
+
 /* Order of feeding: by start time, ties kept in each stage's own order. */
 typedef struct {
     double start;
@@ -458,10 +506,16 @@ int pp_metrics_from_timeline(const pp_timeline *t, const pp_model_desc *model, i
         for (size_t i = 0; i < t->stage[s].count; i++)
             items[k++] = (feed_item){t->stage[s].items[i].start, s, i};
     qsort(items, n, sizeof *items, feed_cmp);
+    int32_t **next_fv = calloc((size_t)t->info.stages, sizeof *next_fv);
+    for (int s = 0; next_fv && s < t->info.stages; s++)
+        next_fv[s] = next_f_versions(&t->stage[s]);
     pp_metrics_acc acc;
     int rc = pp_acc_init(&acc, &t->info, model, recompute, NULL, e);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         pp_timed_action ta = t->stage[items[i].stage].items[items[i].idx];
+        if (ta.act.op == PP_OP_F && backward_stashes(&t->stage[items[i].stage], ta.act.mb))
+            ta.flags |= PP_TA_STASH;
+        ta.next_f_version = next_fv && next_fv[items[i].stage] ? next_fv[items[i].stage][items[i].idx] : -1;
         rc = pp_acc_action(&acc, items[i].stage, &ta, e);
     }
     if (rc == 0)
@@ -469,6 +523,9 @@ int pp_metrics_from_timeline(const pp_timeline *t, const pp_model_desc *model, i
     if (rc == 0)
         snprintf(out->unit, sizeof out->unit, "%s", t->unit);
     pp_acc_free(&acc);
+    for (int s = 0; next_fv && s < t->info.stages; s++)
+        free(next_fv[s]);
+    free(next_fv);
     free(items);
     return rc;
 }

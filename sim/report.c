@@ -10,8 +10,8 @@ static void print_model_line(FILE *f, const pp_model_desc *model)
 {
     if (!model)
         return;
-    fprintf(f, "memory model: %s (%d layers x %d wide, %d heads, seq %d, vocab %d, "
-               "micro-batch %d, %s)\n",
+    fprintf(f, "memory model: %s, %d layers x %d wide, %d heads, seq %d,\n"
+               "              vocab %d, micro-batch %d sequences, %s\n",
             model->name, model->layers, model->dim, model->heads, model->seq_len, model->vocab,
             model->micro_batch, model->bytes_per_elem == 2 ? "bf16" : "fp32");
 }
@@ -70,12 +70,12 @@ static void compare_memory(FILE *f, const pp_metrics *ms, int n)
         int last = first + per_block < P ? first + per_block : P;
         fprintf(f, "%-14s", "schedule");
         for (int s = first; s < last; s++)
-            fprintf(f, " %7s%-d", "s", s);
+            fprintf(f, " %6s%-d", "s", s);
         fprintf(f, "\n");
         for (int k = 0; k < n; k++) {
             fprintf(f, "%-14.14s", ms[k].info.name);
             for (int s = first; s < last && s < ms[k].info.stages; s++)
-                fprintf(f, " %8.2f", ms[k].stage[s].peak_memory_bytes / GIB);
+                fprintf(f, " %7.2f", ms[k].stage[s].peak_memory_bytes / GIB);
             fprintf(f, "\n");
         }
     }
@@ -107,8 +107,8 @@ void pp_report_compare_table(FILE *f, const pp_metrics *ms, int n, const pp_mode
                 m->throughput_mb, x, 100.0 * m->bubble_fraction, steady, drift, stale,
                 m->peak_weight_copies_max, m->peak_memory_bytes_max / GIB);
     }
-    fprintf(f, "x: throughput relative to %s; bubble: idle share of P x makespan; steady: "
-               "middle steps only\n", ms[0].info.name);
+    fprintf(f, "x: throughput relative to %s; bubble: idle / (P x makespan);\n"
+               "steady: the same over the middle steps (n/a: run too short)\n", ms[0].info.name);
     compare_memory(f, ms, n);
 }
 

@@ -72,7 +72,8 @@ void *pp_ring_put(pp_ring *r, int32_t key, int *fresh)
         }
         if (r->keys[i] < 0) {
             r->keys[i] = key;
-            memset(r->vals + i * r->vsize, 0, r->vsize);
+            if (r->vsize)
+                memset(r->vals + i * r->vsize, 0, r->vsize);
             r->live++;
             *fresh = 1;
             return r->vals + i * r->vsize;

@@ -1,0 +1,311 @@
+/* The schedule IR in memory: builder, action text, streams, file reading. */
+#include "ir.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- schedule lifetime and builder ----------------------------------- */
+
+int pp_schedule_init(pp_schedule *s, const pp_ir_info *info, pp_err *e)
+{
+    memset(s, 0, sizeof *s);
+    if (info->stages < 1)
+        return pp_errf(e, "a schedule needs at least 1 stage (got %d)", info->stages);
+    s->stage = calloc((size_t)info->stages, sizeof *s->stage);
+    if (!s->stage)
+        return pp_errf(e, "out of memory for %d stages", info->stages);
+    s->info = *info;
+    return 0;
+}
+
+void pp_schedule_free(pp_schedule *s)
+{
+    if (s->stage)
+        for (int i = 0; i < s->info.stages; i++)
+            free(s->stage[i].items);
+    free(s->stage);
+    memset(s, 0, sizeof *s);
+}
+
+/* Doubling growth keeps pushes amortized O(1) for 10^7-action schedules. */
+static int list_grow(pp_action_list *l)
+{
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    if (cap > SIZE_MAX / sizeof *l->items)
+        return -1;
+    pp_action *items = realloc(l->items, cap * sizeof *items);
+    if (!items)
+        return -1;
+    l->items = items;
+    l->cap = cap;
+    return 0;
+}
+
+int pp_schedule_push(pp_schedule *s, int stage, pp_action a, pp_err *e)
+{
+    if (stage < 0 || stage >= s->info.stages)
+        return pp_errf(e, "stage %d out of range (schedule has %d stages)", stage,
+                       s->info.stages);
+    pp_action_list *l = &s->stage[stage];
+    if (l->count == l->cap && list_grow(l) < 0)
+        return pp_errf(e, "out of memory after %zu actions on stage %d", l->count, stage);
+    l->items[l->count++] = a;
+    return 0;
+}
+
+size_t pp_schedule_action_count(const pp_schedule *s)
+{
+    size_t n = 0;
+    for (int i = 0; i < s->info.stages; i++)
+        n += s->stage[i].count;
+    return n;
+}
+
+/* --- parameters ------------------------------------------------------- */
+
+int pp_info_set_param(pp_ir_info *info, const char *key, const char *value)
+{
+    /* Refuse rather than truncate: a cut key or value would silently differ. */
+    if (strlen(key) >= sizeof info->params[0].key ||
+        strlen(value) >= sizeof info->params[0].value)
+        return -1;
+    pp_param *p = NULL;
+    for (int i = 0; i < info->nparams; i++)
+        if (strcmp(info->params[i].key, key) == 0)
+            p = &info->params[i];
+    if (!p) {
+        if (info->nparams >= PP_MAX_PARAMS)
+            return -1;
+        p = &info->params[info->nparams++];
+        snprintf(p->key, sizeof p->key, "%s", key);
+    }
+    snprintf(p->value, sizeof p->value, "%s", value);
+    return 0;
+}
+
+const char *pp_info_get_param(const pp_ir_info *info, const char *key)
+{
+    for (int i = 0; i < info->nparams; i++)
+        if (strcmp(info->params[i].key, key) == 0)
+            return info->params[i].value;
+    return NULL;
+}
+
+/* --- actions as text -------------------------------------------------- */
+
+const char *pp_op_name(pp_op op)
+{
+    static const char *const names[PP_OP_COUNT] = {"F", "B", "I", "W", "OPT", "BARRIER"};
+    return (unsigned)op < PP_OP_COUNT ? names[op] : "?";
+}
+
+char *pp_action_format(pp_action a, char *buf, size_t n)
+{
+    if (a.op == PP_OP_OPT || a.op == PP_OP_BARRIER || a.op >= PP_OP_COUNT) {
+        snprintf(buf, n, "%s", pp_op_name((pp_op)a.op));
+        return buf;
+    }
+    const char *op = pp_op_name((pp_op)a.op);
+    if (a.sel == PP_SEL_STASH)
+        snprintf(buf, n, "%s%d@s", op, (int)a.mb);
+    else if (a.sel == PP_SEL_VERSION)
+        snprintf(buf, n, "%s%d@v%d", op, (int)a.mb, (int)a.version);
+    else
+        snprintf(buf, n, "%s%d", op, (int)a.mb);
+    return buf;
+}
+
+/* Reads a canonical non-negative decimal (no sign, no leading zeros) that
+ * fits in int32. Returns the number of characters used, 0 when none. */
+static size_t parse_count(const char *p, int32_t *out)
+{
+    size_t i = 0;
+    int64_t v = 0;
+    while (p[i] >= '0' && p[i] <= '9') {
+        v = v * 10 + (p[i] - '0');
+        if (v > INT32_MAX)
+            return 0;
+        i++;
+    }
+    if (i > 1 && p[0] == '0')
+        return 0;
+    *out = (int32_t)v;
+    return i;
+}
+
+static int op_from_letter(char c, pp_op *op)
+{
+    switch (c) {
+    case 'F': *op = PP_OP_F; return 0;
+    case 'B': *op = PP_OP_B; return 0;
+    case 'I': *op = PP_OP_I; return 0;
+    case 'W': *op = PP_OP_W; return 0;
+    default: return -1;
+    }
+}
+
+/* Parses "@s" / "@vK" (or nothing) after a compute action. */
+static int parse_selector(const char *p, pp_op op, pp_action *a, const char *text, pp_err *e)
+{
+    if (*p == '\0')
+        return 0;
+    if (p[0] == '@' && p[1] == 's' && p[2] == '\0') {
+        if (op == PP_OP_F)
+            return pp_errf(e, "bad action \"%s\": the stash selector @s is only legal on B, I "
+                              "and W", text);
+        a->sel = PP_SEL_STASH;
+        return 0;
+    }
+    if (p[0] == '@' && p[1] == 'v') {
+        int32_t v;
+        size_t k = parse_count(p + 2, &v);
+        if (k == 0 || p[2 + k] != '\0')
+            return pp_errf(e, "bad action \"%s\": version must be a non-negative integer",
+                           text);
+        if (op != PP_OP_F)
+            return pp_errf(e, "bad action \"%s\": an explicit version @v is only legal on F",
+                           text);
+        a->sel = PP_SEL_VERSION;
+        a->version = v;
+        return 0;
+    }
+    return pp_errf(e, "unknown action \"%s\"", text);
+}
+
+int pp_action_parse(const char *text, pp_action *out, pp_err *e)
+{
+    pp_action a = pp_act(PP_OP_OPT, -1);
+    if (strcmp(text, "OPT") == 0 || strcmp(text, "BARRIER") == 0) {
+        a.op = text[0] == 'O' ? PP_OP_OPT : PP_OP_BARRIER;
+        *out = a;
+        return 0;
+    }
+    if (strncmp(text, "OPT@", 4) == 0 || strncmp(text, "BARRIER@", 8) == 0)
+        return pp_errf(e, "bad action \"%s\": OPT and BARRIER take no selector", text);
+    pp_op op;
+    int32_t mb;
+    size_t k;
+    if (op_from_letter(text[0], &op) < 0 || (k = parse_count(text + 1, &mb)) == 0) {
+        if (op_from_letter(text[0], &op) == 0 && (text[1] == '-' || text[1] == '+' ||
+                                                  (text[1] >= '0' && text[1] <= '9')))
+            return pp_errf(e, "bad action \"%s\": micro-batch must be a non-negative "
+                              "integer below 2^31 without leading zeros", text);
+        return pp_errf(e, "unknown action \"%s\"", text);
+    }
+    a = pp_act(op, mb);
+    if (parse_selector(text + 1 + k, op, &a, text, e) < 0)
+        return -1;
+    *out = a;
+    return 0;
+}
+
+/* --- streams ---------------------------------------------------------- */
+
+void pp_stream_free(pp_stream *st)
+{
+    if (st)
+        st->destroy(st);
+}
+
+typedef struct {
+    const pp_schedule *s;
+    size_t *pos; /* per-stage cursor */
+} sched_stream;
+
+static int sched_next(pp_stream *st, int stage, pp_action *out)
+{
+    sched_stream *ss = st->state;
+    if (stage < 0 || stage >= ss->s->info.stages)
+        return 0;
+    const pp_action_list *l = &ss->s->stage[stage];
+    if (ss->pos[stage] >= l->count)
+        return 0;
+    *out = l->items[ss->pos[stage]++];
+    return 1;
+}
+
+static void sched_destroy(pp_stream *st)
+{
+    sched_stream *ss = st->state;
+    free(ss->pos);
+    free(ss);
+    free(st);
+}
+
+int pp_stream_from_schedule(const pp_schedule *s, pp_stream **out, pp_err *e)
+{
+    pp_stream *st = calloc(1, sizeof *st);
+    sched_stream *ss = calloc(1, sizeof *ss);
+    size_t *pos = calloc((size_t)s->info.stages, sizeof *pos);
+    if (!st || !ss || !pos) {
+        free(st);
+        free(ss);
+        free(pos);
+        return pp_errf(e, "out of memory");
+    }
+    ss->s = s;
+    ss->pos = pos;
+    st->info = s->info;
+    st->next = sched_next;
+    st->destroy = sched_destroy;
+    st->state = ss;
+    *out = st;
+    return 0;
+}
+
+int pp_schedule_from_stream(pp_stream *st, pp_schedule *out, pp_err *e)
+{
+    if (pp_schedule_init(out, &st->info, e) < 0)
+        return -1;
+    for (int s = 0; s < st->info.stages; s++) {
+        pp_action a;
+        while (pp_stream_next(st, s, &a))
+            if (pp_schedule_push(out, s, a, e) < 0) {
+                pp_schedule_free(out);
+                return -1;
+            }
+    }
+    return 0;
+}
+
+/* --- files ------------------------------------------------------------ */
+
+/* Reads by growing a buffer rather than trusting the file size, so pipes
+ * and /dev/stdin work too. */
+int pp_read_file(const char *path, char **text, size_t *len, pp_err *e)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return pp_errf(e, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n < cap - 1)
+            break;
+        char *bigger = cap <= SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;
+        if (!bigger) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = bigger;
+        cap *= 2;
+    }
+    int bad = !buf || ferror(f);
+    int saved = errno;
+    fclose(f);
+    if (!buf)
+        return pp_errf(e, "%s: out of memory while reading", path);
+    if (bad) {
+        free(buf);
+        return pp_errf(e, "%s: cannot read: %s", path, strerror(saved));
+    }
+    buf[n] = '\0';
+    *text = buf;
+    if (len)
+        *len = n;
+    return 0;
+}

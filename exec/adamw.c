@@ -1,0 +1,73 @@
+#include "adamw.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+pp_adamw_hparams pp_adamw_defaults(void)
+{
+    pp_adamw_hparams hp = {0.9f, 0.95f, 1e-8f, 0.1f};
+    return hp;
+}
+
+int pp_adamw_init(pp_adamw *o, size_t n, pp_adamw_hparams hp, pp_err *e)
+{
+    memset(o, 0, sizeof *o);
+    o->hp = hp;
+    o->n = n;
+    o->m = calloc(n ? n : 1, sizeof *o->m);
+    o->v = calloc(n ? n : 1, sizeof *o->v);
+    if (!o->m || !o->v) {
+        pp_adamw_free(o);
+        return pp_errf(e, "out of memory for AdamW state (%zu parameters)", n);
+    }
+    return 0;
+}
+
+void pp_adamw_free(pp_adamw *o)
+{
+    free(o->m);
+    free(o->v);
+    memset(o, 0, sizeof *o);
+}
+
+void pp_adamw_begin_step(pp_adamw *o)
+{
+    o->t++;
+}
+
+void pp_adamw_update(const pp_adamw *o, float *w, const float *grad, size_t offset,
+                     size_t count, int decay, float lr)
+{
+    const pp_adamw_hparams *hp = &o->hp;
+    /* Bias corrections in double: 1 - beta^t is tiny for small t. */
+    float c1 = (float)(1.0 - pow(hp->beta1, (double)o->t));
+    float c2 = (float)(1.0 - pow(hp->beta2, (double)o->t));
+    float wd = decay ? hp->weight_decay : 0.0f;
+    float *restrict m = o->m + offset, *restrict v = o->v + offset;
+    float *restrict p = w + offset;
+    const float *restrict g = grad + offset;
+    for (size_t i = 0; i < count; i++) {
+        m[i] = hp->beta1 * m[i] + (1.0f - hp->beta1) * g[i];
+        v[i] = hp->beta2 * v[i] + (1.0f - hp->beta2) * g[i] * g[i];
+        float mhat = m[i] / c1, vhat = v[i] / c2;
+        /* Decoupled decay: uses the weight before this step's update. */
+        p[i] -= lr * (mhat / (sqrtf(vhat) + hp->eps) + wd * p[i]);
+    }
+}
+
+void pp_grad_zero(float *grad, size_t n)
+{
+    memset(grad, 0, n * sizeof *grad);
+}
+
+float pp_lr_at(const pp_lr_schedule *s, long step)
+{
+    if (step < s->warmup)
+        return s->lr * (float)(step + 1) / (float)s->warmup;
+    if (step >= s->total)
+        return s->min_lr;
+    double ratio = (double)(step - s->warmup) / (double)(s->total - s->warmup);
+    double coeff = 0.5 * (1.0 + cos(3.141592653589793 * ratio));
+    return (float)(s->min_lr + coeff * (s->lr - s->min_lr));
+}

@@ -1,0 +1,52 @@
+/* AdamW over a flat parameter array and the learning-rate schedule
+ * (DESIGN §6): betas 0.9/0.95, eps 1e-8, decoupled weight decay 0.1 on the
+ * tensors flagged for it, bias correction with the owner's own step count
+ * (each pipeline stage steps its own optimizer). */
+#ifndef PP_ADAMW_H
+#define PP_ADAMW_H
+
+#include <stddef.h>
+
+#include "error.h"
+
+typedef struct {
+    float beta1, beta2, eps, weight_decay;
+} pp_adamw_hparams;
+
+/* 0.9, 0.95, 1e-8, 0.1. */
+pp_adamw_hparams pp_adamw_defaults(void);
+
+/* Optimizer state; m, v and t are what a checkpoint must save. */
+typedef struct {
+    pp_adamw_hparams hp;
+    size_t n;
+    float *m, *v; /* first and second moments, zero at t = 0 */
+    long t;       /* steps taken */
+} pp_adamw;
+
+int pp_adamw_init(pp_adamw *o, size_t n, pp_adamw_hparams hp, pp_err *e);
+void pp_adamw_free(pp_adamw *o);
+
+/* One step: pp_adamw_begin_step once (t += 1), then pp_adamw_update for
+ * each range [offset, offset + count) of the parameters, decay saying
+ * whether weight decay applies there. Ranges of one step must not overlap. */
+void pp_adamw_begin_step(pp_adamw *o);
+void pp_adamw_update(const pp_adamw *o, float *w, const float *grad, size_t offset,
+                     size_t count, int decay, float lr);
+
+/* Zeroes n gradient elements (before the first micro-batch of a step). */
+void pp_grad_zero(float *grad, size_t n);
+
+/* Linear warm-up over `warmup` steps, then cosine decay from lr to min_lr
+ * at step `total`; min_lr after that. */
+typedef struct {
+    float lr, min_lr;
+    long warmup, total;
+} pp_lr_schedule;
+
+/* Learning rate of step `step` (0-based): lr * (step + 1) / warmup during
+ * warm-up, so step warmup - 1 already uses the full lr; then
+ * min_lr + (lr - min_lr) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2. */
+float pp_lr_at(const pp_lr_schedule *s, long step);
+
+#endif
