@@ -176,25 +176,26 @@ static int parse_selector(const char *p, pp_op op, pp_action *a, const char *tex
 
 int pp_action_parse(const char *text, pp_action *out, pp_err *e)
 {
-    pp_action a = pp_act(PP_OP_OPT, -1);
     if (strcmp(text, "OPT") == 0 || strcmp(text, "BARRIER") == 0) {
-        a.op = text[0] == 'O' ? PP_OP_OPT : PP_OP_BARRIER;
-        *out = a;
+        *out = pp_act(text[0] == 'O' ? PP_OP_OPT : PP_OP_BARRIER, -1);
         return 0;
     }
     if (strncmp(text, "OPT@", 4) == 0 || strncmp(text, "BARRIER@", 8) == 0)
         return pp_errf(e, "bad action \"%s\": OPT and BARRIER take no selector", text);
     pp_op op;
+    if (op_from_letter(text[0], &op) < 0)
+        return pp_errf(e, "unknown action \"%s\"", text);
     int32_t mb;
-    size_t k;
-    if (op_from_letter(text[0], &op) < 0 || (k = parse_count(text + 1, &mb)) == 0) {
-        if (op_from_letter(text[0], &op) == 0 && (text[1] == '-' || text[1] == '+' ||
-                                                  (text[1] >= '0' && text[1] <= '9')))
+    size_t k = parse_count(text + 1, &mb);
+    if (k == 0) {
+        /* A number that is there but malformed deserves a precise reason. */
+        char c = text[1];
+        if (c == '-' || c == '+' || (c >= '0' && c <= '9'))
             return pp_errf(e, "bad action \"%s\": micro-batch must be a non-negative "
                               "integer below 2^31 without leading zeros", text);
         return pp_errf(e, "unknown action \"%s\"", text);
     }
-    a = pp_act(op, mb);
+    pp_action a = pp_act(op, mb);
     if (parse_selector(text + 1 + k, op, &a, text, e) < 0)
         return -1;
     *out = a;
@@ -211,7 +212,10 @@ void pp_stream_free(pp_stream *st)
 
 typedef struct {
     const pp_schedule *s;
-    size_t *pos; /* per-stage cursor */
+    size_t *pos;     /* per-stage cursor */
+    size_t *next_f;  /* per stage: index of the next F at or after pos */
+    uint64_t *stash; /* per-stage bitmaps: B/I of mb reads the stash */
+    size_t words;    /* bitmap words per stage (0 when nothing stashes) */
 } sched_stream;
 
 static int sched_next(pp_stream *st, int stage, pp_action *out)
@@ -226,12 +230,69 @@ static int sched_next(pp_stream *st, int stage, pp_action *out)
     return 1;
 }
 
+static int sched_stashes(pp_stream *st, int stage, int mb)
+{
+    sched_stream *ss = st->state;
+    if (stage < 0 || stage >= ss->s->info.stages || mb < 0 || (size_t)mb / 64 >= ss->words)
+        return 0;
+    return (ss->stash[(size_t)stage * ss->words + (size_t)mb / 64] >> (mb % 64)) & 1;
+}
+
+/* The cursor to the next F only moves forward, so all the calls of a run
+ * cost O(actions) together. */
+static int sched_next_f_version(pp_stream *st, int stage)
+{
+    sched_stream *ss = st->state;
+    if (stage < 0 || stage >= ss->s->info.stages)
+        return -1;
+    const pp_action_list *l = &ss->s->stage[stage];
+    size_t *i = &ss->next_f[stage];
+    if (*i < ss->pos[stage])
+        *i = ss->pos[stage];
+    while (*i < l->count && l->items[*i].op != PP_OP_F)
+        (*i)++;
+    if (*i == l->count || l->items[*i].sel != PP_SEL_VERSION)
+        return -1;
+    return l->items[*i].version;
+}
+
 static void sched_destroy(pp_stream *st)
 {
     sched_stream *ss = st->state;
     free(ss->pos);
+    free(ss->next_f);
+    free(ss->stash);
     free(ss);
     free(st);
+}
+
+/* Marks which backwards read the stash. Sized by the largest stashing
+ * micro-batch, so an unvalidated schedule cannot ask for a huge bitmap. */
+static int build_stash_map(sched_stream *ss)
+{
+    const pp_schedule *s = ss->s;
+    int32_t max_mb = -1;
+    for (int st = 0; st < s->info.stages; st++)
+        for (size_t i = 0; i < s->stage[st].count; i++) {
+            const pp_action *a = &s->stage[st].items[i];
+            if ((a->op == PP_OP_B || a->op == PP_OP_I) && a->sel == PP_SEL_STASH &&
+                a->mb > max_mb)
+                max_mb = a->mb;
+        }
+    if (max_mb < 0)
+        return 0;
+    ss->words = (size_t)max_mb / 64 + 1;
+    ss->stash = calloc((size_t)s->info.stages * ss->words, sizeof *ss->stash);
+    if (!ss->stash)
+        return -1;
+    for (int st = 0; st < s->info.stages; st++)
+        for (size_t i = 0; i < s->stage[st].count; i++) {
+            const pp_action *a = &s->stage[st].items[i];
+            if ((a->op == PP_OP_B || a->op == PP_OP_I) && a->sel == PP_SEL_STASH && a->mb >= 0)
+                ss->stash[(size_t)st * ss->words + (size_t)a->mb / 64] |= (uint64_t)1
+                                                                          << (a->mb % 64);
+        }
+    return 0;
 }
 
 int pp_stream_from_schedule(const pp_schedule *s, pp_stream **out, pp_err *e)
@@ -239,17 +300,25 @@ int pp_stream_from_schedule(const pp_schedule *s, pp_stream **out, pp_err *e)
     pp_stream *st = calloc(1, sizeof *st);
     sched_stream *ss = calloc(1, sizeof *ss);
     size_t *pos = calloc((size_t)s->info.stages, sizeof *pos);
-    if (!st || !ss || !pos) {
+    size_t *next_f = calloc((size_t)s->info.stages, sizeof *next_f);
+    if (ss)
+        ss->s = s;
+    if (!st || !ss || !pos || !next_f || build_stash_map(ss) < 0) {
+        if (ss)
+            free(ss->stash);
         free(st);
         free(ss);
         free(pos);
+        free(next_f);
         return pp_errf(e, "out of memory");
     }
-    ss->s = s;
     ss->pos = pos;
+    ss->next_f = next_f;
     st->info = s->info;
     st->next = sched_next;
     st->destroy = sched_destroy;
+    st->stashes = sched_stashes;
+    st->next_f_version = sched_next_f_version;
     st->state = ss;
     *out = st;
     return 0;

@@ -184,11 +184,11 @@ static void time_axis(FILE *f, const pp_timeline *t, const layout *L)
     long first = (long)ceil(L->t0 / step - 1e-9), last = (long)floor(L->t1 / step + 1e-9);
     for (long i = first; i <= last; i++)
         fprintf(f, "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\"/>\n",
-                x_of(L, i * step), y, x_of(L, i * step), y + 5);
+                x_of(L, (double)i * step), y, x_of(L, (double)i * step), y + 5);
     fputs("</g>\n<g font-size=\"11\" text-anchor=\"middle\" fill=\"#333\">\n", f);
     for (long i = first; i <= last; i++)
-        fprintf(f, "<text x=\"%.2f\" y=\"%.2f\">%g</text>\n", x_of(L, i * step), y + 17,
-                i * step);
+        fprintf(f, "<text x=\"%.2f\" y=\"%.2f\">%g</text>\n", x_of(L, (double)i * step), y + 17,
+                (double)i * step);
     fprintf(f, "<text x=\"%.2f\" y=\"%.2f\">time (", LEFT + L->plot_w / 2, y + 33);
     xml_str(f, t->unit);
     fputs(")</text>\n</g>\n", f);

@@ -1,5 +1,7 @@
 #include "gpt_cpu.h"
 
+#include "cpu_gemm.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,87 +9,6 @@
 
 #define LN_EPS 1e-5f
 #define TWO_PI 6.283185307179586
-
-/* ------------------------------------------------------------------ */
-/* Matrix multiply: the hot path.                                      */
-/* ------------------------------------------------------------------ */
-
-/* Register tile of C and cache blocks. Every element of C is its old value
- * plus the products in ascending k, whatever the blocking, so results do not
- * depend on the tile or on how a model is split. */
-enum { MR = 4, NR = 16, KC = 256, MC = 64 };
-
-/* C[mr][NR] (+)= A(i,k) B[k][0..NR): the tile the compiler keeps in vector
- * registers. A(i,k) = A[i*ars + k*acs]. */
-static void tile_full(float *restrict C, size_t ldc, const float *restrict A, size_t ars,
-                      size_t acs, const float *restrict B, size_t ldb, int kc)
-{
-    float acc[MR][NR];
-    for (int r = 0; r < MR; r++)
-        for (int j = 0; j < NR; j++)
-            acc[r][j] = C[r * ldc + j];
-    for (int k = 0; k < kc; k++) {
-        const float *restrict b = B + k * ldb;
-        for (int r = 0; r < MR; r++) {
-            float a = A[r * ars + k * acs];
-            for (int j = 0; j < NR; j++)
-                acc[r][j] += a * b[j];
-        }
-    }
-    for (int r = 0; r < MR; r++)
-        for (int j = 0; j < NR; j++)
-            C[r * ldc + j] = acc[r][j];
-}
-
-/* The same for a ragged edge tile (mr <= MR rows, nr <= NR columns). */
-static void tile_edge(float *restrict C, size_t ldc, const float *restrict A, size_t ars,
-                      size_t acs, const float *restrict B, size_t ldb, int kc, int mr, int nr)
-{
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) {
-            float acc = C[r * ldc + j];
-            for (int k = 0; k < kc; k++)
-                acc += A[r * ars + k * acs] * B[k * ldb + j];
-            C[r * ldc + j] = acc;
-        }
-}
-
-/* C[M][N] += A(i,k) B[K][N] with A(i,k) = A[i*ars + k*acs], so A may be
- * read transposed (ars = 1) without copying it. */
-static void gemm_acc(float *restrict C, const float *restrict A, size_t ars, size_t acs,
-                     const float *restrict B, int M, int N, int K)
-{
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC;
-        const float *Ak = A + (size_t)k0 * acs, *Bk = B + (size_t)k0 * N;
-        for (int i0 = 0; i0 < M; i0 += MC) {
-            int i1 = M - i0 < MC ? M : i0 + MC;
-            for (int j = 0; j < N; j += NR) {
-                int nr = N - j < NR ? N - j : NR;
-                for (int i = i0; i < i1; i += MR) {
-                    int mr = i1 - i < MR ? i1 - i : MR;
-                    float *c = C + (size_t)i * N + j;
-                    const float *a = Ak + (size_t)i * ars;
-                    if (mr == MR && nr == NR)
-                        tile_full(c, N, a, ars, acs, Bk + j, N, kc);
-                    else
-                        tile_edge(c, N, a, ars, acs, Bk + j, N, kc, mr, nr);
-                }
-            }
-        }
-    }
-}
-
-/* dst[cols][rows] = src[rows][cols]. */
-static void transpose(float *restrict dst, const float *restrict src, int rows, int cols)
-{
-    enum { TB = 32 };
-    for (int i0 = 0; i0 < rows; i0 += TB)
-        for (int j0 = 0; j0 < cols; j0 += TB)
-            for (int i = i0; i < i0 + TB && i < rows; i++)
-                for (int j = j0; j < j0 + TB && j < cols; j++)
-                    dst[(size_t)j * rows + i] = src[(size_t)i * cols + j];
-}
 
 /* ------------------------------------------------------------------ */
 /* Layers. Linear weights are [OC][IC] as in PyTorch.                  */
@@ -104,8 +25,8 @@ static void linear_forward(float *out, const float *in, const float *W, const fl
         else
             memset(o, 0, (size_t)OC * sizeof *o);
     }
-    transpose(wt, W, OC, IC);
-    gemm_acc(out, in, IC, 1, wt, N, OC, IC);
+    pp_transpose(wt, W, OC, IC);
+    pp_gemm_acc(out, in, IC, 1, wt, N, OC, IC);
 }
 
 /* din[N][IC] = dout[N][OC] W (overwrites din). */
@@ -113,14 +34,14 @@ static void linear_backward_input(float *din, const float *dout, const float *W,
                                   int IC, int OC)
 {
     memset(din, 0, (size_t)N * IC * sizeof *din);
-    gemm_acc(din, dout, OC, 1, W, N, IC, OC);
+    pp_gemm_acc(din, dout, OC, 1, W, N, IC, OC);
 }
 
 /* dW[OC][IC] += dout^T in; dbias[OC] += column sums of dout (if dbias). */
 static void linear_backward_weight(float *dW, float *dbias, const float *dout,
                                    const float *in, int N, int IC, int OC)
 {
-    gemm_acc(dW, dout, 1, OC, in, OC, IC, N);
+    pp_gemm_acc(dW, dout, 1, OC, in, OC, IC, N);
     if (!dbias)
         return;
     for (int n = 0; n < N; n++) {
@@ -189,11 +110,19 @@ static void layernorm_backward_weight(float *dw, float *db, const float *dout, c
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
+/* tanh through expf, several times faster than tanhf. Its absolute error
+ * (~1e-7) is what GELU sees: 0.5 x (1 + tanh) is insensitive to the
+ * relative error near 0. Saturates to +-1 correctly when expf overflows. */
+static inline float fast_tanh(float u)
+{
+    return 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+}
+
 static void gelu_forward(float *out, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float u = GELU_K * (x[i] + GELU_A * x[i] * x[i] * x[i]);
-        out[i] = 0.5f * x[i] * (1.0f + tanhf(u));
+        out[i] = 0.5f * x[i] * (1.0f + fast_tanh(u));
     }
 }
 
@@ -202,7 +131,7 @@ static void gelu_backward(float *dx, const float *x, const float *dout, size_t n
 {
     for (size_t i = 0; i < n; i++) {
         float xi = x[i];
-        float t = tanhf(GELU_K * (xi + GELU_A * xi * xi * xi));
+        float t = fast_tanh(GELU_K * (xi + GELU_A * xi * xi * xi));
         float du = GELU_K * (1.0f + 3.0f * GELU_A * xi * xi);
         dx[i] = dout[i] * (0.5f * (1.0f + t) + 0.5f * xi * (1.0f - t * t) * du);
     }
@@ -212,85 +141,107 @@ typedef struct {
     int B, T, C, H;
 } att_dims;
 
+/* dst[hs][T] = one head's keys or values of one sequence (src points at
+ * element 0 of that head in row 0; rows ld apart), so the loops over
+ * positions run along contiguous memory and vectorize. */
+static void head_transpose(float *restrict dst, const float *restrict src, size_t ld, int T,
+                           int hs)
+{
+    for (int j = 0; j < T; j++)
+        for (int i = 0; i < hs; i++)
+            dst[(size_t)i * T + j] = src[(size_t)j * ld + i];
+}
+
+/* Softmax over row[0..n) in place. */
+static void softmax_row(float *row, int n)
+{
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; j++)
+        mx = row[j] > mx ? row[j] : mx;
+    for (int j = 0; j < n; j++) {
+        row[j] = expf(row[j] - mx);
+        sum += row[j];
+    }
+    for (int j = 0; j < n; j++)
+        row[j] /= sum;
+}
+
 /* Causal self-attention. qkv[B*T][3C] holds q, k, v; att[B][H][T][T] gets
  * the softmax probabilities (zero above the diagonal); y[B*T][C] the
- * per-head outputs side by side. */
-static void attention_forward(float *y, float *att, const float *qkv, att_dims d)
+ * per-head outputs side by side. kt: (C/H)*T floats of scratch. */
+static void attention_forward(float *restrict y, float *restrict att,
+                              const float *restrict qkv, float *restrict kt, att_dims d)
 {
-    int hs = d.C / d.H;
+    int hs = d.C / d.H, T = d.T;
     size_t ld = 3 * (size_t)d.C;
     float scale = 1.0f / sqrtf((float)hs);
     for (int b = 0; b < d.B; b++)
-        for (int t = 0; t < d.T; t++)
-            for (int h = 0; h < d.H; h++) {
-                const float *q = qkv + ((size_t)b * d.T + t) * ld + h * hs;
-                const float *kv = qkv + (size_t)b * d.T * ld + h * hs;
-                float *row = att + (((size_t)b * d.H + h) * d.T + t) * d.T;
-                float mx = -INFINITY, sum = 0.0f;
-                for (int j = 0; j <= t; j++) {
-                    const float *k = kv + (size_t)j * ld + d.C;
-                    float s = 0.0f;
-                    for (int i = 0; i < hs; i++)
-                        s += q[i] * k[i];
-                    row[j] = s * scale;
-                    mx = row[j] > mx ? row[j] : mx;
-                }
-                for (int j = 0; j <= t; j++) {
-                    row[j] = expf(row[j] - mx);
-                    sum += row[j];
-                }
+        for (int h = 0; h < d.H; h++) {
+            const float *seq = qkv + (size_t)b * T * ld + h * hs;
+            head_transpose(kt, seq + d.C, ld, T, hs);
+            for (int t = 0; t < T; t++) {
+                const float *q = seq + (size_t)t * ld;
+                float *row = att + (((size_t)b * d.H + h) * T + t) * T;
+                memset(row, 0, (size_t)T * sizeof *row);
+                for (int i = 0; i < hs; i++)
+                    for (int j = 0; j <= t; j++)
+                        row[j] += q[i] * kt[(size_t)i * T + j];
                 for (int j = 0; j <= t; j++)
-                    row[j] /= sum;
-                for (int j = t + 1; j < d.T; j++)
-                    row[j] = 0.0f;
-                float *yo = y + ((size_t)b * d.T + t) * d.C + h * hs;
+                    row[j] *= scale;
+                softmax_row(row, t + 1);
+                float *yo = y + ((size_t)b * T + t) * d.C + h * hs;
                 memset(yo, 0, (size_t)hs * sizeof *yo);
                 for (int j = 0; j <= t; j++) {
-                    const float *v = kv + (size_t)j * ld + 2 * d.C;
+                    const float *v = seq + (size_t)j * ld + 2 * d.C;
                     for (int i = 0; i < hs; i++)
                         yo[i] += row[j] * v[i];
                 }
             }
+        }
 }
 
-/* dqkv (overwritten) from dy; datt is T floats of scratch. */
-static void attention_backward(float *dqkv, float *datt, const float *dy, const float *qkv,
-                               const float *att, att_dims d)
+/* dqkv (overwritten) from dy. Scratch: datt T floats, vt (C/H)*T. */
+static void attention_backward(float *restrict dqkv, float *restrict datt,
+                               float *restrict vt, const float *restrict dy,
+                               const float *restrict qkv, const float *restrict att,
+                               att_dims d)
 {
-    int hs = d.C / d.H;
+    int hs = d.C / d.H, T = d.T;
     size_t ld = 3 * (size_t)d.C;
     float scale = 1.0f / sqrtf((float)hs);
-    memset(dqkv, 0, (size_t)d.B * d.T * ld * sizeof *dqkv);
+    memset(dqkv, 0, (size_t)d.B * T * ld * sizeof *dqkv);
     for (int b = 0; b < d.B; b++)
-        for (int t = 0; t < d.T; t++)
-            for (int h = 0; h < d.H; h++) {
-                size_t qo = ((size_t)b * d.T + t) * ld + h * hs;
-                size_t kv = (size_t)b * d.T * ld + h * hs;
-                const float *row = att + (((size_t)b * d.H + h) * d.T + t) * d.T;
-                const float *dyo = dy + ((size_t)b * d.T + t) * d.C + h * hs;
+        for (int h = 0; h < d.H; h++) {
+            size_t base = (size_t)b * T * ld + h * hs;
+            const float *seq = qkv + base;
+            float *dseq = dqkv + base;
+            head_transpose(vt, seq + 2 * d.C, ld, T, hs);
+            for (int t = 0; t < T; t++) {
+                const float *row = att + (((size_t)b * d.H + h) * T + t) * T;
+                const float *dyo = dy + ((size_t)b * T + t) * d.C + h * hs;
+                const float *q = seq + (size_t)t * ld;
+                float *dq = dseq + (size_t)t * ld;
+                memset(datt, 0, (size_t)(t + 1) * sizeof *datt);
+                for (int i = 0; i < hs; i++)
+                    for (int j = 0; j <= t; j++)
+                        datt[j] += dyo[i] * vt[(size_t)i * T + j];
                 float dot = 0.0f;
+                for (int j = 0; j <= t; j++)
+                    dot += row[j] * datt[j];
                 for (int j = 0; j <= t; j++) {
-                    const float *v = qkv + kv + (size_t)j * ld + 2 * d.C;
-                    float *dv = dqkv + kv + (size_t)j * ld + 2 * d.C;
-                    float s = 0.0f;
-                    for (int i = 0; i < hs; i++) {
-                        s += dyo[i] * v[i];
-                        dv[i] += row[j] * dyo[i];
-                    }
-                    datt[j] = s;
-                    dot += row[j] * s;
-                }
-                /* Softmax backward, then the 1/sqrt(hs) of the scores. */
-                for (int j = 0; j <= t; j++) {
+                    /* Softmax backward, then the 1/sqrt(hs) of the scores. */
                     float ds = row[j] * (datt[j] - dot) * scale;
-                    const float *k = qkv + kv + (size_t)j * ld + d.C;
-                    float *dk = dqkv + kv + (size_t)j * ld + d.C;
+                    const float *k = seq + (size_t)j * ld + d.C;
+                    float *dk = dseq + (size_t)j * ld + d.C;
+                    float *dv = dseq + (size_t)j * ld + 2 * d.C;
                     for (int i = 0; i < hs; i++) {
-                        dqkv[qo + i] += ds * k[i];
-                        dk[i] += ds * qkv[qo + i];
+                        dv[i] += row[j] * dyo[i];
+                        dq[i] += ds * k[i];
+                        dk[i] += ds * q[i];
                     }
                 }
             }
+        }
 }
 
 /* ------------------------------------------------------------------ */
@@ -465,14 +416,33 @@ static void build_tensor_table(pp_gpt_stage *g)
     g->nparams = off;
 }
 
-/* Scratch: the largest transposed weight, one [N][4C] gradient, one
- * attention row. */
-static size_t scratch_floats(const pp_gpt_stage *g)
+/* Scratch, one region after the other: the largest transposed weight, one
+ * [N][4C] activation gradient, one attention row, one transposed head. */
+typedef struct {
+    float *wt, *tmp, *datt, *head;
+} scratch_parts;
+
+static size_t wt_floats(const pp_gpt_stage *g)
 {
     size_t C = g->C, wt = 4 * C * C;
     if (g->is_last && (size_t)g->V * C > wt)
         wt = (size_t)g->V * C;
-    return wt + 4 * nc(g) + (size_t)g->T;
+    return wt;
+}
+
+static size_t scratch_floats(const pp_gpt_stage *g)
+{
+    return wt_floats(g) + 4 * nc(g) + (size_t)g->T + (size_t)(g->C / g->H) * g->T;
+}
+
+static scratch_parts scratch_of(const pp_gpt_stage *g)
+{
+    scratch_parts p;
+    p.wt = g->scratch;
+    p.tmp = p.wt + wt_floats(g);
+    p.datt = p.tmp + 4 * nc(g);
+    p.head = p.datt + g->T;
+    return p;
 }
 
 static int check_sizes(const pp_model_desc *m, int P, int s, pp_err *e)
@@ -668,11 +638,12 @@ static void block_forward(pp_gpt_stage *g, const float *w, float *acts, int l, f
     const pp_gpt_block_offsets *p = &g->blocks[l];
     block_acts a = block_acts_at(g, l);
     int N = (int)ntok(g), C = g->C;
-    float *wt = g->scratch;
+    scratch_parts sp = scratch_of(g);
+    float *wt = sp.wt;
     layernorm_forward(acts + a.ln1, acts + a.ln1_mean, acts + a.ln1_rstd, acts + a.res_in,
                       w + p->ln1_w, w + p->ln1_b, N, C);
     linear_forward(acts + a.qkv, acts + a.ln1, w + p->qkv_w, w + p->qkv_b, wt, N, C, 3 * C);
-    attention_forward(acts + a.atty, acts + a.att, acts + a.qkv, dims_of(g));
+    attention_forward(acts + a.atty, acts + a.att, acts + a.qkv, sp.head, dims_of(g));
     linear_forward(acts + a.res_mid, acts + a.atty, w + p->attn_w, w + p->attn_b, wt, N, C, C);
     add_inplace(acts + a.res_mid, acts + a.res_in, nc(g));
     layernorm_forward(acts + a.ln2, acts + a.ln2_mean, acts + a.ln2_rstd, acts + a.res_mid,
@@ -710,7 +681,8 @@ static void head_forward(pp_gpt_stage *g, const float *w, float *acts, float *lo
     int N = (int)ntok(g), C = g->C;
     layernorm_forward(acts + a.lnf, acts + a.lnf_mean, acts + a.lnf_rstd, acts + a.res_last,
                       w + g->lnf_w, w + g->lnf_b, N, C);
-    linear_forward(acts + a.probs, acts + a.lnf, w + g->head_w, NULL, g->scratch, N, C, g->V);
+    linear_forward(acts + a.probs, acts + a.lnf, w + g->head_w, NULL, scratch_of(g).wt, N, C,
+                   g->V);
     *loss = softmax_xent(acts + a.probs, acts + a.targets, N, g->V);
 }
 
@@ -782,8 +754,8 @@ static void block_backward_input(pp_gpt_stage *g, const float *w, const float *a
     block_gacts d = block_gacts_at(g, l);
     int N = (int)ntok(g), C = g->C;
     size_t NC = nc(g);
-    float *tmp = g->scratch + scratch_floats(g) - 4 * NC - g->T;
-    float *datt = tmp + 4 * NC;
+    scratch_parts sp = scratch_of(g);
+    float *tmp = sp.tmp;
     /* MLP branch. */
     linear_backward_input(tmp, gacts + d.d_res_out, w + p->proj_w, N, 4 * C, C);
     gelu_backward(gacts + d.d_fc, acts + a.fc, tmp, 4 * NC);
@@ -793,7 +765,8 @@ static void block_backward_input(pp_gpt_stage *g, const float *w, const float *a
                              acts + a.ln2_mean, acts + a.ln2_rstd, w + p->ln2_w, N, C);
     /* Attention branch. */
     linear_backward_input(tmp, gacts + d.d_res_mid, w + p->attn_w, N, C, C);
-    attention_backward(gacts + d.d_qkv, datt, tmp, acts + a.qkv, acts + a.att, dims_of(g));
+    attention_backward(gacts + d.d_qkv, sp.datt, sp.head, tmp, acts + a.qkv, acts + a.att,
+                       dims_of(g));
     linear_backward_input(gacts + d.d_ln1, gacts + d.d_qkv, w + p->qkv_w, N, C, 3 * C);
     memcpy(gacts + d.d_res_in, gacts + d.d_res_mid, NC * sizeof *gacts);
     layernorm_backward_input(gacts + d.d_res_in, gacts + d.d_ln1, acts + a.res_in,

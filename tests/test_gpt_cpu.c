@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "adamw.h"
+#include "cpu_gemm.h"
 #include "gpt_cpu.h"
 
 /* ------------------------------------------------------------------ */
@@ -114,19 +115,74 @@ static double whole_loss(stage *st, const int *tok, const int *tgt)
 }
 
 /* ------------------------------------------------------------------ */
+/* Matrix multiply.                                                    */
+/* ------------------------------------------------------------------ */
+
+/* The blocked kernel against a plain triple loop, A read straight and
+ * transposed, over sizes with ragged edges and more than one cache block
+ * in k (256) and m (96). Both sum in the same order; the tolerance only
+ * allows for FMA contraction under -march=native. */
+static void check_gemm(int M, int N, int K, int transposed)
+{
+    float *A = malloc((size_t)M * K * sizeof *A), *B = malloc((size_t)K * N * sizeof *B);
+    float *C = malloc((size_t)M * N * sizeof *C), *R = malloc((size_t)M * N * sizeof *R);
+    uint64_t s = (uint64_t)M * 1000003u + (uint64_t)N * 1009u + (uint64_t)K;
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        A[i] = rng_sym(&s);
+    for (size_t i = 0; i < (size_t)K * N; i++)
+        B[i] = rng_sym(&s);
+    for (size_t i = 0; i < (size_t)M * N; i++)
+        C[i] = R[i] = rng_sym(&s);
+    size_t ars = transposed ? 1 : (size_t)K, acs = transposed ? (size_t)M : 1;
+    pp_gemm_acc(C, A, ars, acs, B, M, N, K);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float acc = R[(size_t)i * N + j], mag = fabsf(acc);
+            for (int k = 0; k < K; k++) {
+                float p = A[i * ars + k * acs] * B[(size_t)k * N + j];
+                acc += p;
+                mag += fabsf(p);
+            }
+            ck_assert_msg(fabsf(C[(size_t)i * N + j] - acc) <= 1e-6f * mag,
+                          "%dx%dx%d%s C[%d][%d] %.9g vs %.9g", M, N, K,
+                          transposed ? " (A^T)" : "", i, j, C[(size_t)i * N + j], acc);
+        }
+    free(A);
+    free(B);
+    free(C);
+    free(R);
+}
+
+START_TEST(test_gemm_matches_naive)
+{
+    static const int sizes[][3] = {{1, 1, 1},   {3, 5, 7},    {4, 8, 16},  {16, 48, 16},
+                                   {17, 33, 9}, {100, 40, 300}, {200, 19, 520}, {97, 64, 257}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        for (int tr = 0; tr < 2; tr++)
+            check_gemm(sizes[i][0], sizes[i][1], sizes[i][2], tr);
+    float src[6] = {1, 2, 3, 4, 5, 6}, dst[6];
+    pp_transpose(dst, src, 2, 3);
+    float want[6] = {1, 4, 2, 5, 3, 6};
+    ck_assert(memcmp(dst, want, sizeof want) == 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* Finite differences.                                                 */
 /* ------------------------------------------------------------------ */
 
 /* Central differences in fp32. eps = 2^-6: large enough that the float
- * rounding of a loss near 2.4 (~1e-6 after a forward pass) becomes only
- * ~1e-4 of gradient noise, small enough that the O(eps^2) truncation error
- * stays below that at this point. The actual perturbation (w + eps rounded
- * to float) divides the difference. Pass: |fd - an| <= ATOL + RTOL * |fd|:
- * the absolute floor covers the rounding noise for gradients near zero,
- * the relative part the truncation error of large ones. */
+ * rounding of a loss near 2.4 (~1e-7 relative per forward pass) turns into
+ * only ~1e-5 of gradient noise, small enough that the O(eps^2) truncation
+ * error stays about as small at this point. The actual perturbation (w + eps
+ * rounded to float) divides the difference. Pass: |fd - an| <= ATOL +
+ * RTOL * |fd|: the absolute floor covers that noise for gradients near
+ * zero, the relative part truncation on large ones. Most sampled gradients
+ * are 1e-3..1e-1; the worst case seen uses a quarter of the bound (also
+ * with -march=x86-64-v3), while a 2-5% error in one backward term fails. */
 #define FD_EPS 0x1.0p-6f
-#define ATOL 3e-4
-#define RTOL 2e-2
+#define ATOL 1e-4
+#define RTOL 1e-2
 
 typedef double (*scalar_fn)(void *ctx);
 
@@ -325,12 +381,12 @@ static float chain_step(stage *st, int P, const int *tok, const int *tgt, float 
     float *dx = malloc((size_t)(P + 1) * n * sizeof *dx);
     float loss = NAN;
     for (int s = 0; s < P; s++)
-        ck_assert_msg(pp_gpt_forward(&st[s].g, st[s].w, tok, x + s * n, tgt, st[s].acts,
-                                     x + (s + 1) * n, &loss, &e) == 0,
+        ck_assert_msg(pp_gpt_forward(&st[s].g, st[s].w, tok, s ? x + s * n : NULL, tgt,
+                                     st[s].acts, x + (s + 1) * n, &loss, &e) == 0,
                       "%s", e.msg);
     for (int s = P - 1; s >= 0; s--)
-        pp_gpt_backward(&st[s].g, st[s].w, st[s].acts, dx + (s + 1) * n, dx + s * n,
-                        st[s].grad, loss_scale);
+        pp_gpt_backward(&st[s].g, st[s].w, st[s].acts, s < P - 1 ? dx + (s + 1) * n : NULL,
+                        s ? dx + s * n : NULL, st[s].grad, loss_scale);
     free(x);
     free(dx);
     return loss;
@@ -554,8 +610,8 @@ START_TEST(test_adamw_first_step_closed_form)
         double wd = i < 2 ? 0.1 : 0.0;
         double want = w0[i] - lr * (g[i] / (fabs(g[i]) + 1e-8) + wd * w0[i]);
         ck_assert_msg(fabs(w[i] - want) < 1e-6, "w[%d] %.9g want %.9g", i, w[i], want);
-        ck_assert(fabs(o.m[i] - 0.1 * g[i]) < 1e-7);
-        ck_assert(fabs(o.v[i] - 0.05 * g[i] * g[i]) < 1e-7);
+        ck_assert(fabs(o.m[i] - 0.1 * g[i]) < 1e-6 * (1e-3 + fabs(o.m[i])));
+        ck_assert(fabs(o.v[i] - 0.05 * g[i] * g[i]) < 1e-6 * (1e-3 + o.v[i]));
     }
     ck_assert(w[2] == w0[2]); /* zero gradient, no decay: untouched */
     /* Second step with the same gradient: m = 0.19 g, v = 0.0975 g^2,
@@ -590,7 +646,7 @@ START_TEST(test_adamw_decay_only_where_flagged)
         float f = t->decay ? 1.0f - 0.5f * 0.1f : 1.0f;
         for (size_t k = 0; k < t->numel; k++) {
             size_t j = t->offset + k;
-            ck_assert_msg(fabsf(st.w[j] - f * w0[j]) <= 1e-7f * fabsf(w0[j]), "%s",
+            ck_assert_msg(fabsf(st.w[j] - f * w0[j]) <= 4e-7f * fabsf(w0[j]), "%s",
                           t->name);
         }
     }
@@ -674,6 +730,9 @@ END_TEST
 static Suite *gpt_cpu_suite(void)
 {
     Suite *s = suite_create("gpt_cpu");
+    TCase *gemm = tcase_create("gemm");
+    tcase_add_test(gemm, test_gemm_matches_naive);
+    suite_add_tcase(s, gemm);
     TCase *grad = tcase_create("gradients");
     tcase_add_test(grad, test_grad_whole_model);
     tcase_add_test(grad, test_grad_middle_stage_input);

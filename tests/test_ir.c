@@ -219,6 +219,45 @@ START_TEST(stream_round_trip)
 }
 END_TEST
 
+START_TEST(stream_hints)
+{
+    /* A schedule read as a stream tells the simulator which backwards read
+     * the stash and which version the next forward names. */
+    pp_err e = {{0}};
+    pp_schedule s;
+    build_rich(&s);
+    pp_stream *st;
+    ck_assert(pp_stream_from_schedule(&s, &st, &e) == 0);
+    ck_assert_ptr_nonnull(st->stashes);
+    ck_assert_int_eq(st->stashes(st, 0, 0), 1); /* B0@s */
+    ck_assert_int_eq(st->stashes(st, 0, 1), 0); /* I1 latest (W1@s does not count) */
+    ck_assert_int_eq(st->stashes(st, 1, 1), 1); /* I1@s */
+    ck_assert_int_eq(st->stashes(st, 1, 2), 1);
+    ck_assert_int_eq(st->stashes(st, 1, 0), 0);
+    ck_assert_int_eq(st->stashes(st, 0, 999), 0);
+    ck_assert_int_eq(st->stashes(st, 5, 0), 0);
+    /* stage 0: F0 F1@v0 B0@s BARRIER OPT I1 F2@v1 W1@s B2 OPT */
+    int want[] = {0, 1, 1, 1, 1, 1, -1, -1, -1, -1};
+    pp_action a;
+    ck_assert_int_eq(st->next_f_version(st, 0), -1); /* next is F0 */
+    for (int i = 0; i < 10; i++) {
+        ck_assert(pp_stream_next(st, 0, &a));
+        ck_assert_msg(st->next_f_version(st, 0) == want[i], "after action %d", i);
+    }
+    ck_assert_int_eq(st->next_f_version(st, 1), -1); /* stage 1 names no version */
+    pp_stream_free(st);
+    /* nothing stashes: no bitmap, always 0 */
+    const char *plain[] = {"F0 B0 OPT"};
+    pp_schedule p;
+    build(&p, 1, 1, plain);
+    ck_assert(pp_stream_from_schedule(&p, &st, &e) == 0);
+    ck_assert_int_eq(st->stashes(st, 0, 0), 0);
+    pp_stream_free(st);
+    pp_schedule_free(&p);
+    pp_schedule_free(&s);
+}
+END_TEST
+
 /* --- JSON ------------------------------------------------------------- */
 
 /* Writes s as JSON into a malloc'd string. */
@@ -637,6 +676,7 @@ static Suite *ir_suite(void)
     tcase_add_test(t, builder);
     tcase_add_test(t, params);
     tcase_add_test(t, stream_round_trip);
+    tcase_add_test(t, stream_hints);
     tcase_add_test(t, json_round_trip);
     tcase_add_test(t, json_defaults_and_numbers);
     tcase_add_test(t, json_malformed);

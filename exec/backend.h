@@ -1,0 +1,57 @@
+/* What a stage's compute needs from a device, as a table of functions: the
+ * CPU reference implements it in backend_cpu.c, the CUDA backend in
+ * backend_cuda.cu behind the same table. Buffers are opaque device
+ * pointers; the runtime never touches their contents except through
+ * to_host/from_host (checkpoints, the in-process transport on the CPU).
+ * Every function runs on the stage's own thread and, on a GPU, its own
+ * stream. */
+#ifndef PP_BACKEND_H
+#define PP_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+
+typedef struct pp_backend_ops pp_backend_ops;
+
+struct pp_backend_ops {
+    const char *name;
+    /* Builds stage s of P; *stage is the backend's own state. */
+    int (*create)(const pp_model_desc *m, int P, int s, int device, void **stage, pp_err *e);
+    void (*destroy)(void *stage);
+
+    size_t (*nparams)(void *stage);       /* floats of one weight copy */
+    size_t (*boundary_floats)(void *stage); /* B*T*C: one activation message */
+    size_t (*acts_bytes)(void *stage);    /* saved per micro-batch in flight */
+
+    void *(*alloc)(void *stage, size_t bytes); /* zeroed; NULL when out of memory */
+    void (*release)(void *stage, void *p);
+    void (*copy)(void *stage, void *dst, const void *src, size_t bytes);
+    void (*to_host)(void *stage, void *host, const void *dev, size_t bytes);
+    void (*from_host)(void *stage, void *dev, const void *host, size_t bytes);
+
+    void (*init_weights)(void *stage, void *w, uint64_t seed);
+    /* F: tokens/targets are host arrays of B*T ids (stage 0 / last). */
+    int (*forward)(void *stage, const void *w, const int *tokens, const void *x_in,
+                   const int *targets, void *acts, void *x_out, float *loss, pp_err *e);
+    /* I: input gradient; the last stage starts from d loss * loss_scale. */
+    void (*backward_input)(void *stage, const void *w, void *acts, const void *dx_out,
+                           void *dx_in, float loss_scale);
+    /* W: adds this micro-batch's weight gradient into grad. */
+    void (*backward_weight)(void *stage, void *acts, void *grad);
+    /* OPT: one AdamW step of w with grad, then zeroes grad. */
+    void (*optimizer_step)(void *stage, void *w, void *grad, float lr);
+    /* Optimizer state for checkpoints: bytes, and copy out / in (host). */
+    size_t (*opt_state_bytes)(void *stage);
+    void (*opt_state_get)(void *stage, void *host);
+    void (*opt_state_put)(void *stage, const void *host);
+    void (*sync)(void *stage); /* waits for the stage's queued work */
+};
+
+/* "cpu", or "cuda" when built with CUDA; a one-line error otherwise. */
+const pp_backend_ops *pp_backend_find(const char *name, pp_err *e);
+extern const pp_backend_ops pp_backend_cpu;
+
+#endif

@@ -1,0 +1,168 @@
+/* The CPU reference backend: host memory, gpt_cpu.c for the math, AdamW
+ * from adamw.c. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "gpt_cpu.h"
+
+typedef struct {
+    pp_gpt_stage g;
+    pp_adamw opt;
+} cpu_stage;
+
+static int cpu_create(const pp_model_desc *m, int P, int s, int device, void **out, pp_err *e)
+{
+    (void)device;
+    cpu_stage *c = calloc(1, sizeof *c);
+    if (!c)
+        return pp_errf(e, "out of memory");
+    if (pp_gpt_stage_init(&c->g, m, P, s, e) < 0) {
+        free(c);
+        return -1;
+    }
+    if (pp_adamw_init(&c->opt, c->g.nparams, pp_adamw_defaults(), e) < 0) {
+        pp_gpt_stage_free(&c->g);
+        free(c);
+        return -1;
+    }
+    *out = c;
+    return 0;
+}
+
+static void cpu_destroy(void *stage)
+{
+    cpu_stage *c = stage;
+    pp_adamw_free(&c->opt);
+    pp_gpt_stage_free(&c->g);
+    free(c);
+}
+
+static size_t cpu_nparams(void *stage)
+{
+    return ((cpu_stage *)stage)->g.nparams;
+}
+
+static size_t cpu_boundary_floats(void *stage)
+{
+    const pp_gpt_stage *g = &((cpu_stage *)stage)->g;
+    return (size_t)g->B * g->T * g->C;
+}
+
+/* A micro-batch keeps its activations and, between I and W, the
+ * activation gradients: one buffer holds both. */
+static size_t cpu_acts_bytes(void *stage)
+{
+    const pp_gpt_stage *g = &((cpu_stage *)stage)->g;
+    return (pp_gpt_acts_floats(g) + pp_gpt_gacts_floats(g)) * sizeof(float);
+}
+
+static void *cpu_alloc(void *stage, size_t bytes)
+{
+    (void)stage;
+    return calloc(1, bytes ? bytes : 1);
+}
+
+static void cpu_release(void *stage, void *p)
+{
+    (void)stage;
+    free(p);
+}
+
+static void cpu_copy(void *stage, void *dst, const void *src, size_t bytes)
+{
+    (void)stage;
+    memcpy(dst, src, bytes);
+}
+
+static void cpu_init_weights(void *stage, void *w, uint64_t seed)
+{
+    pp_gpt_stage_init_weights(&((cpu_stage *)stage)->g, w, seed);
+}
+
+static int cpu_forward(void *stage, const void *w, const int *tokens, const void *x_in,
+                       const int *targets, void *acts, void *x_out, float *loss, pp_err *e)
+{
+    cpu_stage *c = stage;
+    return pp_gpt_forward(&c->g, w, tokens, x_in, targets, acts, x_out, loss, e);
+}
+
+static float *gacts_of(cpu_stage *c, void *acts)
+{
+    return (float *)acts + pp_gpt_acts_floats(&c->g);
+}
+
+static void cpu_backward_input(void *stage, const void *w, void *acts, const void *dx_out,
+                               void *dx_in, float loss_scale)
+{
+    cpu_stage *c = stage;
+    pp_gpt_backward_input(&c->g, w, acts, dx_out, dx_in, gacts_of(c, acts), loss_scale);
+}
+
+static void cpu_backward_weight(void *stage, void *acts, void *grad)
+{
+    cpu_stage *c = stage;
+    pp_gpt_backward_weight(&c->g, acts, gacts_of(c, acts), grad);
+}
+
+static void cpu_optimizer_step(void *stage, void *w, void *grad, float lr)
+{
+    cpu_stage *c = stage;
+    pp_gpt_adamw_step(&c->g, &c->opt, w, grad, lr);
+    pp_grad_zero(grad, c->g.nparams);
+}
+
+/* m, v, then the step count t as a double (exact up to 2^53). */
+static size_t cpu_opt_state_bytes(void *stage)
+{
+    return 2 * cpu_nparams(stage) * sizeof(float) + sizeof(double);
+}
+
+static void cpu_opt_state_get(void *stage, void *host)
+{
+    cpu_stage *c = stage;
+    size_t n = c->g.nparams * sizeof(float);
+    double t = (double)c->opt.t;
+    memcpy(host, c->opt.m, n);
+    memcpy((char *)host + n, c->opt.v, n);
+    memcpy((char *)host + 2 * n, &t, sizeof t);
+}
+
+static void cpu_opt_state_put(void *stage, const void *host)
+{
+    cpu_stage *c = stage;
+    size_t n = c->g.nparams * sizeof(float);
+    double t;
+    memcpy(c->opt.m, host, n);
+    memcpy(c->opt.v, (const char *)host + n, n);
+    memcpy(&t, (const char *)host + 2 * n, sizeof t);
+    c->opt.t = (long)t;
+}
+
+static void cpu_sync(void *stage)
+{
+    (void)stage;
+}
+
+const pp_backend_ops pp_backend_cpu = {
+    .name = "cpu",
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .nparams = cpu_nparams,
+    .boundary_floats = cpu_boundary_floats,
+    .acts_bytes = cpu_acts_bytes,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .copy = cpu_copy,
+    .to_host = cpu_copy,
+    .from_host = cpu_copy,
+    .init_weights = cpu_init_weights,
+    .forward = cpu_forward,
+    .backward_input = cpu_backward_input,
+    .backward_weight = cpu_backward_weight,
+    .optimizer_step = cpu_optimizer_step,
+    .opt_state_bytes = cpu_opt_state_bytes,
+    .opt_state_get = cpu_opt_state_get,
+    .opt_state_put = cpu_opt_state_put,
+    .sync = cpu_sync,
+};

@@ -1,0 +1,71 @@
+/* The stage runtime (DESIGN §6): one thread per stage walks that stage's
+ * action list from the IR and honours its weight selectors. Each stage owns
+ * its weight versions (the current one, versions stashed for in-flight
+ * backwards, a version a later F@vK names), its gradient buffer and
+ * optimizer, and the activations of its micro-batches in flight. The main
+ * thread collects per-update losses, evaluates snapshots and reports. */
+#ifndef PP_RUNTIME_H
+#define PP_RUNTIME_H
+
+#include <stdint.h>
+
+#include "adamw.h"
+#include "backend.h"
+#include "ir.h"
+#include "model.h"
+#include "timeline.h"
+
+/* One line of the training log: the last stage's k-th update. */
+typedef struct {
+    int step;          /* 1-based */
+    double loss;       /* mean training loss of the micro-batches it applied */
+    int has_val;
+    double val_loss;   /* the model after update k on every stage */
+    double lr;
+    double elapsed_s;  /* wall time since the run started */
+    double tokens;     /* training tokens through the last stage so far */
+} pp_step_record;
+
+/* Fills tokens[B*T] and targets[B*T] of training micro-batch mb, or of
+ * validation batch i. */
+typedef int (*pp_batch_fn)(void *ctx, long index, int *tokens, int *targets, pp_err *e);
+
+typedef struct {
+    const pp_schedule *ir;       /* validated */
+    pp_model_desc model;         /* micro_batch = B, seq_len = T */
+    const pp_backend_ops *backend;
+    int device;
+    uint64_t seed;
+    pp_lr_schedule lr;           /* indexed by each stage's own update count */
+    pp_batch_fn train_batch, val_batch;
+    void *data;
+    int eval_every;              /* evaluate after every k-th update; 0 = at the end only */
+    int eval_batches;            /* validation batches per evaluation */
+    double timeout_s;            /* a stage waiting longer than this fails the run */
+    pp_timeline *timeline;       /* measured actions (optional), seconds */
+    void (*on_step)(void *ctx, const pp_step_record *r);
+    void *on_step_ctx;
+    /* Test hook: when set, [stage][mb][0/1] receives a checksum of the
+     * weights the forward / backward of mb read on that stage. */
+    double *weight_checksums;
+    /* Test hook: peak number of weight copies alive per stage (P ints). */
+    int *peak_weight_copies;
+} pp_run_config;
+
+typedef struct {
+    int steps;                   /* updates on the last stage */
+    double *step_loss;           /* [steps], caller frees */
+    double final_val_loss;       /* after the last update (if val_batch) */
+    double elapsed_s, tokens;
+} pp_run_result;
+
+int pp_run(const pp_run_config *cfg, pp_run_result *res, pp_err *e);
+void pp_run_result_free(pp_run_result *r);
+
+/* Mean validation loss of the full model over n batches, with weights
+ * given per stage (host copies, stage order). Used by pp_run's evaluator. */
+int pp_evaluate(const pp_backend_ops *b, const pp_model_desc *m, int P, void **stage_objs,
+                void **weights, pp_batch_fn val_batch, void *data, int n, double *loss,
+                pp_err *e);
+
+#endif

@@ -1,0 +1,39 @@
+/* Moving activations (forward, stage s -> s+1) and gradients (backward,
+ * s -> s-1) between stages. The in-process transport passes them between
+ * stage threads through bounded queues; the NCCL transport (next issue)
+ * plugs in behind the same table. Receives name the micro-batch they want:
+ * a message that arrives early waits in the receiver's mailbox, so stages
+ * may consume in any order their IR says. */
+#ifndef PP_TRANSPORT_H
+#define PP_TRANSPORT_H
+
+#include <stddef.h>
+
+#include "backend.h"
+#include "error.h"
+
+enum { PP_MSG_ACT = 0, PP_MSG_GRAD = 1 };
+
+typedef struct pp_transport pp_transport;
+struct pp_transport {
+    /* Sends `bytes` of stage `src`'s buffer to stage `dst`. */
+    int (*send)(pp_transport *t, int src, int dst, int kind, int mb, const void *buf,
+                size_t bytes, pp_err *e);
+    /* Receives the message (kind, mb) from `src` into buf. Blocks; fails
+     * when the transport is aborted or the timeout passes. */
+    int (*recv)(pp_transport *t, int dst, int src, int kind, int mb, void *buf, size_t bytes,
+                pp_err *e);
+    /* Wakes every blocked call with an error: a failing stage stops the
+     * others instead of leaving them waiting forever. */
+    void (*abort)(pp_transport *t);
+    void (*destroy)(pp_transport *t);
+    void *state;
+};
+
+/* One process, stages as threads; `capacity` messages per link and
+ * direction before a sender blocks; receives fail after timeout_s. */
+int pp_transport_inproc_create(int stages, int capacity, double timeout_s,
+                               const pp_backend_ops *backend, void **backend_stages,
+                               pp_transport **out, pp_err *e);
+
+#endif

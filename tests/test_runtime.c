@@ -1,0 +1,229 @@
+/* The stage runtime against its specification: pipelined synchronous
+ * training equals unpipelined training, the simulator predicts exactly the
+ * weight versions every real forward and backward read, and stashing keeps
+ * the forward's weights by content. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "registry.h"
+#include "runtime.h"
+
+static pp_model_desc small_model(void)
+{
+    pp_model_desc m = {"test", 4, 32, 2, 16, 29, 2, 4};
+    return m;
+}
+
+/* Deterministic pseudo-text: token i of micro-batch mb; targets shift by one. */
+static int synth_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e)
+{
+    (void)e;
+    const pp_model_desc *m = ctx;
+    int n = m->micro_batch * m->seq_len;
+    for (int i = 0; i <= n; i++) {
+        unsigned x = (unsigned)(index * 7919 + i * 31 + (i / 5) * 17);
+        int tok = (int)((x * 2654435761u) >> 16) % m->vocab;
+        if (i < n)
+            tokens[i] = (tok + i) % m->vocab;
+        if (i > 0)
+            targets[i - 1] = (tok + i) % m->vocab;
+    }
+    return 0;
+}
+
+static pp_schedule make_ir(const char *name, int P, int m, int S)
+{
+    pp_gen_opts o = {P, m, S, 0};
+    pp_schedule s;
+    pp_err e;
+    ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s", e.msg);
+    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s", e.msg);
+    return s;
+}
+
+static pp_run_config base_config(const pp_schedule *ir, pp_model_desc *m)
+{
+    pp_run_config c;
+    memset(&c, 0, sizeof c);
+    c.ir = ir;
+    c.model = *m;
+    c.backend = &pp_backend_cpu;
+    c.seed = 42;
+    c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
+    c.train_batch = synth_batch;
+    c.data = m;
+    c.timeout_s = 60;
+    return c;
+}
+
+static pp_run_result train(const char *name, int P, int m, int S, pp_timeline *tl)
+{
+    pp_model_desc md = small_model();
+    pp_schedule ir = make_ir(name, P, m, S);
+    pp_run_config c = base_config(&ir, &md);
+    pp_err e;
+    if (tl) {
+        ck_assert(pp_timeline_init(tl, &ir.info, &e) == 0);
+        c.timeline = tl;
+    }
+    pp_run_result r;
+    ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s: %s", name, e.msg);
+    pp_schedule_free(&ir);
+    return r;
+}
+
+/* 1F1B-flush and GPipe apply exactly the updates of unpipelined training:
+ * the same micro-batches, the same weights, gradients summed in the same
+ * order. The reference kernels sum in an order independent of the split,
+ * so the losses agree to the last bit; the tolerance 1e-6 (relative)
+ * leaves room only for floating-point reassociation, should a backend
+ * reorder sums. */
+START_TEST(synchronous_equals_sequential)
+{
+    const char *names[] = {"1f1b-flush", "gpipe"};
+    pp_run_result ref = train("1f1b-flush", 1, 4, 10, NULL);
+    ck_assert_int_eq(ref.steps, 10);
+    ck_assert(ref.step_loss[9] < ref.step_loss[0]);
+    for (int k = 0; k < 2; k++)
+        for (int P = 2; P <= 4; P += 2) {
+            pp_run_result r = train(names[k], P, 4, 10, NULL);
+            ck_assert_int_eq(r.steps, 10);
+            for (int i = 0; i < 10; i++)
+                ck_assert_msg(fabs(r.step_loss[i] - ref.step_loss[i]) <= 1e-6 * fabs(ref.step_loss[i]),
+                              "%s P=%d step %d: %.9g vs %.9g", names[k], P, i, r.step_loss[i],
+                              ref.step_loss[i]);
+            pp_run_result_free(&r);
+        }
+    pp_run_result_free(&ref);
+}
+END_TEST
+
+/* The versions every real action read equal the simulator's prediction. */
+static void check_versions_match(const char *name, int P, int m, int S)
+{
+    pp_timeline real;
+    pp_run_result r = train(name, P, m, S, &real);
+    pp_run_result_free(&r);
+
+    pp_schedule ir = make_ir(name, P, m, S);
+    pp_stream *st;
+    pp_err e;
+    ck_assert(pp_stream_from_schedule(&ir, &st, &e) == 0);
+    pp_cost cost;
+    ck_assert(pp_cost_init(&cost, P, &e) == 0);
+    pp_timeline sim;
+    ck_assert(pp_timeline_init(&sim, &ir.info, &e) == 0);
+    pp_sim_config cfg = {&cost, NULL, 0, &sim};
+    pp_metrics met;
+    ck_assert_msg(pp_simulate(st, &cfg, &met, &e) == 0, "%s", e.msg);
+
+    pp_mb_row *a, *b;
+    size_t na, nb;
+    ck_assert(pp_timeline_mb_rows(&real, &a, &na, &e) == 0);
+    ck_assert(pp_timeline_mb_rows(&sim, &b, &nb, &e) == 0);
+    ck_assert_int_eq(na, nb);
+    ck_assert_int_eq(na, (size_t)P * ir.info.total_microbatches);
+    for (size_t i = 0; i < na; i++) {
+        ck_assert_int_eq(a[i].stage, b[i].stage);
+        ck_assert_int_eq(a[i].mb, b[i].mb);
+        ck_assert_msg(a[i].v_f == b[i].v_f && a[i].v_b == b[i].v_b,
+                      "%s P=%d m=%d stage %d mb %d: real v_f=%d v_b=%d, simulated %d %d", name,
+                      P, m, a[i].stage, a[i].mb, a[i].v_f, a[i].v_b, b[i].v_f, b[i].v_b);
+    }
+    /* and the measured run's metrics come from the simulator's code */
+    pp_metrics real_met;
+    ck_assert_msg(pp_metrics_from_timeline(&real, NULL, 0, &real_met, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(real_met.drift_max, met.drift_max);
+    ck_assert_double_eq_tol(real_met.staleness_mean, met.staleness_mean, 1e-12);
+    pp_metrics_free(&real_met);
+    free(a);
+    free(b);
+    pp_metrics_free(&met);
+    pp_timeline_free(&sim);
+    pp_timeline_free(&real);
+    pp_cost_free(&cost);
+    pp_stream_free(st);
+    pp_schedule_free(&ir);
+}
+
+START_TEST(versions_match_simulator)
+{
+    check_versions_match("paci", 4, 1, 6);
+    check_versions_match("paci", 4, 2, 4);
+    check_versions_match("paci", 4, 4, 3);
+    check_versions_match("pipedream", 4, 1, 10);
+    check_versions_match("pipedream-2bw", 4, 4, 3);
+    check_versions_match("1f1b-flush", 4, 3, 3);
+}
+END_TEST
+
+/* PipeDream-2BW: two copies, and each micro-batch's backward reads the very
+ * weights its forward read (by content). PACI's backward reads the newer
+ * weights whenever its drift is positive. */
+START_TEST(stash_by_content)
+{
+    pp_model_desc md = small_model();
+    int P = 4, m = 4, S = 3, N = m * S;
+    pp_schedule ir = make_ir("pipedream-2bw", P, m, S);
+    pp_run_config c = base_config(&ir, &md);
+    double *sums = calloc((size_t)P * N * 2, sizeof *sums);
+    int peak[4];
+    c.weight_checksums = sums;
+    c.peak_weight_copies = peak;
+    pp_run_result r;
+    pp_err e;
+    ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s", e.msg);
+    for (int s = 0; s < P; s++) {
+        ck_assert_int_eq(peak[s], 2);
+        for (int mb = 0; mb < N; mb++)
+            ck_assert(sums[(s * N + mb) * 2] == sums[(s * N + mb) * 2 + 1]);
+    }
+    /* step 2's micro-batches read version 1, not version 0 */
+    ck_assert(sums[(0 * N + 8) * 2] != sums[(0 * N + 0) * 2]);
+    pp_run_result_free(&r);
+    pp_schedule_free(&ir);
+
+    ir = make_ir("paci", P, 2, 4);
+    c = base_config(&ir, &md);
+    memset(sums, 0, (size_t)P * N * 2 * sizeof *sums);
+    c.weight_checksums = sums;
+    c.peak_weight_copies = peak;
+    ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s", e.msg);
+    /* stage 0, micro-batch 2: forward before the first update, backward after */
+    ck_assert(sums[(0 * 8 + 2) * 2] != sums[(0 * 8 + 2) * 2 + 1]);
+    for (int s = 0; s < P; s++)
+        ck_assert_int_eq(peak[s], 1);
+    pp_run_result_free(&r);
+    pp_schedule_free(&ir);
+
+    ir = make_ir("pipedream", P, 1, 8);
+    c = base_config(&ir, &md);
+    c.peak_weight_copies = peak;
+    ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s", e.msg);
+    for (int s = 0; s < P; s++)
+        ck_assert_int_eq(peak[s], P - s);
+    pp_run_result_free(&r);
+    pp_schedule_free(&ir);
+    free(sums);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("runtime");
+    TCase *t = tcase_create("runtime");
+    tcase_set_timeout(t, 300);
+    tcase_add_test(t, synchronous_equals_sequential);
+    tcase_add_test(t, versions_match_simulator);
+    tcase_add_test(t, stash_by_content);
+    suite_add_tcase(s, t);
+    SRunner *r = srunner_create(s);
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
