@@ -54,7 +54,7 @@ void pp_report_table(FILE *f, const pp_metrics *m, const pp_model_desc *model)
             m->unit, m->unit);
     for (int s = 0; s < i->stages; s++) {
         const pp_stage_metrics *p = &m->stage[s];
-        fprintf(f, "%5d %7.6g %7.6g %6.1f %2d/%-5.2f %2d/%-5.2f %6d %6d %8.3f %6.4g\n", s, p->busy,
+        fprintf(f, "%5d %7.4g %7.4g %6.1f %2d/%-5.2f %2d/%-5.2f %6d %6d %8.3f %6.4g\n", s, p->busy,
                 p->idle, 100.0 * p->bubble_fraction, p->drift_max, p->drift_mean,
                 p->staleness_max, p->staleness_mean, p->peak_inflight, p->peak_weight_copies,
                 p->peak_memory_bytes / GIB, p->hold_mean);

@@ -1,0 +1,380 @@
+/* pprun: train a GPT model by running a schedule IR stage by stage
+ * (DESIGN §6, §7). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "atomic_file.h"
+#include "backend.h"
+#include "cli.h"
+#include "data.h"
+#include "metrics.h"
+#include "report.h"
+#include "runtime.h"
+
+#define EXIT_BAD_INPUT 2
+#define EXIT_RUNTIME 1
+
+static const char usage[] =
+    "usage: pprun --schedule NAME --data FILE [options]\n"
+    "       pprun --ir FILE --data FILE [options]\n"
+    "\n"
+    "Trains a GPT model with a pipeline schedule, stage by stage, and reports\n"
+    "what really happened (bubble, drift, staleness per stage).\n"
+    "\n"
+    "training:\n"
+    "  --backend cpu|cuda      (default cpu)\n"
+    "  --data FILE             text file; vocabulary = its distinct bytes; 90/10 split\n"
+    "  --data-bin FILE         llm.c .bin token shard (--val-bin FILE for validation)\n"
+    "  --lr X                  peak learning rate (default 1e-3)\n"
+    "  --min-lr X              end of the cosine decay (default lr/10)\n"
+    "  --warmup N              warm-up updates (default 10)\n"
+    "  --seed N                weight initialisation (default 1)\n"
+    "  --eval-every N          validation loss every N updates (default 0: at the end)\n"
+    "  --eval-batches N        validation batches per evaluation (default 8)\n"
+    "  --devices LIST          GPU ids (cuda backend)\n"
+    "  --timeout S             a stage waiting longer fails the run (default 600)\n"
+    "outputs:\n"
+    "  --log FILE.jsonl        one JSON line per update: step, loss, val_loss, tokens_per_s, lr\n"
+    "  --versions FILE.csv     stage,microbatch,v_f,v_b,drift,f_start,f_end,b_start,b_end (s)\n"
+    "  --trace FILE.json       Chrome trace of the measured run\n"
+    "  --profile FILE.json     measured per-stage op times (ppsim --profile FILE)\n"
+    "\n";
+
+typedef struct {
+    pp_cli_opts cli;
+    const char *backend, *data, *data_bin, *val_bin, *log, *versions, *trace, *profile;
+    const char *devices;
+    double lr, min_lr, timeout;
+    int warmup, eval_every, eval_batches;
+} pprun_opts;
+
+typedef struct {
+    pp_data data;
+    pp_loader base;   /* training batches: micro-batch mb = base + mb */
+    int B;
+    FILE *log;
+    int total_steps;
+    int tty;
+    double last_print;
+} run_ctx;
+
+static int fail(int code, const pp_err *e)
+{
+    fprintf(stderr, "pprun: error: %s\n", e->msg);
+    return code;
+}
+
+static int parse(pprun_opts *o, int argc, char **argv, pp_err *e)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r = pp_cli_shared_option(&o->cli, argc, argv, &i, e);
+        if (r < 0)
+            return -1;
+        if (r > 0)
+            continue;
+        struct { const char *flag; const char **dst; } strs[] = {
+            {"--backend", &o->backend}, {"--data", &o->data}, {"--data-bin", &o->data_bin},
+            {"--val-bin", &o->val_bin}, {"--log", &o->log}, {"--versions", &o->versions},
+            {"--trace", &o->trace}, {"--devices", &o->devices},
+        };
+        int done = 0;
+        for (size_t k = 0; k < sizeof strs / sizeof strs[0] && !done; k++)
+            if (pp_cli_is(a, strs[k].flag)) {
+                if (!(*strs[k].dst = pp_cli_value(argc, argv, &i, strs[k].flag, e)))
+                    return -1;
+                if (!**strs[k].dst)
+                    return pp_errf(e, "%s: empty value", strs[k].flag);
+                done = 1;
+            }
+        if (done)
+            continue;
+        struct { const char *flag; double *dst; double min; } dbls[] = {
+            {"--lr", &o->lr, 0}, {"--min-lr", &o->min_lr, 0}, {"--timeout", &o->timeout, 0.001},
+        };
+        for (size_t k = 0; k < sizeof dbls / sizeof dbls[0] && !done; k++)
+            if (pp_cli_is(a, dbls[k].flag)) {
+                const char *v = pp_cli_value(argc, argv, &i, dbls[k].flag, e);
+                if (!v || pp_cli_parse_double(dbls[k].flag, v, dbls[k].min, dbls[k].dst, e) < 0)
+                    return -1;
+                done = 1;
+            }
+        struct { const char *flag; int *dst; long min; } ints[] = {
+            {"--warmup", &o->warmup, 0}, {"--eval-every", &o->eval_every, 0},
+            {"--eval-batches", &o->eval_batches, 1},
+        };
+        for (size_t k = 0; k < sizeof ints / sizeof ints[0] && !done; k++)
+            if (pp_cli_is(a, ints[k].flag)) {
+                const char *v = pp_cli_value(argc, argv, &i, ints[k].flag, e);
+                if (!v || pp_cli_parse_int(ints[k].flag, v, ints[k].min, 1 << 30, ints[k].dst, e) < 0)
+                    return -1;
+                done = 1;
+            }
+        if (done)
+            continue;
+        return pp_errf(e, a[0] == '-' ? "unknown option \"%s\" (see pprun --help)"
+                                      : "unexpected argument \"%s\"", a);
+    }
+    return 0;
+}
+
+static int train_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e)
+{
+    (void)e;
+    run_ctx *c = ctx;
+    pp_loader_peek(&c->base, index, tokens, targets);
+    return 0;
+}
+
+static int val_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e)
+{
+    (void)e;
+    run_ctx *c = ctx;
+    pp_data_val_batch(&c->data, c->B, index, tokens, targets);
+    return 0;
+}
+
+static void on_step(void *ctx, const pp_step_record *r)
+{
+    run_ctx *c = ctx;
+    double tps = r->elapsed_s > 0 ? r->tokens / r->elapsed_s : 0;
+    if (c->log) {
+        fprintf(c->log, "{\"step\": %d, \"loss\": %.6f", r->step, r->loss);
+        if (r->has_val)
+            fprintf(c->log, ", \"val_loss\": %.6f", r->val_loss);
+        fprintf(c->log, ", \"tokens_per_s\": %.1f, \"lr\": %.6g, \"elapsed_s\": %.3f}\n", tps,
+                r->lr, r->elapsed_s);
+    }
+    if (c->tty && (r->elapsed_s - c->last_print > 0.2 || r->step == c->total_steps)) {
+        double eta = r->step > 0 ? r->elapsed_s / r->step * (c->total_steps - r->step) : 0;
+        fprintf(stderr, "\rstep %d/%d  loss %.4f%s  %.0f tok/s  ETA %.0f s   ", r->step,
+                c->total_steps, r->loss, r->has_val ? " (val)" : "", tps, eta);
+        c->last_print = r->elapsed_s;
+    }
+}
+
+/* Measured mean op durations per stage, the simulator's cost model. */
+static int save_profile(const char *path, const pp_timeline *tl, pp_err *e)
+{
+    int P = tl->info.stages;
+    pp_cost c;
+    if (pp_cost_init(&c, P, e) < 0)
+        return -1;
+    snprintf(c.unit, sizeof c.unit, "s");
+    for (int s = 0; s < P; s++) {
+        double sum[PP_OP_COUNT] = {0};
+        int n[PP_OP_COUNT] = {0};
+        for (size_t i = 0; i < tl->stage[s].count; i++) {
+            const pp_timed_action *a = &tl->stage[s].items[i];
+            sum[a->act.op] += a->end - a->start;
+            n[a->act.op]++;
+        }
+        double *dst[] = {c.fwd, c.bwd, c.inp, c.wgt, c.opt};
+        for (int op = 0; op <= PP_OP_OPT; op++)
+            dst[op][s] = n[op] ? sum[op] / n[op] : 0.0;
+        if (!n[PP_OP_I]) {
+            c.inp[s] = c.bwd[s] / 2;
+            c.wgt[s] = c.bwd[s] / 2;
+        }
+        if (!n[PP_OP_B])
+            c.bwd[s] = c.inp[s] + c.wgt[s];
+    }
+    int rc = pp_cost_save_profile(&c, path, e);
+    pp_cost_free(&c);
+    return rc;
+}
+
+static int load_data(const pprun_opts *o, run_ctx *c, pp_model_desc *m, pp_err *e)
+{
+    if (!!o->data == !!o->data_bin)
+        return pp_errf(e, "give one of --data FILE (text) or --data-bin FILE (tokens)");
+    if (o->data) {
+        if (pp_data_load_text(&c->data, o->data, m->seq_len, e) < 0)
+            return -1;
+        m->vocab = c->data.vocab; /* a byte vocabulary comes from the file */
+    } else if (pp_data_load_bin(&c->data, o->data_bin, o->val_bin, m->vocab, m->seq_len, e) < 0) {
+        return -1;
+    }
+    c->B = m->micro_batch;
+    pp_loader_init(&c->base, &c->data, c->B);
+    return 0;
+}
+
+static int open_outputs(const pprun_opts *o, run_ctx *c, pp_atomic_file *logf, pp_err *e)
+{
+    if (!o->log)
+        return 0;
+    if (pp_atomic_open(logf, o->log, e) < 0)
+        return -1;
+    c->log = logf->f;
+    return 0;
+}
+
+static int write_outputs(const pprun_opts *o, const pp_timeline *tl, pp_err *e)
+{
+    if (o->versions && pp_mb_csv_save(o->versions, tl, e) < 0)
+        return -1;
+    if (o->trace && pp_trace_save(o->trace, tl, e) < 0)
+        return -1;
+    if (o->profile && save_profile(o->profile, tl, e) < 0)
+        return -1;
+    return 0;
+}
+
+static int get_schedule(const pprun_opts *o, pp_schedule *ir, pp_err *e)
+{
+    int r = pp_cli_load_ir(&o->cli, ir, e);
+    if (r <= 0)
+        return r;
+    if (!o->cli.schedule)
+        return pp_errf(e, "give --schedule NAME or --ir FILE");
+    if (pp_generate_schedule(o->cli.schedule, &o->cli.gen, ir, e) < 0)
+        return -1;
+    if (pp_schedule_validate(ir, e) < 0) {
+        pp_schedule_free(ir);
+        return -1;
+    }
+    return 0;
+}
+
+static void print_summary(const pp_timeline *tl, const pp_run_result *res,
+                          const pp_model_desc *m)
+{
+    pp_metrics met;
+    pp_err e;
+    if (pp_metrics_from_timeline(tl, m, 0, &met, &e) < 0) {
+        fprintf(stderr, "pprun: warning: no summary: %s\n", e.msg);
+        return;
+    }
+    printf("\nmeasured run (times in seconds):\n");
+    pp_report_table(stdout, &met, m);
+    printf("\ntrained %d updates, %.0f tokens in %.1f s (%.0f tokens/s)\n", res->steps,
+           res->tokens, res->elapsed_s, res->elapsed_s > 0 ? res->tokens / res->elapsed_s : 0);
+    if (res->steps > 0)
+        printf("final training loss %.4f, validation loss %.4f (nats; uniform over %d symbols: "
+               "%.4f)\n", res->step_loss[res->steps - 1], res->final_val_loss, m->vocab,
+               log((double)m->vocab));
+    pp_metrics_free(&met);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(usage, stdout);
+            fputs(pp_cli_shared_help, stdout);
+            return 0;
+        }
+    pprun_opts o;
+    memset(&o, 0, sizeof o);
+    pp_cli_defaults(&o.cli, "tiny");
+    o.backend = "cpu";
+    o.lr = 1e-3;
+    o.min_lr = -1;
+    o.warmup = 10;
+    o.eval_batches = 8;
+    o.timeout = 600;
+    pp_err e = {{0}};
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return EXIT_BAD_INPUT;
+    }
+    if (parse(&o, argc, argv, &e) < 0)
+        return fail(EXIT_BAD_INPUT, &e);
+    o.profile = o.cli.profile; /* for pprun, --profile is an output */
+    if (o.cli.fwd || o.cli.bwd || o.cli.opt || o.cli.straggler || o.cli.jitter > 0 ||
+        o.cli.comm_latency > 0 || o.cli.comm_bandwidth > 0) {
+        pp_errf(&e, "--fwd/--bwd/--opt/--jitter/--straggler/--comm-* are simulator options; "
+                    "pprun measures");
+        return fail(EXIT_BAD_INPUT, &e);
+    }
+    const pp_backend_ops *backend = pp_backend_find(o.backend, &e);
+    if (!backend)
+        return fail(EXIT_BAD_INPUT, &e);
+    pp_schedule ir;
+    if (get_schedule(&o, &ir, &e) < 0)
+        return fail(EXIT_BAD_INPUT, &e);
+    run_ctx c;
+    memset(&c, 0, sizeof c);
+    pp_model_desc m;
+    int rc = EXIT_BAD_INPUT;
+    pp_atomic_file logf = {0};
+    pp_timeline tl;
+    int have_tl = 0, have_data = 0;
+    if (pp_cli_model(&o.cli, ir.info.stages, &m, &e) < 0)
+        goto out;
+    m.bytes_per_elem = 4; /* the executor trains in fp32 */
+    if (load_data(&o, &c, &m, &e) < 0)
+        goto out;
+    have_data = 1;
+    if (pp_timeline_init(&tl, &ir.info, &e) < 0)
+        goto out;
+    have_tl = 1;
+    snprintf(tl.source, sizeof tl.source, "measured");
+    snprintf(tl.unit, sizeof tl.unit, "s");
+    tl.us_per_unit = 1e6;
+    if (open_outputs(&o, &c, &logf, &e) < 0)
+        goto out;
+    pp_run_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.ir = &ir;
+    cfg.model = m;
+    cfg.backend = backend;
+    cfg.seed = o.cli.seed;
+    int updates = ir.info.steps;
+    cfg.lr = (pp_lr_schedule){(float)o.lr, (float)(o.min_lr >= 0 ? o.min_lr : o.lr / 10),
+                              o.warmup, updates};
+    cfg.train_batch = train_batch;
+    cfg.val_batch = val_batch;
+    cfg.data = &c;
+    cfg.eval_every = o.eval_every;
+    cfg.eval_batches = o.eval_batches;
+    cfg.timeout_s = o.timeout;
+    cfg.timeline = &tl;
+    cfg.on_step = on_step;
+    cfg.on_step_ctx = &c;
+    c.total_steps = updates;
+    c.tty = isatty(2);
+    fprintf(stderr, "pprun: %s, P=%d, m=%d, %d updates; model %d layers x %d, %d heads, "
+                    "seq %d, vocab %d, micro-batch %d; %.2fM parameters; backend %s\n",
+            ir.info.name, ir.info.stages, ir.info.microbatches_per_step, updates, m.layers, m.dim,
+            m.heads, m.seq_len, m.vocab, m.micro_batch, pp_model_total_params(&m) / 1e6,
+            backend->name);
+    pp_run_result res;
+    if (pp_run(&cfg, &res, &e) < 0) {
+        rc = EXIT_RUNTIME;
+        if (c.tty)
+            fputc('\n', stderr);
+        goto out;
+    }
+    if (c.tty)
+        fputc('\n', stderr);
+    if (c.log) {
+        fprintf(c.log, "{\"final\": true, \"steps\": %d, \"val_loss\": %.6f, \"tokens_per_s\": %.1f}\n",
+                res.steps, res.final_val_loss, res.elapsed_s > 0 ? res.tokens / res.elapsed_s : 0);
+        c.log = NULL;
+        if (pp_atomic_commit(&logf, &e) < 0) {
+            pp_run_result_free(&res);
+            goto out;
+        }
+    }
+    if (write_outputs(&o, &tl, &e) < 0) {
+        pp_run_result_free(&res);
+        goto out;
+    }
+    print_summary(&tl, &res, &m);
+    pp_run_result_free(&res);
+    rc = 0;
+out:
+    if (c.log)
+        pp_atomic_abort(&logf);
+    if (have_tl)
+        pp_timeline_free(&tl);
+    if (have_data)
+        pp_data_free(&c.data);
+    pp_schedule_free(&ir);
+    return rc ? fail(rc, &e) : 0;
+}
