@@ -42,7 +42,8 @@ typedef struct {
     int failed;     /* a write failed; commit refuses */
 } pp_ckpt_writer;
 
-/* Starts dir/name (creating dir itself if missing, not its parents). */
+/* Starts dir/name (creating dir itself if missing, not its parents). On
+ * failure there is nothing to abort. */
 int pp_ckpt_writer_open(pp_ckpt_writer *w, const char *dir, const char *name,
                         const pp_ckpt_shape *shape, pp_err *e);
 /* Appends a section; data is copied to the file before this returns. */

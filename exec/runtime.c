@@ -6,60 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "transport.h"
-#include "weights.h"
-
-/* --- shared run state ------------------------------------------------ */
-
-typedef struct run run;
-
-typedef struct {
-    run *r;
-    int s;
-    void *bk;                 /* backend stage */
-    pp_weight_store ws;
-    void *grad;
-    void **acts;              /* [N] per micro-batch in flight */
-    int *v_f;                 /* [N] forward version */
-    uint8_t *stash;           /* [N] backward reads the stash */
-    int32_t *next_fv;         /* [actions] version the next F names, or -1 */
-    float *loss;              /* [N] last stage */
-    void *x_in, *x_out, *dx_in, *dx_out; /* boundary buffers */
-    int *tokens, *targets;
-    int updates;
-    double loss_sum;
-    int loss_n;
-    pp_timed_list log;        /* measured actions */
-    pp_err err;
-    int failed;
-} stage_rt;
-
-/* Snapshot of the model after update k on every stage, for evaluation. */
-typedef struct {
-    int k;
-    int have;                 /* stages that deposited */
-    void **w;                 /* [P] host copies */
-} snapshot;
-
-struct run {
-    const pp_run_config *cfg;
-    int P, N;
-    stage_rt *st;
-    pp_transport *tr;
-    double t0;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    /* barrier */
-    int bar_count, bar_gen;
-    /* reports from the last stage, in update order */
-    pp_step_record *records;
-    int nrecords, caprecords;
-    snapshot *snaps;
-    int nsnaps;
-    int stages_done;
-    int aborted;
-    double tokens;
-};
+#include "runtime_private.h"
 
 static double now_s(void)
 {
@@ -133,6 +80,9 @@ static int stage_prepare(stage_rt *s, pp_err *e)
     s->dx_out = b->alloc(s->bk, nb);
     if (!s->grad || !s->x_in || !s->x_out || !s->dx_in || !s->dx_out)
         return pp_errf(e, "out of memory for stage %d buffers", s->s);
+    const pp_run_config *c = r->cfg;
+    if (c->resume_blobs)
+        return pp_stage_restore(s, c->resume_blobs[s->s], c->resume_sizes[s->s], &s->start_pos, e);
     return 0;
 }
 
@@ -158,6 +108,9 @@ static void stage_release(stage_rt *s)
     free(s->tokens);
     free(s->targets);
     free(s->log.items);
+    for (int i = 0; i < s->noutbox; i++)
+        free(s->outbox[i].buf);
+    free(s->outbox);
     b->destroy(s->bk);
     s->bk = NULL;
 }
@@ -278,6 +231,54 @@ static int do_opt(stage_rt *s, int *version, pp_err *e)
     return 0;
 }
 
+/* A message this stage just sent that a checkpoint cut will need. */
+static int keep_for_checkpoint(stage_rt *s, size_t idx, pp_err *e)
+{
+    const pp_run_config *c = s->r->cfg;
+    const pp_action *a = &c->ir->stage[s->s].items[idx];
+    for (int j = 0; j < c->ncuts; j++) {
+        if (!c->cuts[j].keep[s->s][idx] || idx >= c->cuts[j].pos[s->s])
+            continue;
+        int grad = a->op != PP_OP_F;
+        size_t bytes = c->backend->boundary_floats(s->bk) * sizeof(float);
+        pp_outbox_msg m = {j, grad ? PP_MSG_GRAD : PP_MSG_ACT, grad ? s->s - 1 : s->s + 1, a->mb,
+                           malloc(bytes), bytes};
+        pp_outbox_msg *x = realloc(s->outbox, (size_t)(s->noutbox + 1) * sizeof *x);
+        if (!m.buf || !x) {
+            free(m.buf);
+            if (x)
+                s->outbox = x;
+            return pp_errf(e, "out of memory");
+        }
+        s->outbox = x;
+        c->backend->to_host(s->bk, m.buf, grad ? s->dx_in : s->x_out, bytes);
+        s->outbox[s->noutbox++] = m;
+    }
+    return 0;
+}
+
+/* After the stage's K-th OPT: serialise its state for cut j. */
+static int reach_cut(stage_rt *s, int j, pp_err *e)
+{
+    run *r = s->r;
+    void *b;
+    size_t n;
+    if (pp_stage_save(s, j, &b, &n, e) < 0)
+        return -1;
+    for (int i = 0; i < s->noutbox; i++) /* saved: no longer needed */
+        if (s->outbox[i].cut == j) {
+            free(s->outbox[i].buf);
+            s->outbox[i--] = s->outbox[--s->noutbox];
+        }
+    pthread_mutex_lock(&r->mu);
+    r->cut_blobs[j][s->s] = b;
+    r->cut_sizes[j][s->s] = n;
+    r->cut_have[j]++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
 static int run_action(stage_rt *s, size_t idx, pp_err *e)
 {
     const pp_action *a = &s->r->cfg->ir->stage[s->s].items[idx];
@@ -307,6 +308,10 @@ static int run_action(stage_rt *s, size_t idx, pp_err *e)
         v = s->ws.current;
         break;
     }
+    int sent = (a->op == PP_OP_F && s->s < s->r->P - 1) ||
+               ((a->op == PP_OP_B || a->op == PP_OP_I) && s->s > 0);
+    if (rc == 0 && sent && s->r->cfg->ncuts)
+        rc = keep_for_checkpoint(s, idx, e);
     if (rc < 0) {
         char buf[32];
         return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
@@ -329,16 +334,34 @@ static int run_action(stage_rt *s, size_t idx, pp_err *e)
     return 0;
 }
 
+/* Runs one action and, at a checkpoint cut, saves the stage; returns 1
+ * when the run stops at this cut. */
+static int step(stage_rt *s, size_t i, pp_err *e)
+{
+    const pp_run_config *c = s->r->cfg;
+    if (run_action(s, i, e) < 0)
+        return -1;
+    for (int j = 0; j < c->ncuts; j++)
+        if (c->cuts[j].pos[s->s] == i + 1) {
+            if (reach_cut(s, j, e) < 0)
+                return -1;
+            if (j == c->stop_cut)
+                return 1;
+        }
+    return 0;
+}
+
 static void *stage_main(void *arg)
 {
     stage_rt *s = arg;
     const pp_action_list *l = &s->r->cfg->ir->stage[s->s];
-    for (size_t i = 0; i < l->count; i++)
-        if (run_action(s, i, &s->err) < 0) {
-            s->failed = 1;
-            run_abort(s->r);
-            break;
-        }
+    int rc = pp_stage_resend(s, &s->err);
+    for (size_t i = s->start_pos; rc == 0 && i < l->count; i++)
+        rc = step(s, i, &s->err);
+    if (rc < 0) {
+        s->failed = 1;
+        run_abort(s->r);
+    }
     if (s->r->cfg->peak_weight_copies)
         s->r->cfg->peak_weight_copies[s->s] = s->ws.peak_copies;
     pthread_mutex_lock(&s->r->mu);
@@ -522,12 +545,36 @@ static int report_ready(run *r, reporter *rep, pp_err *e)
     return 0;
 }
 
+/* Hands complete cuts to the checkpoint writer (called with r->mu held). */
+static int checkpoints_ready(run *r, pp_err *e)
+{
+    const pp_run_config *c = r->cfg;
+    for (int j = 0; j < c->ncuts; j++) {
+        if (r->cut_have[j] != r->P)
+            continue;
+        r->cut_have[j] = -1; /* handled */
+        double tokens = r->tokens;
+        pthread_mutex_unlock(&r->mu);
+        int rc = c->on_checkpoint ? c->on_checkpoint(c->on_checkpoint_ctx, c->cuts[j].K,
+                                                     r->cut_blobs[j], r->cut_sizes[j], tokens, e)
+                                  : 0;
+        pthread_mutex_lock(&r->mu);
+        for (int s = 0; s < r->P; s++) {
+            free(r->cut_blobs[j][s]);
+            r->cut_blobs[j][s] = NULL;
+        }
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int supervise(run *r, reporter *rep, pp_err *e)
 {
     int rc = 0;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        if (rc == 0 && report_ready(r, rep, e) < 0) {
+        if (rc == 0 && (report_ready(r, rep, e) < 0 || checkpoints_ready(r, e) < 0)) {
             rc = -1;
             pthread_mutex_unlock(&r->mu);
             run_abort(r);
@@ -620,6 +667,19 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     pthread_t *threads = calloc((size_t)r.P, sizeof *threads);
     r.st = calloc((size_t)r.P, sizeof *r.st);
     int rc = threads && r.st ? 0 : pp_errf(e, "out of memory");
+    r.tokens = c->resume_tokens;
+    if (rc == 0 && c->ncuts > 0) {
+        r.cut_blobs = calloc((size_t)c->ncuts, sizeof *r.cut_blobs);
+        r.cut_sizes = calloc((size_t)c->ncuts, sizeof *r.cut_sizes);
+        r.cut_have = calloc((size_t)c->ncuts, sizeof *r.cut_have);
+        rc = r.cut_blobs && r.cut_sizes && r.cut_have ? 0 : pp_errf(e, "out of memory");
+        for (int j = 0; rc == 0 && j < c->ncuts; j++) {
+            r.cut_blobs[j] = calloc((size_t)r.P, sizeof **r.cut_blobs);
+            r.cut_sizes[j] = calloc((size_t)r.P, sizeof **r.cut_sizes);
+            if (!r.cut_blobs[j] || !r.cut_sizes[j])
+                rc = pp_errf(e, "out of memory");
+        }
+    }
     if (rc == 0)
         rc = create_stages(&r, &eval_stages, e);
     if (rc == 0) {
@@ -668,6 +728,16 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         rc = final_evaluation(&r, eval_stages, res, e);
     while (r.nsnaps)
         free_snapshot(&r, &r.snaps[0]);
+    for (int j = 0; r.cut_blobs && j < c->ncuts; j++) {
+        for (int st = 0; r.cut_blobs[j] && st < r.P; st++)
+            free(r.cut_blobs[j][st]);
+        free(r.cut_blobs[j]);
+        if (r.cut_sizes)
+            free(r.cut_sizes[j]);
+    }
+    free(r.cut_blobs);
+    free(r.cut_sizes);
+    free(r.cut_have);
     free(r.snaps);
     for (int s = 0; eval_stages && s < r.P; s++)
         if (eval_stages[s])

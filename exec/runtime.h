@@ -15,6 +15,8 @@
 #include "model.h"
 #include "timeline.h"
 
+struct pp_cut;
+
 /* One line of the training log: the last stage's k-th update. */
 typedef struct {
     int step;          /* 1-based */
@@ -50,6 +52,19 @@ typedef struct {
     double *weight_checksums;
     /* Test hook: peak number of weight copies alive per stage (P ints). */
     int *peak_weight_copies;
+    /* Checkpoints: consistent cuts (exec/cut.h) at which every stage
+     * serialises its state; on_checkpoint gets the P blobs of a cut once
+     * all arrived. stop_cut >= 0 ends the run at that cut. */
+    const struct pp_cut *cuts;
+    int ncuts, stop_cut;
+    int (*on_checkpoint)(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
+                         pp_err *e);
+    void *on_checkpoint_ctx;
+    /* Resume: per-stage blobs from a checkpoint, and the tokens trained
+     * before it (NULL for a fresh start). */
+    void **resume_blobs;
+    size_t *resume_sizes;
+    double resume_tokens;
 } pp_run_config;
 
 typedef struct {

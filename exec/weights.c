@@ -120,3 +120,21 @@ void pp_weights_commit_update(pp_weight_store *ws)
 {
     ws->current++;
 }
+
+void pp_weights_reset(pp_weight_store *ws, int current, int pinned)
+{
+    for (int i = 0; i < ws->n; i++)
+        ws->b->release(ws->stage, ws->v[i].buf);
+    ws->n = 0;
+    ws->current = current;
+    ws->pinned = pinned;
+}
+
+int pp_weights_adopt(pp_weight_store *ws, int version, void *buf, int refs)
+{
+    pp_weight_version *x = add(ws, version, buf);
+    if (!x)
+        return -1;
+    x->refs = refs;
+    return 0;
+}

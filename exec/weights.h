@@ -41,4 +41,9 @@ int pp_weights_pin(pp_weight_store *ws, int version);
 void *pp_weights_begin_update(pp_weight_store *ws, pp_err *e);
 void pp_weights_commit_update(pp_weight_store *ws);
 
+/* Restoring from a checkpoint: drop every version, then adopt buffers
+ * (allocated by the backend) as versions with their reference counts. */
+void pp_weights_reset(pp_weight_store *ws, int current, int pinned);
+int pp_weights_adopt(pp_weight_store *ws, int version, void *buf, int refs);
+
 #endif

@@ -1,0 +1,250 @@
+/* A stage's state at a checkpoint cut, as one blob: position, update
+ * count, every live weight version, optimizer state, gradient buffer, the
+ * micro-batches in flight (activations, forward version, loss), and the
+ * outbox messages its neighbours will need. Native byte order: checkpoints
+ * resume on the same kind of machine. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime_private.h"
+
+#define STATE_MAGIC 0x50505354 /* "PPST" */
+
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+    int oom;
+} blob;
+
+static void put(blob *b, const void *src, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n)
+            cap *= 2;
+        unsigned char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+static void put_i64(blob *b, int64_t v)
+{
+    put(b, &v, sizeof v);
+}
+
+/* Device buffer -> blob. */
+static void put_dev(blob *b, stage_rt *s, const void *dev, size_t bytes)
+{
+    void *host = malloc(bytes ? bytes : 1);
+    if (!host) {
+        b->oom = 1;
+        return;
+    }
+    s->r->cfg->backend->to_host(s->bk, host, dev, bytes);
+    put(b, host, bytes);
+    free(host);
+}
+
+int pp_stage_save(stage_rt *s, int j, void **out, size_t *bytes, pp_err *e)
+{
+    const pp_backend_ops *bk = s->r->cfg->backend;
+    const pp_cut *cut = &s->r->cfg->cuts[j];
+    blob b = {0};
+    int ninflight = 0, nout = 0;
+    for (int mb = 0; mb < s->r->N; mb++)
+        ninflight += s->acts[mb] != NULL;
+    for (int i = 0; i < s->noutbox; i++)
+        nout += s->outbox[i].cut == j;
+    int64_t head[] = {STATE_MAGIC, s->s, (int64_t)cut->pos[s->s], s->updates, s->ws.current,
+                      s->ws.pinned, s->ws.n, ninflight, nout, s->loss_n};
+    for (size_t i = 0; i < sizeof head / sizeof head[0]; i++)
+        put_i64(&b, head[i]);
+    put(&b, &s->loss_sum, sizeof s->loss_sum);
+    for (int i = 0; i < s->ws.n; i++) {
+        put_i64(&b, s->ws.v[i].version);
+        put_dev(&b, s, s->ws.v[i].buf, s->ws.bytes);
+    }
+    size_t ob = bk->opt_state_bytes(s->bk);
+    void *opt = malloc(ob ? ob : 1);
+    if (!opt)
+        b.oom = 1;
+    else {
+        bk->opt_state_get(s->bk, opt);
+        put(&b, opt, ob);
+        free(opt);
+    }
+    put_dev(&b, s, s->grad, s->ws.bytes);
+    size_t ab = bk->acts_bytes(s->bk);
+    for (int mb = 0; mb < s->r->N; mb++)
+        if (s->acts[mb]) {
+            put_i64(&b, mb);
+            put_i64(&b, s->v_f[mb]);
+            put(&b, &s->loss[mb], sizeof s->loss[mb]);
+            put_dev(&b, s, s->acts[mb], ab);
+        }
+    for (int i = 0; i < s->noutbox; i++) {
+        pp_outbox_msg *m = &s->outbox[i];
+        if (m->cut != j)
+            continue;
+        put_i64(&b, m->kind);
+        put_i64(&b, m->dst);
+        put_i64(&b, m->mb);
+        put_i64(&b, (int64_t)m->bytes);
+        put(&b, m->buf, m->bytes);
+    }
+    if (b.oom) {
+        free(b.p);
+        return pp_errf(e, "out of memory for the checkpoint of stage %d", s->s);
+    }
+    *out = b.p;
+    *bytes = b.n;
+    return 0;
+}
+
+typedef struct {
+    const unsigned char *p;
+    size_t n, at;
+    int bad;
+} reader;
+
+static void get(reader *r, void *dst, size_t n)
+{
+    if (r->bad || r->at + n > r->n) {
+        r->bad = 1;
+        memset(dst, 0, n);
+        return;
+    }
+    memcpy(dst, r->p + r->at, n);
+    r->at += n;
+}
+
+static int64_t get_i64(reader *r)
+{
+    int64_t v;
+    get(r, &v, sizeof v);
+    return v;
+}
+
+/* Blob -> a fresh device buffer. */
+static void *get_dev(reader *r, stage_rt *s, size_t bytes)
+{
+    const pp_backend_ops *bk = s->r->cfg->backend;
+    if (r->bad || r->at + bytes > r->n) {
+        r->bad = 1;
+        return NULL;
+    }
+    void *dev = bk->alloc(s->bk, bytes);
+    if (dev)
+        bk->from_host(s->bk, dev, r->p + r->at, bytes);
+    r->at += bytes;
+    return dev;
+}
+
+static int restore_versions(stage_rt *s, reader *r, int nversions, int current, int pinned,
+                            pp_err *e)
+{
+    pp_weights_reset(&s->ws, current, pinned);
+    for (int i = 0; i < nversions; i++) {
+        int v = (int)get_i64(r);
+        void *buf = get_dev(r, s, s->ws.bytes);
+        if (!buf)
+            return pp_errf(e, "stage %d: checkpoint truncated or out of memory", s->s);
+        if (pp_weights_adopt(&s->ws, v, buf, (v == current) + (v == pinned)) < 0)
+            return pp_errf(e, "out of memory");
+    }
+    return 0;
+}
+
+int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, pp_err *e)
+{
+    const pp_backend_ops *bk = s->r->cfg->backend;
+    reader r = {data, bytes, 0, 0};
+    int64_t head[10];
+    for (int i = 0; i < 10; i++)
+        head[i] = get_i64(&r);
+    if (r.bad || head[0] != STATE_MAGIC || head[1] != s->s)
+        return pp_errf(e, "checkpoint state of stage %d is damaged", s->s);
+    *pos = (size_t)head[2];
+    s->updates = (int)head[3];
+    int nversions = (int)head[6], ninflight = (int)head[7], nout = (int)head[8];
+    s->loss_n = (int)head[9];
+    get(&r, &s->loss_sum, sizeof s->loss_sum);
+    if (restore_versions(s, &r, nversions, (int)head[4], (int)head[5], e) < 0)
+        return -1;
+    size_t ob = bk->opt_state_bytes(s->bk);
+    if (r.at + ob > r.n)
+        return pp_errf(e, "stage %d: checkpoint truncated", s->s);
+    bk->opt_state_put(s->bk, r.p + r.at);
+    r.at += ob;
+    if (r.at + s->ws.bytes > r.n)
+        return pp_errf(e, "stage %d: checkpoint truncated", s->s);
+    bk->from_host(s->bk, s->grad, r.p + r.at, s->ws.bytes);
+    r.at += s->ws.bytes;
+    size_t ab = bk->acts_bytes(s->bk);
+    for (int i = 0; i < ninflight; i++) {
+        int mb = (int)get_i64(&r), vf = (int)get_i64(&r);
+        if (r.bad || mb < 0 || mb >= s->r->N)
+            return pp_errf(e, "stage %d: checkpoint names a bad micro-batch", s->s);
+        s->v_f[mb] = vf;
+        get(&r, &s->loss[mb], sizeof s->loss[mb]);
+        if (!(s->acts[mb] = get_dev(&r, s, ab)))
+            return pp_errf(e, "stage %d: checkpoint truncated or out of memory", s->s);
+        if (s->stash[mb] && pp_weights_ref(&s->ws, vf, 1) < 0)
+            return pp_errf(e, "stage %d: stashed version %d missing from the checkpoint", s->s, vf);
+    }
+    for (int i = 0; i < nout; i++) {
+        pp_outbox_msg m = {0};
+        m.kind = (int)get_i64(&r);
+        m.dst = (int)get_i64(&r);
+        m.mb = (int)get_i64(&r);
+        m.bytes = (size_t)get_i64(&r);
+        if (r.bad || m.bytes > r.n - r.at)
+            return pp_errf(e, "stage %d: checkpoint truncated", s->s);
+        m.buf = malloc(m.bytes ? m.bytes : 1);
+        if (!m.buf)
+            return pp_errf(e, "out of memory");
+        get(&r, m.buf, m.bytes);
+        m.cut = -1; /* owed on resume */
+        pp_outbox_msg *x = realloc(s->outbox, (size_t)(s->noutbox + 1) * sizeof *x);
+        if (!x) {
+            free(m.buf);
+            return pp_errf(e, "out of memory");
+        }
+        s->outbox = x;
+        s->outbox[s->noutbox++] = m;
+    }
+    if (r.bad || r.at != r.n)
+        return pp_errf(e, "checkpoint state of stage %d has the wrong size", s->s);
+    return 0;
+}
+
+int pp_stage_resend(stage_rt *s, pp_err *e)
+{
+    const pp_backend_ops *bk = s->r->cfg->backend;
+    for (int i = 0; i < s->noutbox; i++) {
+        pp_outbox_msg *m = &s->outbox[i];
+        if (m->cut != -1)
+            continue;
+        void *dev = bk->alloc(s->bk, m->bytes);
+        if (!dev)
+            return pp_errf(e, "out of memory");
+        bk->from_host(s->bk, dev, m->buf, m->bytes);
+        int rc = s->r->tr->send(s->r->tr, s->s, m->dst, m->kind, m->mb, dev, m->bytes, e);
+        bk->release(s->bk, dev);
+        if (rc < 0)
+            return -1;
+        free(m->buf);
+        *m = s->outbox[--s->noutbox];
+        i--;
+    }
+    return 0;
+}

@@ -1,0 +1,89 @@
+/* Types shared by the runtime's files (runtime.c: threads and actions;
+ * runtime_ckpt.c: stage state at a checkpoint cut). Not a public API. */
+#ifndef PP_RUNTIME_PRIVATE_H
+#define PP_RUNTIME_PRIVATE_H
+
+#include <pthread.h>
+
+#include "cut.h"
+#include "runtime.h"
+#include "transport.h"
+#include "weights.h"
+
+/* --- shared run state ------------------------------------------------ */
+
+typedef struct run run;
+
+typedef struct {
+    run *r;
+    int s;
+    void *bk;                 /* backend stage */
+    pp_weight_store ws;
+    void *grad;
+    void **acts;              /* [N] per micro-batch in flight */
+    int *v_f;                 /* [N] forward version */
+    uint8_t *stash;           /* [N] backward reads the stash */
+    int32_t *next_fv;         /* [actions] version the next F names, or -1 */
+    float *loss;              /* [N] last stage */
+    void *x_in, *x_out, *dx_in, *dx_out; /* boundary buffers */
+    int *tokens, *targets;
+    int updates;
+    double loss_sum;
+    int loss_n;
+    pp_timed_list log;        /* measured actions */
+    pp_err err;
+    int failed;
+    struct pp_outbox_msg *outbox; /* copies kept for checkpoints */
+    int noutbox, capoutbox;
+    size_t start_pos;             /* first action to run (resume) */
+} stage_rt;
+
+/* Snapshot of the model after update k on every stage, for evaluation. */
+typedef struct {
+    int k;
+    int have;                 /* stages that deposited */
+    void **w;                 /* [P] host copies */
+} snapshot;
+
+struct run {
+    const pp_run_config *cfg;
+    int P, N;
+    stage_rt *st;
+    pp_transport *tr;
+    double t0;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* barrier */
+    int bar_count, bar_gen;
+    /* reports from the last stage, in update order */
+    pp_step_record *records;
+    int nrecords, caprecords;
+    snapshot *snaps;
+    int nsnaps;
+    int stages_done;
+    int aborted;
+    double tokens;
+    /* checkpoints: per cut, the stages' state blobs as they arrive */
+    void ***cut_blobs;
+    size_t **cut_sizes;
+    int *cut_have;
+};
+
+
+/* A message kept for a checkpoint: sent before the sender's cut, used
+ * after the receiver's. */
+typedef struct pp_outbox_msg {
+    int cut;       /* index into cfg->cuts */
+    int kind, dst, mb;
+    void *buf;     /* host copy */
+    size_t bytes;
+} pp_outbox_msg;
+
+/* Serialises stage s's state at cut j into a fresh host blob. */
+int pp_stage_save(stage_rt *s, int j, void **blob, size_t *bytes, pp_err *e);
+/* Restores a stage from a blob; *pos is where its action list resumes. */
+int pp_stage_restore(stage_rt *s, const void *blob, size_t bytes, size_t *pos, pp_err *e);
+/* Resends the outbox messages a resumed stage owes its neighbours. */
+int pp_stage_resend(stage_rt *s, pp_err *e);
+
+#endif
