@@ -114,13 +114,12 @@ int pp_ckpt_writer_open(pp_ckpt_writer *w, const char *dir, const char *name,
     memset(w, 0, sizeof *w);
     if (!*name || strchr(name, '/'))
         return pp_errf(e, "%s: bad checkpoint name '%s' (empty or with '/')", dir, name);
-    if (strlen(dir) >= sizeof w->dir || strlen(dir) + strlen(name) + 2 > sizeof w->af.path)
+    char path[sizeof w->af.path];
+    if (snprintf(w->dir, sizeof w->dir, "%s", dir) >= (int)sizeof w->dir ||
+        snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return pp_errf(e, "%s/%s: path too long", dir, name);
-    snprintf(w->dir, sizeof w->dir, "%s", dir);
     if (make_dir(dir, e))
         return -1;
-    char path[sizeof w->af.path];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
     if (pp_atomic_open(&w->af, path, e))
         return -1;
     unsigned char h[HEADER_BYTES];
@@ -336,9 +335,8 @@ static int read_index(pp_ckpt_reader *r, uint64_t size, pp_err *e)
 int pp_ckpt_open(pp_ckpt_reader *r, const char *dir, const char *name, pp_err *e)
 {
     memset(r, 0, sizeof *r);
-    if (strlen(dir) + strlen(name) + 2 > sizeof r->path)
+    if (snprintf(r->path, sizeof r->path, "%s/%s", dir, name) >= (int)sizeof r->path)
         return pp_errf(e, "%s/%s: path too long", dir, name);
-    snprintf(r->path, sizeof r->path, "%s/%s", dir, name);
     r->f = fopen(r->path, "rb");
     if (!r->f)
         return pp_errf(e, "%s: cannot open checkpoint: %s", r->path, strerror(errno));

@@ -8,6 +8,8 @@
 
 #include "atomic_file.h"
 #include "backend.h"
+#include "checkpoint.h"
+#include "cut.h"
 #include "cli.h"
 #include "data.h"
 #include "metrics.h"
@@ -36,6 +38,12 @@ static const char usage[] =
     "  --eval-batches N        validation batches per evaluation (default 8)\n"
     "  --devices LIST          GPU ids (cuda backend)\n"
     "  --timeout S             a stage waiting longer fails the run (default 600)\n"
+    "checkpoints:\n"
+    "  --checkpoint DIR        write DIR/checkpoint.ckpt (atomically) at the cuts below\n"
+    "  --checkpoint-every K    after every K-th update (each overwrites the last)\n"
+    "  --stop-after K          checkpoint after update K and stop there\n"
+    "  --resume DIR            continue a run from DIR/checkpoint.ckpt (same schedule\n"
+    "                          and model options); losses continue bit for bit on cpu\n"
     "outputs:\n"
     "  --log FILE.jsonl        one JSON line per update: step, loss, val_loss, tokens_per_s, lr\n"
     "  --versions FILE.csv     stage,microbatch,v_f,v_b,drift,f_start,f_end,b_start,b_end (s)\n"
@@ -46,10 +54,19 @@ static const char usage[] =
 typedef struct {
     pp_cli_opts cli;
     const char *backend, *data, *data_bin, *val_bin, *log, *versions, *trace, *profile;
-    const char *devices;
+    const char *devices, *checkpoint, *resume;
     double lr, min_lr, timeout;
-    int warmup, eval_every, eval_batches;
+    int warmup, eval_every, eval_batches, checkpoint_every, stop_after;
 } pprun_opts;
+
+#define CKPT_NAME "checkpoint.ckpt"
+
+typedef struct {
+    const char *dir;
+    pp_ckpt_shape shape;
+    const pp_schedule *ir;
+    uint64_t ir_hash;
+} ckpt_ctx;
 
 typedef struct {
     pp_data data;
@@ -80,6 +97,7 @@ static int parse(pprun_opts *o, int argc, char **argv, pp_err *e)
             {"--backend", &o->backend}, {"--data", &o->data}, {"--data-bin", &o->data_bin},
             {"--val-bin", &o->val_bin}, {"--log", &o->log}, {"--versions", &o->versions},
             {"--trace", &o->trace}, {"--devices", &o->devices},
+            {"--checkpoint", &o->checkpoint}, {"--resume", &o->resume},
         };
         int done = 0;
         for (size_t k = 0; k < sizeof strs / sizeof strs[0] && !done; k++)
@@ -105,6 +123,7 @@ static int parse(pprun_opts *o, int argc, char **argv, pp_err *e)
         struct { const char *flag; int *dst; long min; } ints[] = {
             {"--warmup", &o->warmup, 0}, {"--eval-every", &o->eval_every, 0},
             {"--eval-batches", &o->eval_batches, 1},
+            {"--checkpoint-every", &o->checkpoint_every, 1}, {"--stop-after", &o->stop_after, 1},
         };
         for (size_t k = 0; k < sizeof ints / sizeof ints[0] && !done; k++)
             if (pp_cli_is(a, ints[k].flag)) {
@@ -240,6 +259,129 @@ static int get_schedule(const pprun_opts *o, pp_schedule *ir, pp_err *e)
     return 0;
 }
 
+/* FNV-1a over the action lists: a resume must run the very same IR. */
+static uint64_t ir_hash(const pp_schedule *ir)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (int s = 0; s < ir->info.stages; s++)
+        for (size_t i = 0; i < ir->stage[s].count; i++) {
+            const pp_action *a = &ir->stage[s].items[i];
+            int32_t v[4] = {a->op, a->sel, a->mb, a->version};
+            const unsigned char *p = (const unsigned char *)v;
+            for (size_t k = 0; k < sizeof v; k++)
+                h = (h ^ p[k]) * 1099511628211ULL;
+        }
+    return h;
+}
+
+static int write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
+                            pp_err *e)
+{
+    ckpt_ctx *c = ctx;
+    pp_ckpt_writer w;
+    if (pp_ckpt_writer_open(&w, c->dir, CKPT_NAME, &c->shape, e) < 0)
+        return -1;
+    char run[512];
+    int n = snprintf(run, sizeof run,
+                     "{\"schedule\": \"%s\", \"stages\": %d, \"microbatches_per_step\": %d, "
+                     "\"steps\": %d, \"update\": %d, \"tokens\": %.0f, \"ir_hash\": \"%016llx\"}",
+                     c->ir->info.name, c->ir->info.stages, c->ir->info.microbatches_per_step,
+                     c->ir->info.steps, K, tokens, (unsigned long long)c->ir_hash);
+    if (pp_ckpt_writer_add(&w, "run.json", run, (size_t)n, e) < 0)
+        goto fail;
+    for (int s = 0; s < c->ir->info.stages; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "stage%d", s);
+        if (pp_ckpt_writer_add(&w, name, blobs[s], sizes[s], e) < 0)
+            goto fail;
+    }
+    if (pp_ckpt_writer_commit(&w, e) < 0)
+        return -1;
+    fprintf(stderr, "%spprun: checkpoint after update %d in %s/%s\n", isatty(2) ? "\n" : "", K,
+            c->dir, CKPT_NAME);
+    return 0;
+fail:
+    pp_ckpt_writer_abort(&w);
+    return -1;
+}
+
+/* Reads --resume DIR: checks model shape and IR, returns per-stage blobs. */
+static int read_checkpoint(const char *dir, const ckpt_ctx *want, void ***blobs,
+                           size_t **sizes, double *tokens, int *update, pp_err *e)
+{
+    pp_ckpt_reader r;
+    if (pp_ckpt_open(&r, dir, CKPT_NAME, e) < 0)
+        return -1;
+    int P = want->ir->info.stages, rc = pp_ckpt_check_shape(&r, &want->shape, e);
+    char *run = NULL;
+    size_t n;
+    if (rc == 0)
+        rc = pp_ckpt_read_alloc(&r, "run.json", (void **)&run, &n, e);
+    char hash[32];
+    snprintf(hash, sizeof hash, "\"%016llx\"", (unsigned long long)want->ir_hash);
+    if (rc == 0 && !strstr(run, hash))
+        rc = pp_errf(e, "%s: checkpoint was written by another schedule (%s); resume with the "
+                        "same --schedule/--stages/--microbatches/--steps", dir, run);
+    const char *u = rc == 0 ? strstr(run, "\"update\": ") : NULL;
+    const char *t = rc == 0 ? strstr(run, "\"tokens\": ") : NULL;
+    if (rc == 0 && (!u || !t))
+        rc = pp_errf(e, "%s: checkpoint run record is damaged", dir);
+    if (rc == 0) {
+        *update = atoi(u + 10);
+        *tokens = atof(t + 10);
+        *blobs = calloc((size_t)P, sizeof **blobs);
+        *sizes = calloc((size_t)P, sizeof **sizes);
+        if (!*blobs || !*sizes)
+            rc = pp_errf(e, "out of memory");
+    }
+    for (int s = 0; rc == 0 && s < P; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "stage%d", s);
+        rc = pp_ckpt_read_alloc(&r, name, &(*blobs)[s], &(*sizes)[s], e);
+    }
+    free(run);
+    pp_ckpt_close(&r);
+    return rc;
+}
+
+/* Cuts at every K-th update and at --stop-after. */
+static int plan_cuts(const pprun_opts *o, const pp_schedule *ir, int first_update, pp_cut **cuts,
+                     int *ncuts, int *stop_cut, pp_err *e)
+{
+    *cuts = NULL;
+    *ncuts = 0;
+    *stop_cut = -1;
+    if (!o->checkpoint) {
+        if (o->checkpoint_every || o->stop_after)
+            return pp_errf(e, "--checkpoint-every and --stop-after need --checkpoint DIR");
+        return 0;
+    }
+    int S = ir->info.steps, cap = 0;
+    for (int K = first_update + 1; K < S; K++) {
+        int every = o->checkpoint_every && K % o->checkpoint_every == 0;
+        if (!every && K != o->stop_after)
+            continue;
+        if (*ncuts == cap) {
+            cap = cap ? cap * 2 : 8;
+            pp_cut *x = realloc(*cuts, (size_t)cap * sizeof *x);
+            if (!x)
+                return pp_errf(e, "out of memory");
+            *cuts = x;
+        }
+        if (pp_cut_plan(ir, K, &(*cuts)[*ncuts], e) < 0)
+            return -1;
+        if (K == o->stop_after)
+            *stop_cut = *ncuts;
+        (*ncuts)++;
+    }
+    if (o->stop_after && *stop_cut < 0)
+        return pp_errf(e, "--stop-after %d: must be between %d and %d updates", o->stop_after,
+                       first_update + 1, S - 1);
+    if (!*ncuts)
+        return pp_errf(e, "--checkpoint: give --checkpoint-every K or --stop-after K (below %d)", S);
+    return 0;
+}
+
 static void print_summary(const pp_timeline *tl, const pp_run_result *res,
                           const pp_model_desc *m)
 {
@@ -304,6 +446,11 @@ int main(int argc, char **argv)
     pp_atomic_file logf = {0};
     pp_timeline tl;
     int have_tl = 0, have_data = 0;
+    void **blobs = NULL;
+    size_t *sizes = NULL;
+    double tokens0 = 0;
+    int first_update = 0, ncuts = 0, stop_cut = -1;
+    pp_cut *cuts = NULL;
     if (pp_cli_model(&o.cli, ir.info.stages, &m, &e) < 0)
         goto out;
     m.bytes_per_elem = 4; /* the executor trains in fp32 */
@@ -316,6 +463,14 @@ int main(int argc, char **argv)
     snprintf(tl.source, sizeof tl.source, "measured");
     snprintf(tl.unit, sizeof tl.unit, "s");
     tl.us_per_unit = 1e6;
+    ckpt_ctx ck = {o.checkpoint ? o.checkpoint : o.resume,
+                   {m.layers, m.dim, m.heads, m.seq_len, m.vocab, ir.info.stages}, &ir,
+                   ir_hash(&ir)};
+    if (o.resume && read_checkpoint(o.resume, &ck, &blobs, &sizes, &tokens0, &first_update, &e) < 0)
+        goto out;
+    ck.dir = o.checkpoint;
+    if (plan_cuts(&o, &ir, first_update, &cuts, &ncuts, &stop_cut, &e) < 0)
+        goto out;
     if (open_outputs(&o, &c, &logf, &e) < 0)
         goto out;
     pp_run_config cfg;
@@ -336,6 +491,17 @@ int main(int argc, char **argv)
     cfg.timeline = &tl;
     cfg.on_step = on_step;
     cfg.on_step_ctx = &c;
+    cfg.cuts = cuts;
+    cfg.ncuts = ncuts;
+    cfg.stop_cut = stop_cut;
+    cfg.on_checkpoint = write_checkpoint;
+    cfg.on_checkpoint_ctx = &ck;
+    cfg.resume_blobs = blobs;
+    cfg.resume_sizes = sizes;
+    cfg.resume_tokens = tokens0;
+    if (o.resume)
+        fprintf(stderr, "pprun: resuming after update %d from %s/%s\n", first_update, o.resume,
+                CKPT_NAME);
     c.total_steps = updates;
     c.tty = isatty(2);
     fprintf(stderr, "pprun: %s, P=%d, m=%d, %d updates; model %d layers x %d, %d heads, "
@@ -365,10 +531,22 @@ int main(int argc, char **argv)
         pp_run_result_free(&res);
         goto out;
     }
-    print_summary(&tl, &res, &m);
+    if (o.resume || stop_cut >= 0)
+        printf("trained updates %d..%d of %d (%.0f tokens in %.1f s); the measured summary "
+               "needs a whole run\n", first_update + 1, first_update + res.steps, updates,
+               res.tokens - tokens0, res.elapsed_s);
+    else
+        print_summary(&tl, &res, &m);
     pp_run_result_free(&res);
     rc = 0;
 out:
+    for (int j = 0; j < ncuts; j++)
+        pp_cut_free(&cuts[j], ir.info.stages);
+    free(cuts);
+    for (int st = 0; blobs && st < ir.info.stages; st++)
+        free(blobs[st]);
+    free(blobs);
+    free(sizes);
     if (c.log)
         pp_atomic_abort(&logf);
     if (have_tl)

@@ -1,0 +1,58 @@
+/* The CUDA backend seen from C (DESIGN §6). No CUDA type crosses this
+ * header: C code (pprun, the tests, the benchmark) includes it and calls
+ * the backend through the pp_backend_ops table of backend.h.
+ *
+ * Numerics: fp32 buffers throughout (weights, gradients, AdamW m and v,
+ * activations), the same flat parameter layout, initialisation and math as
+ * the CPU reference (gpt_cpu.c). The matrix products run through cuBLAS;
+ * the environment variable PPSCHED_CUDA_MATH picks their arithmetic when a
+ * stage is created:
+ *   fp32 (default)  full fp32 products: matches the CPU to ~1e-5
+ *   tf32            TF32 tensor cores, fp32 accumulation
+ *   bf16            bf16 tensor cores (operands rounded to bf16 inside
+ *                   cuBLAS), fp32 accumulation, fp32 master weights
+ * Everything of a stage runs on its own non-blocking stream with its own
+ * cuBLAS handle and workspace; `sync` waits for that stream only. */
+#ifndef PP_CUDA_BACKEND_H
+#define PP_CUDA_BACKEND_H
+
+#include <stddef.h>
+
+#include "backend.h"
+#include "error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+extern const pp_backend_ops pp_backend_cuda;
+
+/* 0 when at least one CUDA device is usable; otherwise -1 with e holding
+ * one line ("--backend cuda: no CUDA GPU found (...)"). Never crashes. */
+int pp_cuda_available(pp_err *e);
+
+/* Device memory of one stage, in bytes, as allocated now (and the peak of
+ * their sum). Buffers handed out by alloc() are classified by size and use:
+ * acts_bytes() -> activations; nparams floats -> weights, or gradients once
+ * passed as the gradient to backward_weight/optimizer_step; anything else
+ * (boundary messages) -> messages. The stage's own AdamW m and v are
+ * optimizer; the cuBLAS workspace, attention and reduction scratch and the
+ * tensor table are workspace. */
+typedef struct {
+    size_t weights, grads, optimizer, activations, messages, workspace;
+    size_t total, peak_total;
+} pp_cuda_memory;
+
+void pp_cuda_stage_memory(void *stage, pp_cuda_memory *out);
+
+/* "fp32", "tf32" or "bf16": the matrix-product arithmetic of the stage. */
+const char *pp_cuda_stage_math(void *stage);
+
+/* Name of device `device` ("NVIDIA H100 80GB HBM3"), or "" if unknown. */
+void pp_cuda_device_name(int device, char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
