@@ -85,9 +85,10 @@ static int walk_next(pp_stream *st, int s, pp_action *out)
 
 static int walk_stashes(pp_stream *st, int stage, int mb)
 {
+    (void)st;
     (void)stage;
     (void)mb;
-    return ((walk_state *)st->state)->rule.b_sel == PP_SEL_STASH;
+    return 1; /* installed only for rules whose backwards read the stash */
 }
 
 static int walk_next_f_version(pp_stream *st, int stage)
@@ -124,8 +125,9 @@ int pp_1f1b_open(const pp_ir_info *info, const pp_1f1b_rule *rule, pp_stream **o
     st->info = *info;
     st->next = walk_next;
     st->destroy = walk_destroy;
-    st->stashes = walk_stashes;
-    st->next_f_version = walk_next_f_version;
+    /* hints only where they say something: they cost a call per action */
+    st->stashes = rule->b_sel == PP_SEL_STASH ? walk_stashes : NULL;
+    st->next_f_version = rule->f_prev_step ? walk_next_f_version : NULL;
     st->state = w;
     *out = st;
     return 0;

@@ -263,3 +263,15 @@ int pp_cli_load_ir(const pp_cli_opts *o, pp_schedule *s, pp_err *e)
     }
     return 0;
 }
+
+int pp_cli_write_timeline(const pp_timeline *tl, const char *trace, const char *svg,
+                          const char *per_mb, pp_err *e)
+{
+    if (trace && pp_trace_save(trace, tl, e) < 0)
+        return -1;
+    if (svg && pp_svg_save(svg, tl, e) < 0)
+        return -1;
+    if (per_mb && pp_mb_csv_save(per_mb, tl, e) < 0)
+        return -1;
+    return 0;
+}

@@ -10,6 +10,7 @@
 #include "ir.h"
 #include "model.h"
 #include "registry.h"
+#include "timeline.h"
 
 typedef struct {
     /* schedule */
@@ -50,6 +51,11 @@ int pp_cli_cost(const pp_cli_opts *o, int stages, const pp_model_desc *model, pp
 /* Loads --ir or --pytorch-csv into *s and validates it; returns 0, or -1.
  * Returns 1 when neither was given. */
 int pp_cli_load_ir(const pp_cli_opts *o, pp_schedule *s, pp_err *e);
+
+/* Writes whichever of the Chrome trace, SVG timeline and per-micro-batch
+ * CSV were asked for (NULL paths are skipped). */
+int pp_cli_write_timeline(const pp_timeline *tl, const char *trace, const char *svg,
+                          const char *per_mb, pp_err *e);
 
 /* Usage text of the shared options. */
 extern const char pp_cli_shared_help[];

@@ -48,12 +48,13 @@ static const char usage[] =
     "  --log FILE.jsonl        one JSON line per update: step, loss, val_loss, tokens_per_s, lr\n"
     "  --versions FILE.csv     stage,microbatch,v_f,v_b,drift,f_start,f_end,b_start,b_end (s)\n"
     "  --trace FILE.json       Chrome trace of the measured run\n"
+    "  --svg FILE.svg          timeline picture of the measured run\n"
     "  --profile FILE.json     measured per-stage op times (ppsim --profile FILE)\n"
     "\n";
 
 typedef struct {
     pp_cli_opts cli;
-    const char *backend, *data, *data_bin, *val_bin, *log, *versions, *trace, *profile;
+    const char *backend, *data, *data_bin, *val_bin, *log, *versions, *trace, *svg, *profile;
     const char *devices, *checkpoint, *resume;
     double lr, min_lr, timeout;
     int warmup, eval_every, eval_batches, checkpoint_every, stop_after;
@@ -96,7 +97,7 @@ static int parse(pprun_opts *o, int argc, char **argv, pp_err *e)
         struct { const char *flag; const char **dst; } strs[] = {
             {"--backend", &o->backend}, {"--data", &o->data}, {"--data-bin", &o->data_bin},
             {"--val-bin", &o->val_bin}, {"--log", &o->log}, {"--versions", &o->versions},
-            {"--trace", &o->trace}, {"--devices", &o->devices},
+            {"--trace", &o->trace}, {"--svg", &o->svg}, {"--devices", &o->devices},
             {"--checkpoint", &o->checkpoint}, {"--resume", &o->resume},
         };
         int done = 0;
@@ -234,9 +235,7 @@ static int open_outputs(const pprun_opts *o, run_ctx *c, pp_atomic_file *logf, p
 
 static int write_outputs(const pprun_opts *o, const pp_timeline *tl, pp_err *e)
 {
-    if (o->versions && pp_mb_csv_save(o->versions, tl, e) < 0)
-        return -1;
-    if (o->trace && pp_trace_save(o->trace, tl, e) < 0)
+    if (pp_cli_write_timeline(tl, o->trace, o->svg, o->versions, e) < 0)
         return -1;
     if (o->profile && save_profile(o->profile, tl, e) < 0)
         return -1;

@@ -159,17 +159,6 @@ out:
     return rc;
 }
 
-static int write_outputs(const ppsim_opts *o, const pp_timeline *tl, pp_err *e)
-{
-    if (o->trace && pp_trace_save(o->trace, tl, e) < 0)
-        return -1;
-    if (o->svg && pp_svg_save(o->svg, tl, e) < 0)
-        return -1;
-    if (o->per_mb && pp_mb_csv_save(o->per_mb, tl, e) < 0)
-        return -1;
-    return 0;
-}
-
 static void print_report(const ppsim_opts *o, const pp_metrics *ms, int n, int compare,
                          const pp_model_desc *model)
 {
@@ -191,7 +180,7 @@ static int cmd_run(ppsim_opts *o, pp_err *e)
     pp_timeline tl;
     if (simulate(o, o->cli.schedule, &model, &m, full ? &tl : NULL, e) < 0)
         return -1;
-    int rc = full ? write_outputs(o, &tl, e) : 0;
+    int rc = full ? pp_cli_write_timeline(&tl, o->trace, o->svg, o->per_mb, e) : 0;
     if (rc == 0)
         print_report(o, &m, 1, 0, &model);
     if (full)
