@@ -1,52 +1,37 @@
 /* The in-process transport: stages are threads of one process. Each link
- * and direction is a bounded FIFO of (micro-batch, buffer) messages; a
- * sender blocks while its link is full (so a fast stage cannot run
- * unboundedly ahead), a receiver takes the message for the micro-batch it
- * names, leaving earlier arrivals for later receives. */
-#include <errno.h>
-#include <pthread.h>
+ * and direction is a bounded queue (exec/queue.h) of (micro-batch, buffer)
+ * messages; a sender blocks while its link is full, so a fast stage cannot
+ * run unboundedly ahead. A receiver takes messages in arrival order and
+ * parks those it does not want yet, so stages may consume in whatever order
+ * their IR says. Only the receiving thread touches its parked list. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "queue.h"
 #include "transport.h"
 
 typedef struct {
     int mb;
     void *buf;
-} message;
+} parked_msg;
 
 typedef struct {
-    message *items; /* arrival order */
-    int count;
-} link_box;
+    pp_queue q;
+    parked_msg *parked;
+    int nparked, capparked;
+} inbox;
 
 typedef struct {
-    int P, capacity;
+    int P;
     double timeout_s;
     const pp_backend_ops *b;
     void **stages;
-    link_box *boxes; /* [dst][kind] */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int aborted;
+    inbox *in; /* [dst][kind] */
 } inproc;
 
-static link_box *box_of(inproc *t, int dst, int kind)
+static inbox *inbox_of(inproc *t, int dst, int kind)
 {
-    return &t->boxes[dst * 2 + kind];
-}
-
-static void deadline_in(struct timespec *ts, double seconds)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    double whole = (double)(long)seconds;
-    ts->tv_sec += (time_t)whole;
-    ts->tv_nsec += (long)((seconds - whole) * 1e9);
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
+    return &t->in[dst * 2 + kind];
 }
 
 static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, const void *buf,
@@ -57,35 +42,37 @@ static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, con
     if (!copy)
         return pp_errf(e, "out of memory for a message");
     t->b->copy(t->stages[src], copy, buf, bytes);
-    struct timespec dl;
-    deadline_in(&dl, t->timeout_s);
-    pthread_mutex_lock(&t->mu);
-    link_box *box = box_of(t, dst, kind);
-    int rc = 0;
-    while (box->count >= t->capacity && !t->aborted && rc == 0)
-        if (pthread_cond_timedwait(&t->cv, &t->mu, &dl) == ETIMEDOUT)
-            rc = pp_errf(e, "timed out after %.0f s sending to stage %d", t->timeout_s, dst);
-    if (t->aborted && rc == 0)
-        rc = pp_errf(e, "run aborted");
-    if (rc == 0) {
-        box->items[box->count++] = (message){mb, copy};
-        pthread_cond_broadcast(&t->cv);
-    }
-    pthread_mutex_unlock(&t->mu);
-    if (rc < 0)
-        t->b->release(t->stages[src], copy);
-    return rc;
+    int rc = pp_queue_push_timed(&inbox_of(t, dst, kind)->q, mb, copy, t->timeout_s);
+    if (rc == PP_QUEUE_OK)
+        return 0;
+    t->b->release(t->stages[src], copy);
+    if (rc == PP_QUEUE_TIMEOUT)
+        return pp_errf(e, "timed out after %.0f s sending to stage %d", t->timeout_s, dst);
+    return pp_errf(e, "run aborted");
 }
 
-static int take(link_box *box, int mb, void **buf)
+static int take_parked(inbox *in, int mb, void **buf)
 {
-    for (int i = 0; i < box->count; i++)
-        if (box->items[i].mb == mb) {
-            *buf = box->items[i].buf;
-            memmove(&box->items[i], &box->items[i + 1], (size_t)(box->count - i - 1) * sizeof(message));
-            box->count--;
+    for (int i = 0; i < in->nparked; i++)
+        if (in->parked[i].mb == mb) {
+            *buf = in->parked[i].buf;
+            in->parked[i] = in->parked[--in->nparked];
             return 1;
         }
+    return 0;
+}
+
+static int park(inbox *in, int mb, void *buf)
+{
+    if (in->nparked == in->capparked) {
+        int cap = in->capparked ? in->capparked * 2 : 8;
+        parked_msg *p = realloc(in->parked, (size_t)cap * sizeof *p);
+        if (!p)
+            return -1;
+        in->parked = p;
+        in->capparked = cap;
+    }
+    in->parked[in->nparked++] = (parked_msg){mb, buf};
     return 0;
 }
 
@@ -93,28 +80,26 @@ static int inproc_recv(pp_transport *tp, int dst, int src, int kind, int mb, voi
                        size_t bytes, pp_err *e)
 {
     inproc *t = tp->state;
+    inbox *in = inbox_of(t, dst, kind);
     void *msg = NULL;
-    struct timespec dl;
-    deadline_in(&dl, t->timeout_s);
-    pthread_mutex_lock(&t->mu);
-    link_box *box = box_of(t, dst, kind);
-    int rc = 0;
-    while (!take(box, mb, &msg) && rc == 0) {
-        if (t->aborted)
-            rc = pp_errf(e, "run aborted");
-        else if (box->count >= t->capacity)
-            rc = pp_errf(e, "link from stage %d is full and holds no %s of micro-batch %d: "
-                            "the schedule's orders do not match",
-                         src, kind == PP_MSG_ACT ? "activation" : "gradient", mb);
-        else if (pthread_cond_timedwait(&t->cv, &t->mu, &dl) == ETIMEDOUT)
-            rc = pp_errf(e, "timed out after %.0f s waiting for micro-batch %d from stage %d",
-                         t->timeout_s, mb, src);
+    while (!take_parked(in, mb, &msg)) {
+        int tag;
+        void *ptr;
+        int rc = pp_queue_pop_timed(&in->q, &tag, &ptr, t->timeout_s);
+        if (rc == PP_QUEUE_TIMEOUT)
+            return pp_errf(e, "timed out after %.0f s waiting for micro-batch %d from stage %d",
+                           t->timeout_s, mb, src);
+        if (rc != PP_QUEUE_OK)
+            return pp_errf(e, "run aborted");
+        if (tag == mb) {
+            msg = ptr;
+            break;
+        }
+        if (park(in, tag, ptr) < 0) {
+            t->b->release(t->stages[src], ptr);
+            return pp_errf(e, "out of memory");
+        }
     }
-    if (rc == 0)
-        pthread_cond_broadcast(&t->cv); /* room on the link */
-    pthread_mutex_unlock(&t->mu);
-    if (rc < 0)
-        return -1;
     t->b->copy(t->stages[dst], buf, msg, bytes);
     t->b->release(t->stages[src], msg);
     return 0;
@@ -123,10 +108,8 @@ static int inproc_recv(pp_transport *tp, int dst, int src, int kind, int mb, voi
 static void inproc_abort(pp_transport *tp)
 {
     inproc *t = tp->state;
-    pthread_mutex_lock(&t->mu);
-    t->aborted = 1;
-    pthread_cond_broadcast(&t->cv);
-    pthread_mutex_unlock(&t->mu);
+    for (int i = 0; i < t->P * 2; i++)
+        pp_queue_abort(&t->in[i].q);
 }
 
 static void inproc_destroy(pp_transport *tp)
@@ -134,16 +117,20 @@ static void inproc_destroy(pp_transport *tp)
     inproc *t = tp->state;
     for (int d = 0; d < t->P; d++)
         for (int k = 0; k < 2; k++) {
-            link_box *box = box_of(t, d, k);
-            int src = k == PP_MSG_ACT ? d - 1 : d + 1;
-            for (int i = 0; i < box->count; i++)
-                t->b->release(t->stages[src], box->items[i].buf);
-            free(box->items);
+            inbox *in = inbox_of(t, d, k);
+            int src = k == PP_MSG_ACT ? d - 1 : d + 1; /* who allocated its messages */
+            void *src_stage = t->stages[src >= 0 && src < t->P ? src : d];
+            int tag;
+            void *ptr;
+            while (pp_queue_drain(&in->q, &tag, &ptr))
+                t->b->release(src_stage, ptr);
+            for (int i = 0; i < in->nparked; i++)
+                t->b->release(src_stage, in->parked[i].buf);
+            free(in->parked);
+            pp_queue_free(&in->q);
         }
-    free(t->boxes);
+    free(t->in);
     free(t->stages);
-    pthread_mutex_destroy(&t->mu);
-    pthread_cond_destroy(&t->cv);
     free(t);
     free(tp);
 }
@@ -154,22 +141,20 @@ int pp_transport_inproc_create(int stages, int capacity, double timeout_s,
 {
     pp_transport *tp = calloc(1, sizeof *tp);
     inproc *t = calloc(1, sizeof *t);
+    int made = 0;
     if (!tp || !t)
         goto oom;
     t->P = stages;
-    t->capacity = capacity;
     t->timeout_s = timeout_s;
     t->b = backend;
     t->stages = malloc((size_t)stages * sizeof *t->stages);
-    t->boxes = calloc((size_t)stages * 2, sizeof *t->boxes);
-    if (!t->stages || !t->boxes)
+    t->in = calloc((size_t)stages * 2, sizeof *t->in);
+    if (!t->stages || !t->in)
         goto oom;
     memcpy(t->stages, backend_stages, (size_t)stages * sizeof *t->stages);
-    for (int i = 0; i < stages * 2; i++)
-        if (!(t->boxes[i].items = calloc((size_t)capacity, sizeof(message))))
-            goto oom;
-    pthread_mutex_init(&t->mu, NULL);
-    pthread_cond_init(&t->cv, NULL);
+    for (; made < stages * 2; made++)
+        if (pp_queue_init(&t->in[made].q, capacity, e) < 0)
+            goto fail;
     tp->send = inproc_send;
     tp->recv = inproc_recv;
     tp->abort = inproc_abort;
@@ -178,14 +163,15 @@ int pp_transport_inproc_create(int stages, int capacity, double timeout_s,
     *out = tp;
     return 0;
 oom:
-    if (t && t->boxes)
-        for (int i = 0; i < stages * 2; i++)
-            free(t->boxes[i].items);
+    pp_errf(e, "out of memory");
+fail:
+    for (int i = 0; i < made; i++)
+        pp_queue_free(&t->in[i].q);
     if (t) {
-        free(t->boxes);
+        free(t->in);
         free(t->stages);
     }
     free(t);
     free(tp);
-    return pp_errf(e, "out of memory");
+    return -1;
 }
