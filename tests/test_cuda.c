@@ -1,0 +1,530 @@
+/* The CUDA backend against the CPU reference (label "gpu").
+ *
+ * Without a usable GPU (or in a build without CUDA) it prints
+ * "SKIP: no CUDA GPU: <reason>" and exits 0; CTest reports it as skipped.
+ *
+ * With a GPU, on a tiny model (2 layers, width 32, 2 heads, sequence 16,
+ * vocabulary 29, micro-batch 2), split over P = 1 and P = 2 stages:
+ *   - forward: loss and every stage output x_out;
+ *   - backward (I then W, two micro-batches accumulated, loss scale 0.5):
+ *     every stage input gradient dx_in and every gradient tensor;
+ *   - ten AdamW steps: the loss of every step, then the weights and the
+ *     optimizer state (m, v, t) through opt_state_get;
+ *   - the stage runtime (threads, streams, in-process transport) running
+ *     1F1B and PipeDream-2BW on both backends: the per-update losses.
+ *
+ * Tolerances (fp32, PPSCHED_CUDA_MATH unset or fp32): a tensor matches when
+ *     max_i |cuda_i - cpu_i| <= 1e-4 * max_i |cpu_i|
+ * i.e. a relative error of 1e-4 in the max norm of that tensor (loss:
+ * |cuda - cpu| <= 1e-4 |cpu|). Sums run in different orders on the two
+ * devices (cuBLAS tiles, warp reductions), so elements agree to ~1e-6 of
+ * the tensor scale, not bit for bit.
+ *
+ * Training (ten AdamW steps on a fixed batch): the first loss within 1e-4,
+ * the later ones within 5e-4 relative, the AdamW first moment within 1e-3
+ * (max norm). The weights themselves are not compared after training: AdamW
+ * divides by sqrt(v), so a gradient element that is roundoff-small flips
+ * sign between the devices and moves its weight by +-lr on one and -+lr on
+ * the other. The update rule is checked exactly instead (test_adamw_exact):
+ * identical weights and gradients on both backends, three steps with weight
+ * decay, every tensor within 1e-4, which also checks the per-tensor decay
+ * flags (decay moves a weight by 0.1 lr w per step, 1e-3 of w here). */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef PPSCHED_HAVE_CUDA
+
+#include "backend.h"
+#include "cuda_backend.h"
+#include "gpt_cpu.h"
+#include "registry.h"
+#include "runtime.h"
+
+#define TOL 1e-4
+#define TOL_STEPS 5e-4
+#define TOL_MOMENT 1e-3
+#define MAXP 2
+
+static pp_model_desc tiny_model(void)
+{
+    pp_model_desc m;
+    memset(&m, 0, sizeof m);
+    snprintf(m.name, sizeof m.name, "tiny-cuda-test");
+    m.layers = 2;
+    m.dim = 32;
+    m.heads = 2;
+    m.seq_len = 16;
+    m.vocab = 29;
+    m.micro_batch = 2;
+    m.bytes_per_elem = 4;
+    return m;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void random_ids(int *ids, size_t n, int V, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i++)
+        ids[i] = (int)(rng_next(&seed) % (uint64_t)V);
+}
+
+/* max |a - b| / max |b| (0 when both are zero). */
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double d = 0.0, s = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (e > d || isnan(e))
+            d = isnan(e) ? INFINITY : e;
+        if (fabs((double)b[i]) > s)
+            s = fabs((double)b[i]);
+    }
+    if (s == 0.0)
+        return d == 0.0 ? 0.0 : INFINITY;
+    return d / s;
+}
+
+/* A pipeline of P stages of one backend, driven by hand. */
+typedef struct {
+    const pp_backend_ops *b;
+    int P;
+    size_t nb; /* bytes of one boundary message */
+    void *st[MAXP], *w[MAXP], *grad[MAXP], *acts[MAXP], *x[MAXP], *dx[MAXP];
+    pp_gpt_stage tab[MAXP]; /* tensor names and offsets (host) */
+} pipe;
+
+static void pipe_open(pipe *p, const pp_backend_ops *b, const pp_model_desc *m, int P,
+                      uint64_t seed)
+{
+    pp_err e = {{0}};
+    memset(p, 0, sizeof *p);
+    p->b = b;
+    p->P = P;
+    for (int s = 0; s < P; s++) {
+        ck_assert_msg(b->create(m, P, s, 0, &p->st[s], &e) == 0, "%s", e.msg);
+        ck_assert_msg(pp_gpt_stage_init(&p->tab[s], m, P, s, &e) == 0, "%s", e.msg);
+        size_t wb = b->nparams(p->st[s]) * sizeof(float);
+        ck_assert_uint_eq(b->nparams(p->st[s]), p->tab[s].nparams);
+        p->nb = b->boundary_floats(p->st[s]) * sizeof(float);
+        p->w[s] = b->alloc(p->st[s], wb);
+        p->grad[s] = b->alloc(p->st[s], wb);
+        p->acts[s] = b->alloc(p->st[s], b->acts_bytes(p->st[s]));
+        p->x[s] = b->alloc(p->st[s], p->nb);
+        p->dx[s] = b->alloc(p->st[s], p->nb);
+        ck_assert(p->w[s] && p->grad[s] && p->acts[s] && p->x[s] && p->dx[s]);
+        b->init_weights(p->st[s], p->w[s], seed);
+        b->sync(p->st[s]);
+    }
+}
+
+static void pipe_close(pipe *p)
+{
+    for (int s = 0; s < p->P; s++) {
+        void *bufs[] = {p->w[s], p->grad[s], p->acts[s], p->x[s], p->dx[s]};
+        for (int i = 0; i < 5; i++)
+            p->b->release(p->st[s], bufs[i]);
+        p->b->destroy(p->st[s]);
+        pp_gpt_stage_free(&p->tab[s]);
+    }
+}
+
+/* Forward through every stage; the loss of the last. Stage s's output is
+ * stage s+1's input (one device: the buffer is passed as is, after a sync). */
+static float pipe_forward(pipe *p, const int *tok, const int *tgt)
+{
+    pp_err e = {{0}};
+    float loss = NAN;
+    for (int s = 0; s < p->P; s++) {
+        int first = s == 0, last = s == p->P - 1;
+        ck_assert_msg(p->b->forward(p->st[s], p->w[s], first ? tok : NULL,
+                                    first ? NULL : p->x[s - 1], last ? tgt : NULL, p->acts[s],
+                                    last ? NULL : p->x[s], last ? &loss : NULL, &e) == 0,
+                      "%s", e.msg);
+        p->b->sync(p->st[s]);
+    }
+    return loss;
+}
+
+static void pipe_backward(pipe *p, float scale)
+{
+    for (int s = p->P - 1; s >= 0; s--) {
+        int first = s == 0, last = s == p->P - 1;
+        p->b->backward_input(p->st[s], p->w[s], p->acts[s], last ? NULL : p->dx[s + 1],
+                             first ? NULL : p->dx[s], scale);
+        p->b->sync(p->st[s]);
+    }
+    for (int s = 0; s < p->P; s++) {
+        p->b->backward_weight(p->st[s], p->acts[s], p->grad[s]);
+        p->b->sync(p->st[s]);
+    }
+}
+
+static float *host_copy(pipe *p, int s, const void *dev, size_t bytes)
+{
+    float *h = malloc(bytes ? bytes : 1);
+    ck_assert(h);
+    p->b->to_host(p->st[s], h, dev, bytes);
+    return h;
+}
+
+/* Every tensor of a flat array (weights or gradients) of stage s. */
+static void compare_tensors(pipe *gpu, pipe *cpu, int s, void *dg, void *dc, double tol,
+                            const char *what)
+{
+    size_t bytes = cpu->tab[s].nparams * sizeof(float);
+    float *g = host_copy(gpu, s, dg, bytes), *c = host_copy(cpu, s, dc, bytes);
+    for (int i = 0; i < cpu->tab[s].ntensors; i++) {
+        const pp_gpt_tensor *t = &cpu->tab[s].tensors[i];
+        double r = rel_err(g + t->offset, c + t->offset, t->numel);
+        ck_assert_msg(r <= tol, "P=%d stage %d %s %s: relative error %.3g > %.1g", cpu->P, s,
+                      what, t->name, r, tol);
+    }
+    free(g);
+    free(c);
+}
+
+static void compare_buffer(pipe *gpu, pipe *cpu, int s, void *dg, void *dc, const char *what)
+{
+    float *g = host_copy(gpu, s, dg, cpu->nb), *c = host_copy(cpu, s, dc, cpu->nb);
+    double r = rel_err(g, c, cpu->nb / sizeof(float));
+    ck_assert_msg(r <= TOL, "P=%d stage %d %s: relative error %.3g > %.1g", cpu->P, s, what, r,
+                  TOL);
+    free(g);
+    free(c);
+}
+
+static void check_loss(float g, float c, double tol, const char *what)
+{
+    ck_assert_msg(isfinite(g) && fabs((double)g - c) <= tol * fabs((double)c),
+                  "%s: cuda %.8g cpu %.8g (tolerance %.1g relative)", what, g, c, tol);
+}
+
+/* ------------------------------------------------------------------ */
+
+START_TEST(test_available)
+{
+    pp_err e = {{0}};
+    ck_assert_msg(pp_cuda_available(&e) == 0, "%s", e.msg);
+    const pp_backend_ops *b = pp_backend_find("cuda", &e);
+    ck_assert_msg(b == &pp_backend_cuda, "%s", e.msg);
+    char name[128];
+    pp_cuda_device_name(0, name, sizeof name);
+    printf("test_cuda: device 0: %s\n", name);
+}
+END_TEST
+
+/* The same weights on both backends, byte for byte. */
+START_TEST(test_init_weights)
+{
+    pp_model_desc m = tiny_model();
+    for (int P = 1; P <= MAXP; P++) {
+        pipe g, c;
+        pipe_open(&g, &pp_backend_cuda, &m, P, 7);
+        pipe_open(&c, &pp_backend_cpu, &m, P, 7);
+        for (int s = 0; s < P; s++) {
+            size_t bytes = c.tab[s].nparams * sizeof(float);
+            float *hg = host_copy(&g, s, g.w[s], bytes);
+            ck_assert(memcmp(hg, c.w[s], bytes) == 0);
+            free(hg);
+        }
+        pipe_close(&g);
+        pipe_close(&c);
+    }
+}
+END_TEST
+
+/* Loss, x_out, dx_in and every gradient tensor, P = 1 and P = 2, two
+ * micro-batches accumulated into the gradient. */
+START_TEST(test_forward_backward_parity)
+{
+    pp_model_desc m = tiny_model();
+    size_t n = (size_t)m.micro_batch * m.seq_len;
+    int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    for (int P = 1; P <= MAXP; P++) {
+        pipe g, c;
+        pipe_open(&g, &pp_backend_cuda, &m, P, 1234);
+        pipe_open(&c, &pp_backend_cpu, &m, P, 1234);
+        for (int mb = 0; mb < 2; mb++) {
+            random_ids(tok, n, m.vocab, 100 + mb);
+            random_ids(tgt, n, m.vocab, 200 + mb);
+            float lg = pipe_forward(&g, tok, tgt), lc = pipe_forward(&c, tok, tgt);
+            check_loss(lg, lc, TOL, "forward loss");
+            for (int s = 0; s + 1 < P; s++)
+                compare_buffer(&g, &c, s, g.x[s], c.x[s], "x_out");
+            pipe_backward(&g, 0.5f);
+            pipe_backward(&c, 0.5f);
+            for (int s = 1; s < P; s++)
+                compare_buffer(&g, &c, s, g.dx[s], c.dx[s], "dx_in");
+        }
+        for (int s = 0; s < P; s++)
+            compare_tensors(&g, &c, s, g.grad[s], c.grad[s], TOL, "gradient");
+
+        /* Memory accounting sees the weights, the gradient (once used as
+         * one), the optimizer state and the activations. */
+        for (int s = 0; s < P; s++) {
+            pp_cuda_memory mem;
+            pp_cuda_stage_memory(g.st[s], &mem);
+            size_t wb = c.tab[s].nparams * sizeof(float);
+            ck_assert_uint_eq(mem.weights, wb);
+            ck_assert_uint_eq(mem.grads, wb);
+            ck_assert_uint_eq(mem.optimizer, 2 * wb);
+            ck_assert_uint_eq(mem.activations, pp_backend_cuda.acts_bytes(g.st[s]));
+            ck_assert_uint_eq(mem.messages, 2 * g.nb);
+            ck_assert(mem.workspace > 0 && mem.total <= mem.peak_total);
+        }
+        pipe_close(&g);
+        pipe_close(&c);
+    }
+    free(tok);
+    free(tgt);
+}
+END_TEST
+
+/* Ten AdamW steps (with weight decay, a changing learning rate): the loss
+ * of every step, then weights and optimizer state. */
+START_TEST(test_optimizer_steps)
+{
+    pp_model_desc m = tiny_model();
+    size_t n = (size_t)m.micro_batch * m.seq_len;
+    int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    for (int P = 1; P <= MAXP; P++) {
+        pipe g, c;
+        pipe_open(&g, &pp_backend_cuda, &m, P, 99);
+        pipe_open(&c, &pp_backend_cpu, &m, P, 99);
+        float first = 0.0f, lastc = 0.0f;
+        for (int step = 0; step < 10; step++) {
+            /* A fixed batch, so the loss must fall. */
+            random_ids(tok, n, m.vocab, 5);
+            random_ids(tgt, n, m.vocab, 6);
+            float lg = pipe_forward(&g, tok, tgt), lc = pipe_forward(&c, tok, tgt);
+            char what[64];
+            snprintf(what, sizeof what, "P=%d step %d loss", P, step);
+            check_loss(lg, lc, step == 0 ? TOL : TOL_STEPS, what);
+            if (step == 0)
+                first = lc;
+            lastc = lc;
+            pipe_backward(&g, 1.0f);
+            pipe_backward(&c, 1.0f);
+            float lr = 1e-2f * (float)(step + 1) / 10.0f;
+            for (int s = 0; s < P; s++) {
+                g.b->optimizer_step(g.st[s], g.w[s], g.grad[s], lr);
+                c.b->optimizer_step(c.st[s], c.w[s], c.grad[s], lr);
+                g.b->sync(g.st[s]);
+            }
+        }
+        ck_assert_msg(lastc < first, "the loss did not fall: %g -> %g", first, lastc);
+        for (int s = 0; s < P; s++) {
+            /* The gradient is zeroed by the step. */
+            size_t bytes = c.tab[s].nparams * sizeof(float);
+            float *hg = host_copy(&g, s, g.grad[s], bytes);
+            for (size_t i = 0; i < c.tab[s].nparams; i++)
+                ck_assert(hg[i] == 0.0f);
+            free(hg);
+            /* Optimizer state: same layout, t = 10, moments close. */
+            size_t ob = g.b->opt_state_bytes(g.st[s]);
+            ck_assert_uint_eq(ob, c.b->opt_state_bytes(c.st[s]));
+            char *og = malloc(ob), *oc = malloc(ob);
+            g.b->opt_state_get(g.st[s], og);
+            c.b->opt_state_get(c.st[s], oc);
+            double tg, tc;
+            memcpy(&tg, og + ob - sizeof tg, sizeof tg);
+            memcpy(&tc, oc + ob - sizeof tc, sizeof tc);
+            ck_assert(tg == 10.0 && tc == 10.0);
+            /* m in the max norm of the whole vector */
+            ck_assert_msg(rel_err((float *)og, (float *)oc, c.tab[s].nparams) <= TOL_MOMENT,
+                          "AdamW m differs");
+            /* put/get round trip */
+            g.b->opt_state_put(g.st[s], oc);
+            g.b->opt_state_get(g.st[s], og);
+            ck_assert(memcmp(og, oc, ob) == 0);
+            free(og);
+            free(oc);
+        }
+        pipe_close(&g);
+        pipe_close(&c);
+    }
+    free(tok);
+    free(tgt);
+}
+END_TEST
+
+/* AdamW alone: the same weights and gradients (well away from zero) on
+ * both backends, three steps. */
+START_TEST(test_adamw_exact)
+{
+    pp_model_desc m = tiny_model();
+    for (int P = 1; P <= MAXP; P++) {
+        pipe g, c;
+        pipe_open(&g, &pp_backend_cuda, &m, P, 3);
+        pipe_open(&c, &pp_backend_cpu, &m, P, 3);
+        for (int s = 0; s < P; s++) {
+            size_t np = c.tab[s].nparams, bytes = np * sizeof(float);
+            float *hw = malloc(bytes), *hg = malloc(bytes);
+            uint64_t r = 77 + (uint64_t)s;
+            for (size_t i = 0; i < np; i++) {
+                double u = (double)(rng_next(&r) >> 11) * 0x1.0p-53;
+                hw[i] = (float)(u * 2.0 - 1.0);
+                u = (double)(rng_next(&r) >> 11) * 0x1.0p-53;
+                hg[i] = (float)((0.1 + 0.9 * u) * ((rng_next(&r) & 1) ? 1 : -1));
+            }
+            for (int step = 0; step < 3; step++) {
+                float lr = 1e-2f * (float)(step + 1);
+                g.b->from_host(g.st[s], g.grad[s], hg, bytes);
+                c.b->from_host(c.st[s], c.grad[s], hg, bytes);
+                if (step == 0) {
+                    g.b->from_host(g.st[s], g.w[s], hw, bytes);
+                    c.b->from_host(c.st[s], c.w[s], hw, bytes);
+                }
+                g.b->optimizer_step(g.st[s], g.w[s], g.grad[s], lr);
+                c.b->optimizer_step(c.st[s], c.w[s], c.grad[s], lr);
+                g.b->sync(g.st[s]);
+            }
+            compare_tensors(&g, &c, s, g.w[s], c.w[s], TOL, "weights after AdamW");
+            free(hw);
+            free(hg);
+        }
+        pipe_close(&g);
+        pipe_close(&c);
+    }
+}
+END_TEST
+
+/* The runtime: stage threads with their own streams, the in-process
+ * transport copying between stages, weight stashes. */
+static int synth_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e)
+{
+    (void)e;
+    const pp_model_desc *m = ctx;
+    int n = m->micro_batch * m->seq_len;
+    for (int i = 0; i <= n; i++) {
+        unsigned x = (unsigned)(index * 7919 + i * 31 + (i / 5) * 17);
+        int tok = (int)((x * 2654435761u) >> 16) % m->vocab;
+        if (i < n)
+            tokens[i] = (tok + i) % m->vocab;
+        if (i > 0)
+            targets[i - 1] = (tok + i) % m->vocab;
+    }
+    return 0;
+}
+
+static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_model_desc *m)
+{
+    pp_gen_opts o = {2, 4, 3, 0};
+    pp_schedule ir;
+    pp_err e = {{0}};
+    ck_assert_msg(pp_generate_schedule(sched, &o, &ir, &e) == 0, "%s", e.msg);
+    pp_run_config c;
+    memset(&c, 0, sizeof c);
+    c.ir = &ir;
+    c.model = *m;
+    c.backend = b;
+    c.seed = 42;
+    c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
+    c.train_batch = synth_batch;
+    c.data = m;
+    c.timeout_s = 120;
+    pp_run_result r;
+    ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s on %s: %s", sched, b->name, e.msg);
+    pp_schedule_free(&ir);
+    return r;
+}
+
+START_TEST(test_runtime_parity)
+{
+    pp_model_desc m = tiny_model();
+    const char *scheds[] = {"1f1b-flush", "pipedream-2bw"};
+    for (int i = 0; i < 2; i++) {
+        pp_run_result g = run_with(&pp_backend_cuda, scheds[i], &m);
+        pp_run_result c = run_with(&pp_backend_cpu, scheds[i], &m);
+        ck_assert_int_eq(g.steps, c.steps);
+        for (int k = 0; k < c.steps; k++) {
+            char what[64];
+            snprintf(what, sizeof what, "%s update %d loss", scheds[i], k + 1);
+            check_loss((float)g.step_loss[k], (float)c.step_loss[k], k == 0 ? TOL : TOL_STEPS,
+                       what);
+        }
+        pp_run_result_free(&g);
+        pp_run_result_free(&c);
+    }
+}
+END_TEST
+
+/* Bad token ids fail with a message, like the CPU backend. */
+START_TEST(test_bad_token)
+{
+    pp_model_desc m = tiny_model();
+    size_t n = (size_t)m.micro_batch * m.seq_len;
+    int *tok = calloc(n, sizeof *tok), *tgt = calloc(n, sizeof *tgt);
+    tok[3] = m.vocab;
+    pipe g;
+    pipe_open(&g, &pp_backend_cuda, &m, 1, 1);
+    pp_err e = {{0}};
+    float loss;
+    ck_assert(g.b->forward(g.st[0], g.w[0], tok, NULL, tgt, g.acts[0], NULL, &loss, &e) < 0);
+    ck_assert_msg(strstr(e.msg, "outside the vocabulary") != NULL, "%s", e.msg);
+    pipe_close(&g);
+    free(tok);
+    free(tgt);
+}
+END_TEST
+
+static Suite *cuda_suite(void)
+{
+    Suite *s = suite_create("cuda");
+    TCase *tc = tcase_create("parity");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_available);
+    tcase_add_test(tc, test_init_weights);
+    tcase_add_test(tc, test_forward_backward_parity);
+    tcase_add_test(tc, test_adamw_exact);
+    tcase_add_test(tc, test_optimizer_steps);
+    tcase_add_test(tc, test_runtime_parity);
+    tcase_add_test(tc, test_bad_token);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    pp_err e = {{0}};
+    if (pp_cuda_available(&e) < 0) {
+        const char *why = e.msg;
+        const char *prefix = "--backend cuda: ";
+        if (strncmp(why, prefix, strlen(prefix)) == 0)
+            why += strlen(prefix);
+        printf("SKIP: no CUDA GPU: %s\n", why);
+        return EXIT_SUCCESS;
+    }
+    const char *math = getenv("PPSCHED_CUDA_MATH");
+    if (math && strcmp(math, "fp32") != 0) {
+        printf("SKIP: PPSCHED_CUDA_MATH=%s: the parity tolerances are for fp32\n", math);
+        return EXIT_SUCCESS;
+    }
+    SRunner *sr = srunner_create(cuda_suite());
+    /* CUDA is initialised in this process already: a forked child could
+     * not use it. */
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+#else /* !PPSCHED_HAVE_CUDA */
+
+int main(void)
+{
+    printf("SKIP: no CUDA GPU: this build has no CUDA backend\n");
+    return EXIT_SUCCESS;
+}
+
+#endif
