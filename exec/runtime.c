@@ -147,8 +147,6 @@ static int do_forward(stage_rt *s, const pp_action *a, int *version, pp_err *e)
     if (!w)
         return pp_errf(e, "F%d: weight version %d is not alive", mb, v);
     size_t nb = b->boundary_floats(s->bk) * sizeof(float);
-    if (!first && r->tr->recv(r->tr, s->s, s->s - 1, PP_MSG_ACT, mb, s->x_in, nb, e) < 0)
-        return -1;
     if ((first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0) ||
         (last && !first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0))
         return -1;
@@ -179,8 +177,6 @@ static int do_backward_input(stage_rt *s, const pp_action *a, int *version, pp_e
     if (!w || !s->acts[mb])
         return pp_errf(e, "%s%d: no forward state", pp_op_name(a->op), mb);
     size_t nb = b->boundary_floats(s->bk) * sizeof(float);
-    if (!last && r->tr->recv(r->tr, s->s, s->s + 1, PP_MSG_GRAD, mb, s->dx_out, nb, e) < 0)
-        return -1;
     float scale = 1.0f / (float)r->cfg->ir->info.microbatches_per_step;
     b->backward_input(s->bk, w, s->acts[mb], last ? NULL : s->dx_out, first ? NULL : s->dx_in,
                       scale);
@@ -279,12 +275,25 @@ static int reach_cut(stage_rt *s, int j, pp_err *e)
     return 0;
 }
 
+/* Waits for the action's input from a neighbour, before the action's clock
+ * starts: waiting is idle time, not work. */
+static int receive_input(stage_rt *s, const pp_action *a, pp_err *e)
+{
+    run *r = s->r;
+    size_t nb = r->cfg->backend->boundary_floats(s->bk) * sizeof(float);
+    if (a->op == PP_OP_F && s->s > 0)
+        return r->tr->recv(r->tr, s->s, s->s - 1, PP_MSG_ACT, a->mb, s->x_in, nb, e);
+    if ((a->op == PP_OP_B || a->op == PP_OP_I) && s->s < r->P - 1)
+        return r->tr->recv(r->tr, s->s, s->s + 1, PP_MSG_GRAD, a->mb, s->dx_out, nb, e);
+    return 0;
+}
+
 static int run_action(stage_rt *s, size_t idx, pp_err *e)
 {
     const pp_action *a = &s->r->cfg->ir->stage[s->s].items[idx];
+    int rc = receive_input(s, a, e), v = 0;
     pp_timed_action ta = {*a, 0, 0, -1, now_s() - s->r->t0, 0};
-    int rc = 0, v = 0;
-    switch (a->op) {
+    switch (rc < 0 ? -1 : a->op) {
     case PP_OP_F:
         rc = do_forward(s, a, &v, e);
         break;
