@@ -35,6 +35,8 @@ static int vref_add(pp_acc_stage *s, int v, int delta, pp_err *e)
     int *rc = pp_ring_put(&s->vref, v, &fresh);
     if (!rc)
         return pp_errf(e, "out of memory");
+    if (fresh)
+        *rc = 0;
     if (*rc == 0 && delta > 0)
         s->copies++;
     *rc += delta;
@@ -61,9 +63,14 @@ static double stage_bytes(const pp_metrics_acc *a, const pp_acc_stage *s, int in
 }
 
 /* Records peak memory, and a sample for the trace when a timeline is kept. */
-static int note_memory(pp_metrics_acc *a, int stage, double t, int in_backward)
+static inline int note_memory(pp_metrics_acc *a, int stage, double t, int in_backward)
 {
     pp_acc_stage *s = &a->st[stage];
+    if (!a->model && !a->timeline) { /* summary without bytes: only the count */
+        if (s->inflight > s->m.peak_inflight)
+            s->m.peak_inflight = s->inflight;
+        return 0;
+    }
     double bytes = stage_bytes(a, s, in_backward);
     if (bytes > s->m.peak_memory_bytes)
         s->m.peak_memory_bytes = bytes;
@@ -175,6 +182,7 @@ static int on_forward(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err 
     if (!fresh)
         return pp_errf(e, "F%d: micro-batch %d is already forwarded and not yet backwarded", mb,
                        mb);
+    *r = (mb_rec){0};
     r->v_f = v;
     r->f_start = ta->start;
     if (ta->flags & PP_TA_STASH) {

@@ -62,7 +62,7 @@ static int ring_grow(pp_ring *r)
     return 0;
 }
 
-void *pp_ring_put(pp_ring *r, int32_t key, int *fresh)
+void *pp_ring_put_slow(pp_ring *r, int32_t key, int *fresh)
 {
     for (;;) {
         uint32_t i = (uint32_t)key & r->mask;
@@ -72,22 +72,11 @@ void *pp_ring_put(pp_ring *r, int32_t key, int *fresh)
         }
         if (r->keys[i] < 0) {
             r->keys[i] = key;
-            if (r->vsize)
-                memset(r->vals + i * r->vsize, 0, r->vsize);
             r->live++;
             *fresh = 1;
             return r->vals + i * r->vsize;
         }
         if (ring_grow(r) < 0)
             return NULL;
-    }
-}
-
-void pp_ring_del(pp_ring *r, int32_t key)
-{
-    uint32_t i = (uint32_t)key & r->mask;
-    if (r->keys[i] == key) {
-        r->keys[i] = -1;
-        r->live--;
     }
 }
