@@ -3,18 +3,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "event_queue.h"
 #include "ring.h"
 
 enum { EV_END, EV_ACT_ARRIVES, EV_GRAD_ARRIVES };
 
-/* Equal times pop in an order fixed by the heap's own (deterministic)
- * layout; it cannot change a result: an action starts at the same time
- * whichever of its inputs is handled first. */
-typedef struct {
-    double t;
-    uint64_t what; /* micro-batch << 32 | stage << 2 | kind: 16-byte events
-                      move as two words, with no partial-store stalls */
-} event;
+/* An event's payload: micro-batch << 32 | stage << 2 | kind. */
+typedef pp_event event;
 
 static event make_event(double t, int kind, int stage, int mb)
 {
@@ -25,12 +20,6 @@ static event make_event(double t, int kind, int stage, int mb)
 static int ev_kind(event ev) { return (int)(ev.what & 3); }
 static int ev_stage(event ev) { return (int)((ev.what >> 2) & 0x3fffffff); }
 static int ev_mb(event ev) { return (int32_t)(uint32_t)(ev.what >> 32); }
-
-typedef struct {
-    event *a;
-    size_t n, cap;
-    int top_done; /* a[0] was handled: the next push may take its place */
-} heap;
 
 typedef struct {
     pp_action head;
@@ -47,70 +36,15 @@ typedef struct {
     pp_stream *src;
     int P;
     stage_state *st;
-    heap h;
+    pp_event_queue q;
     double comm; /* transfer time of one message */
     int at_barrier;
     pp_metrics_acc acc;
 } engine;
 
-static void heap_sift_root(heap *h, event ev);
-
-static int heap_push(heap *h, event ev)
-{
-    if (h->top_done) { /* most events schedule one successor: replace, sift once */
-        h->top_done = 0;
-        heap_sift_root(h, ev);
-        return 0;
-    }
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        event *a = realloc(h->a, cap * sizeof *a);
-        if (!a)
-            return -1;
-        h->a = a;
-        h->cap = cap;
-    }
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (h->a[p].t <= ev.t)
-            break;
-        h->a[i] = h->a[p];
-        i = p;
-    }
-    h->a[i] = ev;
-    return 0;
-}
-
-/* Replaces the root by ev and sifts it down (a binary heap: a 4-ary one
- * measured slower here). */
-static void heap_sift_root(heap *h, event ev)
-{
-    size_t n = h->n, i = 0;
-    event *a = h->a;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n)
-            break;
-        c += c + 1 < n && a[c + 1].t < a[c].t;
-        if (a[c].t >= ev.t)
-            break;
-        a[i] = a[c];
-        i = c;
-    }
-    a[i] = ev;
-}
-
-static void heap_pop(heap *h)
-{
-    event last = h->a[--h->n];
-    if (h->n)
-        heap_sift_root(h, last);
-}
-
 static int schedule(engine *g, double t, int kind, int stage, int mb, pp_err *e)
 {
-    if (heap_push(&g->h, make_event(t, kind, stage, mb)) < 0)
+    if (pp_eq_push(&g->q, make_event(t, kind, stage, mb)) < 0)
         return pp_errf(e, "out of memory");
     return 0;
 }
@@ -259,7 +193,7 @@ static void engine_free(engine *g)
             pp_ring_free(&g->st[s].grads);
         }
     free(g->st);
-    free(g->h.a);
+    pp_eq_free(&g->q);
     pp_acc_free(&g->acc);
 }
 
@@ -270,19 +204,17 @@ static int run(engine *g, pp_err *e)
         if (try_start(g, s, 0.0, e) < 0)
             return -1;
     }
-    while (g->h.n) {
-        event ev = g->h.a[0];
-        g->h.top_done = 1;
+    event ev;
+    int got;
+    while ((got = pp_eq_pop(&g->q, &ev)) > 0) {
         int kind = ev_kind(ev);
         int rc = kind == EV_END ? on_end(g, ev_stage(ev), ev.t, e)
                                 : deliver(g, kind, ev_stage(ev), ev_mb(ev), ev.t, e);
         if (rc < 0)
             return -1;
-        if (g->h.top_done) {
-            g->h.top_done = 0;
-            heap_pop(&g->h);
-        }
     }
+    if (got < 0)
+        return pp_errf(e, "out of memory");
     return report_deadlock(g, e);
 }
 
