@@ -25,6 +25,7 @@ typedef struct {
     pp_action head;
     int has_head, busy;
     int at_barrier;        /* counted as waiting at the current barrier */
+    int next_fv, next_fv_known; /* cached stream hint */
     uint64_t index;        /* actions started so far */
     pp_timed_action cur;   /* the running action */
     pp_ring acts, grads;   /* micro-batches whose inputs have arrived */
@@ -81,7 +82,12 @@ static int start_action(engine *g, int s, double now, pp_err *e)
     ta->end = now + pp_cost_duration(g->cfg->cost, st->head.op, s, st->index++, now);
     if (ta->act.op == PP_OP_F && g->src->stashes && g->src->stashes(g->src, s, ta->act.mb))
         ta->flags |= PP_TA_STASH;
-    ta->next_f_version = g->src->next_f_version ? g->src->next_f_version(g->src, s) : -1;
+    /* the next forward changes only when this action is a forward */
+    if (g->src->next_f_version && (ta->act.op == PP_OP_F || !st->next_fv_known)) {
+        st->next_fv = g->src->next_f_version(g->src, s);
+        st->next_fv_known = 1;
+    }
+    ta->next_f_version = g->src->next_f_version ? st->next_fv : -1;
     if (pp_acc_action(&g->acc, s, ta, e) < 0)
         return -1;
     if (g->cfg->timeline && pp_timeline_add_action(g->cfg->timeline, s, ta) < 0)
