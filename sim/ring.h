@@ -37,6 +37,10 @@ static inline void *pp_ring_put(pp_ring *r, int32_t key, int *fresh)
         *fresh = 1;
         return r->vals + i * r->vsize;
     }
+    if (r->keys[i] == key) {
+        *fresh = 0;
+        return r->vals + i * r->vsize;
+    }
     return pp_ring_put_slow(r, key, fresh);
 }
 static inline void pp_ring_del(pp_ring *r, int32_t key)
