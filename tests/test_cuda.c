@@ -42,6 +42,7 @@
 #include "gpt_cpu.h"
 #include "registry.h"
 #include "runtime.h"
+#include "synth_data.h"
 
 #define TOL 1e-4
 #define TOL_STEPS 5e-4
@@ -400,21 +401,6 @@ END_TEST
 
 /* The runtime: stage threads with their own streams, the in-process
  * transport copying between stages, weight stashes. */
-static int synth_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e)
-{
-    (void)e;
-    const pp_model_desc *m = ctx;
-    int n = m->micro_batch * m->seq_len;
-    for (int i = 0; i <= n; i++) {
-        unsigned x = (unsigned)(index * 7919 + i * 31 + (i / 5) * 17);
-        int tok = (int)((x * 2654435761u) >> 16) % m->vocab;
-        if (i < n)
-            tokens[i] = (tok + i) % m->vocab;
-        if (i > 0)
-            targets[i - 1] = (tok + i) % m->vocab;
-    }
-    return 0;
-}
 
 static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_model_desc *m)
 {

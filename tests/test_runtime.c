@@ -12,6 +12,7 @@
 #include "registry.h"
 #include "cut.h"
 #include "runtime.h"
+#include "synth_data.h"
 
 static pp_model_desc small_model(void)
 {
@@ -19,22 +20,6 @@ static pp_model_desc small_model(void)
     return m;
 }
 
-/* Deterministic pseudo-text: token i of micro-batch mb; targets shift by one. */
-static int synth_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e)
-{
-    (void)e;
-    const pp_model_desc *m = ctx;
-    int n = m->micro_batch * m->seq_len;
-    for (int i = 0; i <= n; i++) {
-        unsigned x = (unsigned)(index * 7919 + i * 31 + (i / 5) * 17);
-        int tok = (int)((x * 2654435761u) >> 16) % m->vocab;
-        if (i < n)
-            tokens[i] = (tok + i) % m->vocab;
-        if (i > 0)
-            targets[i - 1] = (tok + i) % m->vocab;
-    }
-    return 0;
-}
 
 static pp_schedule make_ir(const char *name, int P, int m, int S)
 {
