@@ -501,7 +501,7 @@ static int feed_cmp(const void *x, const void *y)
 }
 
 int pp_metrics_from_timeline(const pp_timeline *t, const pp_model_desc *model, int recompute,
-                             pp_metrics *out, pp_err *e)
+                             pp_timeline *mem_out, pp_metrics *out, pp_err *e)
 {
     size_t n = 0;
     for (int s = 0; s < t->info.stages; s++)
@@ -518,7 +518,7 @@ int pp_metrics_from_timeline(const pp_timeline *t, const pp_model_desc *model, i
     for (int s = 0; next_fv && s < t->info.stages; s++)
         next_fv[s] = next_f_versions(&t->stage[s]);
     pp_metrics_acc acc;
-    int rc = pp_acc_init(&acc, &t->info, model, recompute, NULL, e);
+    int rc = pp_acc_init(&acc, &t->info, model, recompute, mem_out, e);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         pp_timed_action ta = t->stage[items[i].stage].items[items[i].idx];
         if (ta.act.op == PP_OP_F && backward_stashes(&t->stage[items[i].stage], ta.act.mb))

@@ -82,8 +82,10 @@ int pp_acc_action(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err *e);
 int pp_acc_finish(pp_metrics_acc *a, pp_metrics *out, pp_err *e);
 
 /* Metrics of a recorded timeline (the executor's log): actions of all
- * stages fed in start-time order. */
+ * stages fed in start-time order. With mem_out (which may be t itself),
+ * the memory and weight-version samples are added to it for the trace's
+ * counter tracks. */
 int pp_metrics_from_timeline(const pp_timeline *t, const pp_model_desc *model,
-                             int recompute, pp_metrics *out, pp_err *e);
+                             int recompute, pp_timeline *mem_out, pp_metrics *out, pp_err *e);
 
 #endif

@@ -122,7 +122,7 @@ static void check_versions_match(const char *name, int P, int m, int S)
     }
     /* and the measured run's metrics come from the simulator's code */
     pp_metrics real_met;
-    ck_assert_msg(pp_metrics_from_timeline(&real, NULL, 0, &real_met, &e) == 0, "%s", e.msg);
+    ck_assert_msg(pp_metrics_from_timeline(&real, NULL, 0, NULL, &real_met, &e) == 0, "%s", e.msg);
     ck_assert_int_eq(real_met.drift_max, met.drift_max);
     ck_assert_double_eq_tol(real_met.staleness_mean, met.staleness_mean, 1e-12);
     pp_metrics_free(&real_met);

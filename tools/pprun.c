@@ -381,24 +381,17 @@ static int plan_cuts(const pprun_opts *o, const pp_schedule *ir, int first_updat
     return 0;
 }
 
-static void print_summary(const pp_timeline *tl, const pp_run_result *res,
+static void print_summary(const pp_metrics *met, const pp_run_result *res,
                           const pp_model_desc *m)
 {
-    pp_metrics met;
-    pp_err e;
-    if (pp_metrics_from_timeline(tl, m, 0, &met, &e) < 0) {
-        fprintf(stderr, "pprun: warning: no summary: %s\n", e.msg);
-        return;
-    }
     printf("\nmeasured run (times in seconds):\n");
-    pp_report_table(stdout, &met, m);
+    pp_report_table(stdout, met, m);
     printf("\ntrained %d updates, %.0f tokens in %.1f s (%.0f tokens/s)\n", res->steps,
            res->tokens, res->elapsed_s, res->elapsed_s > 0 ? res->tokens / res->elapsed_s : 0);
     if (res->steps > 0)
         printf("final training loss %.4f, validation loss %.4f (nats; uniform over %d symbols: "
                "%.4f)\n", res->step_loss[res->steps - 1], res->final_val_loss, m->vocab,
                log((double)m->vocab));
-    pp_metrics_free(&met);
 }
 
 int main(int argc, char **argv)
@@ -526,16 +519,28 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (write_outputs(&o, &tl, &e) < 0) {
+    /* the measured metrics, computed as the simulator computes them; they
+     * also add the memory counters to the trace */
+    pp_metrics met;
+    int whole = !o.resume && stop_cut < 0;
+    if (whole && pp_metrics_from_timeline(&tl, &m, 0, &tl, &met, &e) < 0) {
         pp_run_result_free(&res);
         goto out;
     }
-    if (o.resume || stop_cut >= 0)
+    if (write_outputs(&o, &tl, &e) < 0) {
+        if (whole)
+            pp_metrics_free(&met);
+        pp_run_result_free(&res);
+        goto out;
+    }
+    if (!whole)
         printf("trained updates %d..%d of %d (%.0f tokens in %.1f s); the measured summary "
                "needs a whole run\n", first_update + 1, first_update + res.steps, updates,
                res.tokens - tokens0, res.elapsed_s);
-    else
-        print_summary(&tl, &res, &m);
+    else {
+        print_summary(&met, &res, &m);
+        pp_metrics_free(&met);
+    }
     pp_run_result_free(&res);
     rc = 0;
 out:
