@@ -32,7 +32,7 @@ if "$PPRUN" "${common[@]}" --eval-every 3 --log "$tmp/log.jsonl" --versions "$tm
 grep -q '"val_loss"' "$tmp/log.jsonl" || bad "log: validation loss"
 head -1 "$tmp/v.csv" | grep -qx 'stage,microbatch,v_f,v_b,drift,f_start,f_end,b_start,b_end' || bad "versions header"
 [ "$(wc -l <"$tmp/v.csv")" -eq 25 ] || bad "versions: 2 stages x 12 micro-batches"
-python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); assert any(e.get("ph")=="X" for e in t["traceEvents"])' "$tmp/t.json" || bad "trace"
+python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); assert any(e.get("ph")=="X" for e in t["traceEvents"]) and any(e.get("ph")=="C" for e in t["traceEvents"])' "$tmp/t.json" || bad "trace"
 grep -q 'steady bubble' "$tmp/out" || bad "summary table"
 # the measured profile drives the simulator
 ppsim=$(dirname "$PPRUN")/ppsim
