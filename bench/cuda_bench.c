@@ -82,7 +82,7 @@ int main(int argc, char **argv)
 
     const pp_backend_ops *b = &pp_backend_cuda;
     void *st;
-    if (b->create(&m, 1, 0, device, &st, &e) < 0)
+    if (b->create(&m, 1, 0, &PP_PLACEMENT_WHOLE(device), &st, &e) < 0)
         return die(e.msg);
     size_t np = b->nparams(st), wb = np * sizeof(float);
     void *w = b->alloc(st, wb), *grad = b->alloc(st, wb);

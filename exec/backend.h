@@ -16,10 +16,22 @@
 
 typedef struct pp_backend_ops pp_backend_ops;
 
+/* Where a stage runs. On one GPU that several stages share, each stage
+ * gets its own partition of the SMs (a CUDA green context), so that its
+ * idle time really idles those SMs, as on P separate GPUs. */
+typedef struct {
+    int device;     /* GPU id (the CPU backend ignores it) */
+    int partition;  /* this stage's SM partition, 0..partitions-1; -1: the whole GPU */
+    int partitions; /* stages sharing the device with SM partitions */
+} pp_placement;
+
+#define PP_PLACEMENT_WHOLE(dev) ((pp_placement){(dev), -1, 0})
+
 struct pp_backend_ops {
     const char *name;
     /* Builds stage s of P; *stage is the backend's own state. */
-    int (*create)(const pp_model_desc *m, int P, int s, int device, void **stage, pp_err *e);
+    int (*create)(const pp_model_desc *m, int P, int s, const pp_placement *at, void **stage,
+                  pp_err *e);
     void (*destroy)(void *stage);
 
     size_t (*nparams)(void *stage);       /* floats of one weight copy */
@@ -48,6 +60,14 @@ struct pp_backend_ops {
     void (*opt_state_get)(void *stage, void *host);
     void (*opt_state_put)(void *stage, const void *host);
     void (*sync)(void *stage); /* waits for the stage's queued work */
+    /* Device clocks: NULL where the host clock times the work exactly (the
+     * CPU). clock_origin records the stage's time origin on its stream and
+     * waits for it; clock_mark records mark `slot` (0: action start, 1:
+     * action end) on the stream; clock_read, after sync, returns the
+     * seconds from the origin to that mark (negative on failure). */
+    void (*clock_origin)(void *stage);
+    void (*clock_mark)(void *stage, int slot);
+    double (*clock_read)(void *stage, int slot);
 };
 
 /* "cpu", or "cuda" when built with CUDA; a one-line error otherwise. */

@@ -11,9 +11,10 @@ typedef struct {
     pp_adamw opt;
 } cpu_stage;
 
-static int cpu_create(const pp_model_desc *m, int P, int s, int device, void **out, pp_err *e)
+static int cpu_create(const pp_model_desc *m, int P, int s, const pp_placement *at, void **out,
+                      pp_err *e)
 {
-    (void)device;
+    (void)at;
     cpu_stage *c = calloc(1, sizeof *c);
     if (!c)
         return pp_errf(e, "out of memory");

@@ -8,7 +8,7 @@
 
 #include "runtime_private.h"
 
-static double now_s(void)
+double pp_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -24,12 +24,18 @@ static void run_abort(run *r)
     r->tr->abort(r->tr);
 }
 
+/* Evaluation needs the whole model: only a process that runs every stage. */
+static int evaluates(const run *r)
+{
+    return r->cfg->val_batch && r->nloc == r->P;
+}
+
 /* A barrier that an aborted run releases with an error. */
 static int run_barrier(run *r, pp_err *e)
 {
     pthread_mutex_lock(&r->mu);
     int gen = r->bar_gen;
-    if (++r->bar_count == r->P) {
+    if (++r->bar_count == r->nloc) {
         r->bar_count = 0;
         r->bar_gen++;
         pthread_cond_broadcast(&r->cv);
@@ -88,9 +94,9 @@ static int stage_prepare(stage_rt *s, pp_err *e)
 
 static void stage_release(stage_rt *s)
 {
-    const pp_backend_ops *b = s->r->cfg->backend;
-    if (!s->bk)
+    if (!s->bk) /* not created, or another process's stage */
         return;
+    const pp_backend_ops *b = s->r->cfg->backend;
     for (int i = 0; s->acts && i < s->r->N; i++)
         if (s->acts[i])
             b->release(s->bk, s->acts[i]);
@@ -222,7 +228,7 @@ static int do_opt(stage_rt *s, int *version, pp_err *e)
     if (s->s == r->P - 1 && report_update(s, e) < 0)
         return -1;
     int every = r->cfg->eval_every;
-    if (r->cfg->val_batch && every > 0 && s->updates % every == 0)
+    if (evaluates(r) && every > 0 && s->updates % every == 0)
         return deposit_snapshot(s, s->updates, e);
     return 0;
 }
@@ -291,8 +297,11 @@ static int receive_input(stage_rt *s, const pp_action *a, pp_err *e)
 static int run_action(stage_rt *s, size_t idx, pp_err *e)
 {
     const pp_action *a = &s->r->cfg->ir->stage[s->s].items[idx];
+    const pp_backend_ops *b = s->r->cfg->backend;
     int rc = receive_input(s, a, e), v = 0;
-    pp_timed_action ta = {*a, 0, 0, -1, now_s() - s->r->t0, 0};
+    pp_timed_action ta = {*a, 0, 0, -1, pp_now_s() - s->r->t0, 0};
+    if (b->clock_mark)
+        b->clock_mark(s->bk, 0);
     switch (rc < 0 ? -1 : a->op) {
     case PP_OP_F:
         rc = do_forward(s, a, &v, e);
@@ -328,9 +337,18 @@ static int run_action(stage_rt *s, size_t idx, pp_err *e)
     }
     if (pp_weights_pin(&s->ws, s->next_fv[idx]) < 0)
         return pp_errf(e, "stage %d: version %d is not alive", s->s, s->next_fv[idx]);
-    s->r->cfg->backend->sync(s->bk);
+    if (b->clock_mark)
+        b->clock_mark(s->bk, 1);
+    b->sync(s->bk);
     ta.version = v;
-    ta.end = now_s() - s->r->t0;
+    ta.end = pp_now_s() - s->r->t0;
+    if (b->clock_read) { /* the device's own times of the work, on the host's time line */
+        double t0 = b->clock_read(s->bk, 0), t1 = b->clock_read(s->bk, 1);
+        if (t0 >= 0 && t1 >= t0) {
+            ta.start = s->clock0 + t0;
+            ta.end = s->clock0 + t1;
+        }
+    }
     if (s->log.count == s->log.cap) {
         size_t cap = s->log.cap ? s->log.cap * 2 : 256;
         pp_timed_action *items = realloc(s->log.items, cap * sizeof *items);
@@ -364,6 +382,11 @@ static void *stage_main(void *arg)
 {
     stage_rt *s = arg;
     const pp_action_list *l = &s->r->cfg->ir->stage[s->s];
+    const pp_backend_ops *b = s->r->cfg->backend;
+    if (b->clock_origin) {
+        b->clock_origin(s->bk);
+        s->clock0 = pp_now_s() - s->r->t0;
+    }
     int rc = pp_stage_resend(s, &s->err);
     for (size_t i = s->start_pos; rc == 0 && i < l->count; i++)
         rc = step(s, i, &s->err);
@@ -389,7 +412,7 @@ static int report_update(stage_rt *s, pp_err *e)
     rec.step = s->updates;
     rec.loss = s->loss_n ? s->loss_sum / s->loss_n : NAN;
     rec.lr = pp_lr_at(&r->cfg->lr, s->updates - 1);
-    rec.elapsed_s = now_s() - r->t0;
+    rec.elapsed_s = pp_now_s() - r->t0;
     r->tokens += (double)s->loss_n * r->cfg->model.micro_batch * r->cfg->model.seq_len;
     rec.tokens = r->tokens;
     s->loss_sum = 0;
@@ -529,7 +552,7 @@ static int report_ready(run *r, reporter *rep, pp_err *e)
     const pp_run_config *c = r->cfg;
     while (rep->emitted < r->nrecords) {
         pp_step_record rec = r->records[rep->emitted];
-        int want_val = c->val_batch && c->eval_every > 0 && rec.step % c->eval_every == 0;
+        int want_val = evaluates(r) && c->eval_every > 0 && rec.step % c->eval_every == 0;
         if (want_val) {
             snapshot *sn = find_snapshot(r, rec.step);
             if (!sn || sn->have < r->P)
@@ -589,7 +612,7 @@ static int supervise(run *r, reporter *rep, pp_err *e)
             run_abort(r);
             pthread_mutex_lock(&r->mu);
         }
-        if (r->stages_done == r->P)
+        if (r->stages_done == r->nloc)
             break;
         pthread_cond_wait(&r->cv, &r->mu);
     }
@@ -599,24 +622,30 @@ static int supervise(run *r, reporter *rep, pp_err *e)
 
 /* --- setup and teardown ---------------------------------------------- */
 
+static const pp_placement *placement_of(const pp_run_config *c, int s)
+{
+    static const pp_placement whole = {0, -1, 0};
+    return c->placement ? &c->placement[s] : &whole;
+}
+
 static int create_stages(run *r, void ***eval_stages, pp_err *e)
 {
     const pp_run_config *c = r->cfg;
-    for (int s = 0; s < r->P; s++) {
+    for (int s = r->lo; s < r->lo + r->nloc; s++) {
         r->st[s].r = r;
         r->st[s].s = s;
-        if (c->backend->create(&c->model, r->P, s, c->device, &r->st[s].bk, e) < 0)
+        if (c->backend->create(&c->model, r->P, s, placement_of(c, s), &r->st[s].bk, e) < 0)
             return pp_err_prefix(e, "stage %d", s);
         if (stage_prepare(&r->st[s], e) < 0)
             return pp_err_prefix(e, "stage %d", s);
     }
-    if (!c->val_batch)
+    if (!evaluates(r))
         return 0;
     *eval_stages = calloc((size_t)(unsigned)r->P, sizeof **eval_stages);
     if (!*eval_stages)
         return pp_errf(e, "out of memory");
     for (int s = 0; s < r->P; s++)
-        if (c->backend->create(&c->model, r->P, s, c->device, &(*eval_stages)[s], e) < 0)
+        if (c->backend->create(&c->model, r->P, s, placement_of(c, s), &(*eval_stages)[s], e) < 0)
             return pp_err_prefix(e, "evaluator stage %d", s);
     return 0;
 }
@@ -652,7 +681,7 @@ static int collect(run *r, pp_run_result *res, pp_err *e)
         res->step_loss[i] = r->records[i].loss;
     res->tokens = r->tokens;
     pp_timeline *tl = r->cfg->timeline;
-    for (int s = 0; tl && s < r->P; s++)
+    for (int s = r->lo; tl && s < r->lo + r->nloc; s++)
         for (size_t i = 0; i < r->st[s].log.count; i++)
             if (pp_timeline_add_action(tl, s, &r->st[s].log.items[i]) < 0)
                 return pp_errf(e, "out of memory");
@@ -669,6 +698,21 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     r.N = c->ir->info.total_microbatches;
     if (r.P < 1 || r.P > 4096)
         return pp_errf(e, "bad number of stages %d", r.P);
+    r.lo = c->local_first;
+    r.nloc = c->local_count ? c->local_count : r.P;
+    if (r.lo < 0 || r.nloc < 1 || r.lo + r.nloc > r.P)
+        return pp_errf(e, "local stages %d..%d are not stages of a %d-stage schedule", r.lo,
+                       r.lo + r.nloc - 1, r.P);
+    if (r.nloc < r.P && !c->transport)
+        return pp_errf(e, "running %d of %d stages needs a transport to the others", r.nloc,
+                       r.P);
+    if (r.nloc < r.P && (c->ncuts || c->resume_blobs))
+        return pp_errf(e, "checkpoints need every stage in one process");
+    for (int st = 0; r.nloc < r.P && st < r.P; st++)
+        for (size_t i = 0; i < c->ir->stage[st].count; i++)
+            if (c->ir->stage[st].items[i].op == PP_OP_BARRIER)
+                return pp_errf(e, "stage %d, action %zu: BARRIER needs every stage in one "
+                                  "process", st, i);
     pthread_mutex_init(&r.mu, NULL);
     pthread_cond_init(&r.cv, NULL);
     void **eval_stages = NULL;
@@ -691,7 +735,10 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     }
     if (rc == 0)
         rc = create_stages(&r, &eval_stages, e);
-    if (rc == 0) {
+    if (rc == 0 && c->transport) {
+        r.tr = c->transport;
+    } else if (rc == 0) {
+        r.own_tr = 1;
         void **bks = malloc((size_t)r.P * sizeof *bks);
         for (int s = 0; bks && s < r.P; s++)
             bks[s] = r.st[s].bk;
@@ -705,15 +752,15 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     }
     int started = 0;
     if (rc == 0) {
-        r.t0 = now_s();
-        for (; started < r.P; started++)
-            if (pthread_create(&threads[started], NULL, stage_main, &r.st[started]) != 0)
+        r.t0 = c->t0 > 0 ? c->t0 : pp_now_s();
+        for (; started < r.nloc; started++)
+            if (pthread_create(&threads[started], NULL, stage_main, &r.st[r.lo + started]) != 0)
                 break;
-        if (started < r.P) {
+        if (started < r.nloc) {
             rc = pp_errf(e, "cannot start stage threads");
             run_abort(&r);
             pthread_mutex_lock(&r.mu);
-            r.stages_done += r.P - started;
+            r.stages_done += r.nloc - started;
             pthread_mutex_unlock(&r.mu);
         }
         rep.eval_stages = eval_stages;
@@ -723,8 +770,8 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     }
     for (int s = 0; s < started; s++)
         pthread_join(threads[s], NULL);
-    res->elapsed_s = now_s() - r.t0;
-    for (int s = 0; s < r.P && r.st; s++)
+    res->elapsed_s = pp_now_s() - r.t0;
+    for (int s = r.lo; s < r.lo + r.nloc && r.st; s++)
         if (r.st[s].failed) { /* the first stage that failed has the cause */
             *e = r.st[s].err;
             rc = -1;
@@ -733,7 +780,8 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         }
     if (rc == 0)
         rc = collect(&r, res, e);
-    if (rc == 0 && c->val_batch)
+    res->final_val_loss = NAN;
+    if (rc == 0 && evaluates(&r))
         rc = final_evaluation(&r, eval_stages, res, e);
     while (r.nsnaps)
         free_snapshot(&r, &r.snaps[0]);
@@ -752,7 +800,7 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         if (eval_stages[s])
             c->backend->destroy(eval_stages[s]);
     free(eval_stages);
-    if (r.tr)
+    if (r.tr && r.own_tr)
         r.tr->destroy(r.tr);
     for (int s = 0; r.st && s < r.P; s++)
         stage_release(&r.st[s]);

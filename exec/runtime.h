@@ -14,6 +14,7 @@
 #include "ir.h"
 #include "model.h"
 #include "timeline.h"
+#include "transport.h"
 
 struct pp_cut;
 
@@ -36,7 +37,14 @@ typedef struct {
     const pp_schedule *ir;       /* validated */
     pp_model_desc model;         /* micro_batch = B, seq_len = T */
     const pp_backend_ops *backend;
-    int device;
+    const pp_placement *placement; /* [P]; NULL: every stage on GPU 0, whole */
+    /* The stages this process runs: [local_first, local_first + local_count);
+     * local_count 0 means all. With fewer than all, `transport` (required)
+     * reaches the others; the run reports updates where the last stage is,
+     * and evaluation (which needs every stage's weights) is left out. */
+    int local_first, local_count;
+    pp_transport *transport;     /* not owned; NULL: the in-process transport */
+    double t0;                   /* time origin (pp_now_s clock); 0: when the stages start */
     uint64_t seed;
     pp_lr_schedule lr;           /* indexed by each stage's own update count */
     pp_batch_fn train_batch, val_batch;
@@ -73,6 +81,9 @@ typedef struct {
     double final_val_loss;       /* after the last update (if val_batch) */
     double elapsed_s, tokens;
 } pp_run_result;
+
+/* CLOCK_MONOTONIC in seconds: the clock of the measured timelines. */
+double pp_now_s(void);
 
 int pp_run(const pp_run_config *cfg, pp_run_result *res, pp_err *e);
 void pp_run_result_free(pp_run_result *r);

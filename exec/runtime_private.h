@@ -36,6 +36,7 @@ typedef struct {
     struct pp_outbox_msg *outbox; /* copies kept for checkpoints */
     int noutbox, capoutbox;
     size_t start_pos;             /* first action to run (resume) */
+    double clock0;                /* host time of the device clock's origin */
 } stage_rt;
 
 /* Snapshot of the model after update k on every stage, for evaluation. */
@@ -55,6 +56,9 @@ struct run {
     pthread_cond_t cv;
     /* barrier */
     int bar_count, bar_gen;
+    /* the stages this process runs: [lo, lo + nloc) */
+    int lo, nloc;
+    int own_tr;               /* tr is the in-process transport pp_run made */
     /* reports from the last stage, in update order */
     pp_step_record *records;
     int nrecords, caprecords;

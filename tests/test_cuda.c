@@ -111,7 +111,7 @@ static void pipe_open(pipe *p, const pp_backend_ops *b, const pp_model_desc *m, 
     p->b = b;
     p->P = P;
     for (int s = 0; s < P; s++) {
-        ck_assert_msg(b->create(m, P, s, 0, &p->st[s], &e) == 0, "%s", e.msg);
+        ck_assert_msg(b->create(m, P, s, &PP_PLACEMENT_WHOLE(0), &p->st[s], &e) == 0, "%s", e.msg);
         ck_assert_msg(pp_gpt_stage_init(&p->tab[s], m, P, s, &e) == 0, "%s", e.msg);
         size_t wb = b->nparams(p->st[s]) * sizeof(float);
         ck_assert_uint_eq(b->nparams(p->st[s]), p->tab[s].nparams);

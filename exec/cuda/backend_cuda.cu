@@ -439,8 +439,10 @@ const char *math_from_env(cublasComputeType_t *ct)
     return "fp32";
 }
 
-int cuda_create(const pp_model_desc *m, int P, int s, int device, void **out, pp_err *e)
+int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement *at, void **out,
+                pp_err *e)
 {
+    int device = at ? at->device : 0;
     int ndev = 0;
     cudaError_t rc = cudaGetDeviceCount(&ndev);
     if (rc != cudaSuccess || ndev == 0)
@@ -953,6 +955,9 @@ const pp_backend_ops pp_backend_cuda = {
     cuda_opt_state_get,
     cuda_opt_state_put,
     cuda_sync,
+    nullptr, /* clock_origin */
+    nullptr, /* clock_mark */
+    nullptr, /* clock_read */
 };
 
 int pp_cuda_available(pp_err *e)
@@ -981,6 +986,16 @@ void pp_cuda_stage_memory(void *stage, pp_cuda_memory *out)
     out->workspace = c->bytes[MK_WS];
     out->total = c->total;
     out->peak_total = c->peak;
+}
+
+void *pp_cuda_stage_stream(void *stage)
+{
+    return (void *)S(stage)->stream;
+}
+
+int pp_cuda_stage_device(void *stage)
+{
+    return S(stage)->device;
 }
 
 const char *pp_cuda_stage_math(void *stage)

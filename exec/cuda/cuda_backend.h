@@ -45,6 +45,11 @@ typedef struct {
 
 void pp_cuda_stage_memory(void *stage, pp_cuda_memory *out);
 
+/* The stage's stream (a cudaStream_t) and device, for code that puts its
+ * own work in the stage's order (the NCCL transport). */
+void *pp_cuda_stage_stream(void *stage);
+int pp_cuda_stage_device(void *stage);
+
 /* "fp32", "tf32" or "bf16": the matrix-product arithmetic of the stage. */
 const char *pp_cuda_stage_math(void *stage);
 
