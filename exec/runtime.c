@@ -750,6 +750,8 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
                  : pp_errf(e, "out of memory");
         free(bks);
     }
+    for (int s = r.lo; rc == 0 && r.tr->attach && s < r.lo + r.nloc; s++)
+        rc = r.tr->attach(r.tr, s, c->backend, r.st[s].bk, e);
     int started = 0;
     if (rc == 0) {
         r.t0 = c->t0 > 0 ? c->t0 : pp_now_s();

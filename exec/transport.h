@@ -1,7 +1,8 @@
 /* Moving activations (forward, stage s -> s+1) and gradients (backward,
  * s -> s-1) between stages. The in-process transport passes them between
- * stage threads through bounded queues; the NCCL transport (next issue)
- * plugs in behind the same table. Receives name the micro-batch they want:
+ * stage threads through bounded queues; the socket transport
+ * (transport_tcp.c) and the NCCL transport (cuda/transport_nccl.cu) connect
+ * stages in different processes behind the same table. Receives name the micro-batch they want:
  * a message that arrives early waits in the receiver's mailbox, so stages
  * may consume in any order their IR says. */
 #ifndef PP_TRANSPORT_H
@@ -27,6 +28,11 @@ struct pp_transport {
      * others instead of leaving them waiting forever. */
     void (*abort)(pp_transport *t);
     void (*destroy)(pp_transport *t);
+    /* Optional (NULL: nothing to do): called once per local stage after the
+     * runtime created it, before any send or receive, so that a transport
+     * can put its work in the order of the stage's stream. */
+    int (*attach)(pp_transport *t, int stage, const pp_backend_ops *b, void *backend_stage,
+                  pp_err *e);
     void *state;
 };
 
