@@ -7,29 +7,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "queue.h"
+#include "mailbox.h"
 #include "transport.h"
-
-typedef struct {
-    int mb;
-    void *buf;
-} parked_msg;
-
-typedef struct {
-    pp_queue q;
-    parked_msg *parked;
-    int nparked, capparked;
-} inbox;
 
 typedef struct {
     int P;
     double timeout_s;
     const pp_backend_ops *b;
     void **stages;
-    inbox *in; /* [dst][kind] */
+    pp_mailbox *in; /* [dst][kind] */
 } inproc;
 
-static inbox *inbox_of(inproc *t, int dst, int kind)
+static pp_mailbox *inbox_of(inproc *t, int dst, int kind)
 {
     return &t->in[dst * 2 + kind];
 }
@@ -51,55 +40,21 @@ static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, con
     return pp_errf(e, "run aborted");
 }
 
-static int take_parked(inbox *in, int mb, void **buf)
-{
-    for (int i = 0; i < in->nparked; i++)
-        if (in->parked[i].mb == mb) {
-            *buf = in->parked[i].buf;
-            in->parked[i] = in->parked[--in->nparked];
-            return 1;
-        }
-    return 0;
-}
-
-static int park(inbox *in, int mb, void *buf)
-{
-    if (in->nparked == in->capparked) {
-        int cap = in->capparked ? in->capparked * 2 : 8;
-        parked_msg *p = realloc(in->parked, (size_t)cap * sizeof *p);
-        if (!p)
-            return -1;
-        in->parked = p;
-        in->capparked = cap;
-    }
-    in->parked[in->nparked++] = (parked_msg){mb, buf};
-    return 0;
-}
-
 static int inproc_recv(pp_transport *tp, int dst, int src, int kind, int mb, void *buf,
                        size_t bytes, pp_err *e)
 {
     inproc *t = tp->state;
-    inbox *in = inbox_of(t, dst, kind);
     void *msg = NULL;
-    while (!take_parked(in, mb, &msg)) {
-        int tag;
-        void *ptr;
-        int rc = pp_queue_pop_timed(&in->q, &tag, &ptr, t->timeout_s);
-        if (rc == PP_QUEUE_TIMEOUT)
-            return pp_errf(e, "timed out after %.0f s waiting for micro-batch %d from stage %d",
-                           t->timeout_s, mb, src);
-        if (rc != PP_QUEUE_OK)
-            return pp_errf(e, "run aborted");
-        if (tag == mb) {
-            msg = ptr;
-            break;
-        }
-        if (park(in, tag, ptr) < 0) {
-            t->b->release(t->stages[src], ptr);
-            return pp_errf(e, "out of memory");
-        }
+    int rc = pp_mailbox_take(inbox_of(t, dst, kind), mb, t->timeout_s, &msg);
+    if (rc == PP_MAILBOX_NOMEM) {
+        t->b->release(t->stages[src], msg);
+        return pp_errf(e, "out of memory");
     }
+    if (rc == PP_QUEUE_TIMEOUT)
+        return pp_errf(e, "timed out after %.0f s waiting for micro-batch %d from stage %d",
+                       t->timeout_s, mb, src);
+    if (rc != PP_QUEUE_OK)
+        return pp_errf(e, "run aborted");
     t->b->copy(t->stages[dst], buf, msg, bytes);
     t->b->release(t->stages[src], msg);
     return 0;
@@ -112,22 +67,25 @@ static void inproc_abort(pp_transport *tp)
         pp_queue_abort(&t->in[i].q);
 }
 
+typedef struct {
+    const pp_backend_ops *b;
+    void *stage;
+} release_ctx;
+
+static void release_msg(void *ctx, void *buf)
+{
+    release_ctx *c = ctx;
+    c->b->release(c->stage, buf);
+}
+
 static void inproc_destroy(pp_transport *tp)
 {
     inproc *t = tp->state;
     for (int d = 0; d < t->P; d++)
         for (int k = 0; k < 2; k++) {
-            inbox *in = inbox_of(t, d, k);
             int src = k == PP_MSG_ACT ? d - 1 : d + 1; /* who allocated its messages */
-            void *src_stage = t->stages[src >= 0 && src < t->P ? src : d];
-            int tag;
-            void *ptr;
-            while (pp_queue_drain(&in->q, &tag, &ptr))
-                t->b->release(src_stage, ptr);
-            for (int i = 0; i < in->nparked; i++)
-                t->b->release(src_stage, in->parked[i].buf);
-            free(in->parked);
-            pp_queue_free(&in->q);
+            release_ctx rc = {t->b, t->stages[src >= 0 && src < t->P ? src : d]};
+            pp_mailbox_free(inbox_of(t, d, k), release_msg, &rc);
         }
     free(t->in);
     free(t->stages);
@@ -153,7 +111,7 @@ int pp_transport_inproc_create(int stages, int capacity, double timeout_s,
         goto oom;
     memcpy(t->stages, backend_stages, (size_t)stages * sizeof *t->stages);
     for (; made < stages * 2; made++)
-        if (pp_queue_init(&t->in[made].q, capacity, e) < 0)
+        if (pp_mailbox_init(&t->in[made], capacity, e) < 0)
             goto fail;
     tp->send = inproc_send;
     tp->recv = inproc_recv;

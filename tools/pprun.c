@@ -12,9 +12,16 @@
 #include "cut.h"
 #include "cli.h"
 #include "data.h"
+#include "dist.h"
+#include "engine.h"
 #include "metrics.h"
 #include "report.h"
 #include "runtime.h"
+#include "store.h"
+#include "transport_tcp.h"
+#ifdef PPSCHED_HAVE_NCCL
+#include "transport_nccl.h"
+#endif
 
 #define EXIT_BAD_INPUT 2
 #define EXIT_RUNTIME 1
@@ -36,8 +43,17 @@ static const char usage[] =
     "  --seed N                weight initialisation (default 1)\n"
     "  --eval-every N          validation loss every N updates (default 0: at the end)\n"
     "  --eval-batches N        validation batches per evaluation (default 8)\n"
-    "  --devices LIST          GPU ids (cuda backend)\n"
+    "  --devices LIST          GPU ids, e.g. 0 or 0,1,2,3 (cuda backend; default 0, or\n"
+    "                          the local rank in a multi-process run)\n"
+    "  --sm-partitions on|off  stages sharing a GPU each get their own SMs (green\n"
+    "                          contexts; default on)\n"
     "  --timeout S             a stage waiting longer fails the run (default 600)\n"
+    "multi-process runs (one process per stage; rank and world size from mpirun,\n"
+    "srun or RANK/WORLD_SIZE):\n"
+    "  --rendezvous SPEC       tcp://HOST:PORT (rank 0's host), file:DIR (shared\n"
+    "                          directory) or mpi; default $PPSCHED_RENDEZVOUS, then\n"
+    "                          tcp://$MASTER_ADDR:$MASTER_PORT, then mpi under mpirun\n"
+    "  --transport NAME        nccl (default with cuda) or tcp (default with cpu)\n"
     "checkpoints:\n"
     "  --checkpoint DIR        write DIR/checkpoint.ckpt (atomically) at the cuts below\n"
     "  --checkpoint-every K    after every K-th update (each overwrites the last)\n"
@@ -50,12 +66,14 @@ static const char usage[] =
     "  --trace FILE.json       Chrome trace of the measured run\n"
     "  --svg FILE.svg          timeline picture of the measured run\n"
     "  --profile FILE.json     measured per-stage op times (ppsim --profile FILE)\n"
+    "the summary ends with the simulator's prediction from this run's own op times\n"
+    "and its error against the measured makespan\n"
     "\n";
 
 typedef struct {
     pp_cli_opts cli;
     const char *backend, *data, *data_bin, *val_bin, *log, *versions, *trace, *svg, *profile;
-    const char *devices, *checkpoint, *resume;
+    const char *devices, *checkpoint, *resume, *rendezvous, *transport, *sm_partitions;
     double lr, min_lr, timeout;
     int warmup, eval_every, eval_batches, checkpoint_every, stop_after;
 } pprun_opts;
@@ -99,6 +117,8 @@ static int parse(pprun_opts *o, int argc, char **argv, pp_err *e)
             {"--val-bin", &o->val_bin}, {"--log", &o->log}, {"--versions", &o->versions},
             {"--trace", &o->trace}, {"--svg", &o->svg}, {"--devices", &o->devices},
             {"--checkpoint", &o->checkpoint}, {"--resume", &o->resume},
+            {"--rendezvous", &o->rendezvous}, {"--transport", &o->transport},
+            {"--sm-partitions", &o->sm_partitions},
         };
         int done = 0;
         for (size_t k = 0; k < sizeof strs / sizeof strs[0] && !done; k++)
@@ -176,14 +196,13 @@ static void on_step(void *ctx, const pp_step_record *r)
     }
 }
 
-/* Measured mean op durations per stage, the simulator's cost model. */
-static int save_profile(const char *path, const pp_timeline *tl, pp_err *e)
+/* Measured mean op durations per stage: the simulator's cost model. */
+static int profile_from_timeline(const pp_timeline *tl, pp_cost *c, pp_err *e)
 {
     int P = tl->info.stages;
-    pp_cost c;
-    if (pp_cost_init(&c, P, e) < 0)
+    if (pp_cost_init(c, P, e) < 0)
         return -1;
-    snprintf(c.unit, sizeof c.unit, "s");
+    snprintf(c->unit, sizeof c->unit, "s");
     for (int s = 0; s < P; s++) {
         double sum[PP_OP_COUNT] = {0};
         int n[PP_OP_COUNT] = {0};
@@ -192,19 +211,180 @@ static int save_profile(const char *path, const pp_timeline *tl, pp_err *e)
             sum[a->act.op] += a->end - a->start;
             n[a->act.op]++;
         }
-        double *dst[] = {c.fwd, c.bwd, c.inp, c.wgt, c.opt};
+        double *dst[] = {c->fwd, c->bwd, c->inp, c->wgt, c->opt};
         for (int op = 0; op <= PP_OP_OPT; op++)
             dst[op][s] = n[op] ? sum[op] / n[op] : 0.0;
         if (!n[PP_OP_I]) {
-            c.inp[s] = c.bwd[s] / 2;
-            c.wgt[s] = c.bwd[s] / 2;
+            c->inp[s] = c->bwd[s] / 2;
+            c->wgt[s] = c->bwd[s] / 2;
         }
         if (!n[PP_OP_B])
-            c.bwd[s] = c.inp[s] + c.wgt[s];
+            c->bwd[s] = c->inp[s] + c->wgt[s];
     }
+    return 0;
+}
+
+static int save_profile(const char *path, const pp_timeline *tl, pp_err *e)
+{
+    pp_cost c;
+    if (profile_from_timeline(tl, &c, e) < 0)
+        return -1;
     int rc = pp_cost_save_profile(&c, path, e);
     pp_cost_free(&c);
     return rc;
+}
+
+/* What the simulator predicts for this very IR from this run's own op
+ * times (exactly what `ppsim run --profile` computes from the saved
+ * profile), printed against the measured figures. */
+static int print_prediction(const pp_schedule *ir, const pp_timeline *tl, const pp_metrics *met,
+                            const pp_model_desc *m, pp_err *e)
+{
+    pp_cost cost;
+    pp_stream *st = NULL;
+    pp_metrics pred;
+    if (profile_from_timeline(tl, &cost, e) < 0)
+        return -1;
+    pp_sim_config cfg = {&cost, m, 0, NULL};
+    int rc = pp_stream_from_schedule(ir, &st, e);
+    if (rc == 0)
+        rc = pp_simulate(st, &cfg, &pred, e);
+    if (st)
+        pp_stream_free(st);
+    pp_cost_free(&cost);
+    if (rc < 0)
+        return -1;
+    double S = ir->info.steps > 0 ? ir->info.steps : 1;
+    double err = met->makespan > 0 ? (pred.makespan - met->makespan) / met->makespan : 0;
+    printf("\nsimulator fed this run's op times (ppsim run --profile):\n");
+    printf("  step time        predicted %.6g s, measured %.6g s, error %+.1f%%\n",
+           pred.makespan / S, met->makespan / S, 100.0 * err);
+    printf("  bubble           predicted %.1f%%, measured %.1f%%\n",
+           100.0 * pred.bubble_fraction, 100.0 * met->bubble_fraction);
+    if (pred.has_steady && met->has_steady)
+        printf("  steady bubble    predicted %.1f%%, measured %.1f%%\n",
+               100.0 * pred.steady_bubble_fraction, 100.0 * met->steady_bubble_fraction);
+    printf("PREDICTION schedule=%s stages=%d m=%d steps=%d measured_step_s=%.6g "
+           "predicted_step_s=%.6g error=%.4f measured_bubble=%.4f predicted_bubble=%.4f "
+           "measured_steady_bubble=%.4f predicted_steady_bubble=%.4f tokens_per_s=%.1f\n",
+           ir->info.name, ir->info.stages, ir->info.microbatches_per_step, ir->info.steps,
+           met->makespan / S, pred.makespan / S, err, met->bubble_fraction, pred.bubble_fraction,
+           met->has_steady ? met->steady_bubble_fraction : -1.0,
+           pred.has_steady ? pred.steady_bubble_fraction : -1.0, met->throughput_tokens);
+    pp_metrics_free(&pred);
+    return 0;
+}
+
+/* Stage -> GPU (and SM partition). One process: stages are spread over the
+ * --devices list in order, and stages that share a GPU split its SMs
+ * (unless --sm-partitions off). One process per stage: the local rank's
+ * entry of --devices, or GPU number local rank. NULL for the CPU. */
+static int plan_placement(const pprun_opts *o, const pp_backend_ops *b, int P,
+                          const pp_dist_env *d, pp_placement **out, pp_err *e)
+{
+    *out = NULL;
+    int partition = !o->sm_partitions || !strcmp(o->sm_partitions, "on");
+    if (o->sm_partitions && !partition && strcmp(o->sm_partitions, "off"))
+        return pp_errf(e, "--sm-partitions: expected on or off, not \"%s\"", o->sm_partitions);
+    if (strcmp(b->name, "cuda")) {
+        if (o->devices)
+            return pp_errf(e, "--devices: only with --backend cuda");
+        return 0;
+    }
+    int devs[256], k = 0;
+    const char *p = o->devices;
+    while (p && *p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > 1023 || (*end && *end != ',') || k == 256)
+            return pp_errf(e, "--devices \"%s\": expected GPU ids like 0 or 0,1,2,3", o->devices);
+        devs[k++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    pp_placement *pl = calloc((size_t)P, sizeof *pl);
+    if (!pl)
+        return pp_errf(e, "out of memory");
+    for (int s = 0; s < P; s++) {
+        pl[s].partition = -1;
+        if (d->world > 1)
+            pl[s].device = k ? devs[d->local_rank % k] : d->local_rank;
+        else
+            pl[s].device = k ? devs[(long)s * k / P] : 0;
+    }
+    for (int s = 0; partition && d->world == 1 && s < P; s++) {
+        int before = 0, sharing = 0;
+        for (int t = 0; t < P; t++)
+            if (pl[t].device == pl[s].device) {
+                sharing++;
+                before += t < s;
+            }
+        if (sharing > 1) {
+            pl[s].partition = before;
+            pl[s].partitions = sharing;
+        }
+    }
+    *out = pl;
+    return 0;
+}
+
+/* A multi-process run: the rendezvous, then the transport to the other
+ * stages' processes. */
+typedef struct {
+    pp_dist_env env;
+    pp_store *store;
+    pp_transport *tr;
+} dist_ctx;
+
+static int dist_setup(const pprun_opts *o, const pp_schedule *ir, const pp_backend_ops *b,
+                      dist_ctx *d, pp_err *e)
+{
+    int P = ir->info.stages, rank = d->env.rank;
+    if (d->env.world != P)
+        return pp_errf(e, "%d processes (from %s) for %d stages: run one process per stage",
+                       d->env.world, d->env.source, P);
+    if (o->checkpoint || o->resume)
+        return pp_errf(e, "--checkpoint/--resume: not available in multi-process runs yet");
+    const char *tr = o->transport ? o->transport : !strcmp(b->name, "cuda") ? "nccl" : "tcp";
+    if (strcmp(tr, "tcp") && strcmp(tr, "nccl"))
+        return pp_errf(e, "--transport: expected tcp or nccl, not \"%s\"", tr);
+#ifndef PPSCHED_HAVE_NCCL
+    if (!strcmp(tr, "nccl"))
+        return pp_errf(e, "--transport nccl: this build has no NCCL (use --transport tcp)");
+#endif
+    if (!strcmp(tr, "nccl") && strcmp(b->name, "cuda"))
+        return pp_errf(e, "--transport nccl needs --backend cuda");
+    char buf[512];
+    const char *spec = o->rendezvous ? o->rendezvous : pp_dist_rendezvous(&d->env, buf, sizeof buf, e);
+    if (!spec || pp_store_open(spec, rank, P, o->timeout, &d->store, e) < 0)
+        return -1;
+    int capacity = ir->info.microbatches_per_step + P;
+    if (!strcmp(tr, "tcp"))
+        return pp_transport_tcp_create(d->store, rank, P, capacity, o->timeout, &d->tr, e);
+#ifdef PPSCHED_HAVE_NCCL
+    int nb = pp_nccl_ids_bytes(P);
+    void *ids = calloc(1, (size_t)nb);
+    if (!ids)
+        return pp_errf(e, "out of memory");
+    int rc = rank == 0 ? pp_nccl_make_ids(P, ids, e) : 0;
+    /* rank 0 broadcasts even after a failure: a zero blob tells the others */
+    if (pp_store_bcast(d->store, ids, (size_t)nb, rc < 0 ? &(pp_err){{0}} : e) < 0 && rc == 0)
+        rc = -1;
+    if (rc == 0)
+        rc = pp_transport_nccl_create(ir, rank, ids, capacity, o->timeout, &d->tr, e);
+    free(ids);
+    return rc;
+#else
+    return -1;
+#endif
+}
+
+static void dist_teardown(dist_ctx *d)
+{
+    if (d->tr)
+        d->tr->destroy(d->tr);
+    pp_store_close(d->store);
+    d->tr = NULL;
+    d->store = NULL;
 }
 
 static int load_data(const pprun_opts *o, run_ctx *c, pp_model_desc *m, pp_err *e)
@@ -381,17 +561,43 @@ static int plan_cuts(const pprun_opts *o, const pp_schedule *ir, int first_updat
     return 0;
 }
 
-static void print_summary(const pp_metrics *met, const pp_run_result *res,
+/* What the summary needs of the run, from pp_run's result or, in a
+ * multi-process run, from the last stage's report. */
+static void print_summary(const pp_metrics *met, const pp_dist_summary *sum, double val_loss,
                           const pp_model_desc *m)
 {
     printf("\nmeasured run (times in seconds):\n");
     pp_report_table(stdout, met, m);
-    printf("\ntrained %d updates, %.0f tokens in %.1f s (%.0f tokens/s)\n", res->steps,
-           res->tokens, res->elapsed_s, res->elapsed_s > 0 ? res->tokens / res->elapsed_s : 0);
-    if (res->steps > 0)
+    printf("\ntrained %d updates, %.0f tokens in %.1f s (%.0f tokens/s)\n", sum->steps,
+           sum->tokens, sum->elapsed_s, sum->elapsed_s > 0 ? sum->tokens / sum->elapsed_s : 0);
+    if (sum->steps > 0 && !isnan(val_loss))
         printf("final training loss %.4f, validation loss %.4f (nats; uniform over %d symbols: "
-               "%.4f)\n", res->step_loss[res->steps - 1], res->final_val_loss, m->vocab,
-               log((double)m->vocab));
+               "%.4f)\n", sum->last_loss, val_loss, m->vocab, log((double)m->vocab));
+    else if (sum->steps > 0)
+        printf("final training loss %.4f (nats; uniform over %d symbols: %.4f); no validation "
+               "loss: a multi-process run has no process with the whole model\n",
+               sum->last_loss, m->vocab, log((double)m->vocab));
+}
+
+static void set_run_config(pp_run_config *cfg, const pprun_opts *o, const pp_schedule *ir,
+                           const pp_model_desc *m, const pp_backend_ops *backend, run_ctx *c)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->ir = ir;
+    cfg->model = *m;
+    cfg->backend = backend;
+    cfg->seed = o->cli.seed;
+    int updates = ir->info.steps;
+    cfg->lr = (pp_lr_schedule){(float)o->lr, (float)(o->min_lr >= 0 ? o->min_lr : o->lr / 10),
+                               o->warmup, updates};
+    cfg->train_batch = train_batch;
+    cfg->val_batch = val_batch;
+    cfg->data = c;
+    cfg->eval_every = o->eval_every;
+    cfg->eval_batches = o->eval_batches;
+    cfg->timeout_s = o->timeout;
+    cfg->on_step = on_step;
+    cfg->on_step_ctx = c;
 }
 
 int main(int argc, char **argv)
@@ -425,6 +631,10 @@ int main(int argc, char **argv)
                     "pprun measures");
         return fail(EXIT_BAD_INPUT, &e);
     }
+    dist_ctx dist;
+    memset(&dist, 0, sizeof dist);
+    if (pp_dist_env_detect(&dist.env, &e) < 0)
+        return fail(EXIT_BAD_INPUT, &e);
     const pp_backend_ops *backend = pp_backend_find(o.backend, &e);
     if (!backend)
         return fail(EXIT_BAD_INPUT, &e);
@@ -443,9 +653,16 @@ int main(int argc, char **argv)
     double tokens0 = 0;
     int first_update = 0, ncuts = 0, stop_cut = -1;
     pp_cut *cuts = NULL;
-    if (pp_cli_model(&o.cli, ir.info.stages, &m, &e) < 0)
+    pp_placement *placement = NULL;
+    int P = ir.info.stages, multi = dist.env.world > 1;
+    /* in a multi-process run, rank r runs stage r; the last stage's process
+     * logs the updates, rank 0 writes the timelines and the summary */
+    int writes_log = !multi || dist.env.rank == P - 1, writes_summary = dist.env.rank == 0;
+    if (pp_cli_model(&o.cli, P, &m, &e) < 0)
         goto out;
     m.bytes_per_elem = 4; /* the executor trains in fp32 */
+    if (plan_placement(&o, backend, P, &dist.env, &placement, &e) < 0)
+        goto out;
     if (load_data(&o, &c, &m, &e) < 0)
         goto out;
     have_data = 1;
@@ -456,33 +673,18 @@ int main(int argc, char **argv)
     snprintf(tl.unit, sizeof tl.unit, "s");
     tl.us_per_unit = 1e6;
     ckpt_ctx ck = {o.checkpoint ? o.checkpoint : o.resume,
-                   {m.layers, m.dim, m.heads, m.seq_len, m.vocab, ir.info.stages}, &ir,
-                   ir_hash(&ir)};
+                   {m.layers, m.dim, m.heads, m.seq_len, m.vocab, P}, &ir, ir_hash(&ir)};
     if (o.resume && read_checkpoint(o.resume, &ck, &blobs, &sizes, &tokens0, &first_update, &e) < 0)
         goto out;
     ck.dir = o.checkpoint;
     if (plan_cuts(&o, &ir, first_update, &cuts, &ncuts, &stop_cut, &e) < 0)
         goto out;
-    if (open_outputs(&o, &c, &logf, &e) < 0)
+    if (writes_log && open_outputs(&o, &c, &logf, &e) < 0)
         goto out;
     pp_run_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.ir = &ir;
-    cfg.model = m;
-    cfg.backend = backend;
-    cfg.seed = o.cli.seed;
-    int updates = ir.info.steps;
-    cfg.lr = (pp_lr_schedule){(float)o.lr, (float)(o.min_lr >= 0 ? o.min_lr : o.lr / 10),
-                              o.warmup, updates};
-    cfg.train_batch = train_batch;
-    cfg.val_batch = val_batch;
-    cfg.data = &c;
-    cfg.eval_every = o.eval_every;
-    cfg.eval_batches = o.eval_batches;
-    cfg.timeout_s = o.timeout;
+    set_run_config(&cfg, &o, &ir, &m, backend, &c);
+    cfg.placement = placement;
     cfg.timeline = &tl;
-    cfg.on_step = on_step;
-    cfg.on_step_ctx = &c;
     cfg.cuts = cuts;
     cfg.ncuts = ncuts;
     cfg.stop_cut = stop_cut;
@@ -494,28 +696,62 @@ int main(int argc, char **argv)
     if (o.resume)
         fprintf(stderr, "pprun: resuming after update %d from %s/%s\n", first_update, o.resume,
                 CKPT_NAME);
-    c.total_steps = updates;
-    c.tty = isatty(2);
-    fprintf(stderr, "pprun: %s, P=%d, m=%d, %d updates; model %d layers x %d, %d heads, "
-                    "seq %d, vocab %d, micro-batch %d; %.2fM parameters; backend %s\n",
-            ir.info.name, ir.info.stages, ir.info.microbatches_per_step, updates, m.layers, m.dim,
-            m.heads, m.seq_len, m.vocab, m.micro_batch, pp_model_total_params(&m) / 1e6,
-            backend->name);
+    c.total_steps = ir.info.steps;
+    c.tty = writes_log && isatty(2);
+    if (writes_summary)
+        fprintf(stderr, "pprun: %s, P=%d, m=%d, %d updates; model %d layers x %d, %d heads, "
+                        "seq %d, vocab %d, micro-batch %d; %.2fM parameters; backend %s%s\n",
+                ir.info.name, P, ir.info.microbatches_per_step, ir.info.steps, m.layers, m.dim,
+                m.heads, m.seq_len, m.vocab, m.micro_batch, pp_model_total_params(&m) / 1e6,
+                backend->name, multi ? ", one process per stage" : "");
+    if (multi) {
+        rc = EXIT_RUNTIME;
+        if (dist_setup(&o, &ir, backend, &dist, &e) < 0) {
+            rc = dist.store ? EXIT_RUNTIME : EXIT_BAD_INPUT;
+            goto out;
+        }
+        /* a common time origin: every process leaves the barrier together */
+        if (pp_store_barrier(dist.store, &e) < 0)
+            goto out;
+        cfg.t0 = pp_now_s();
+        cfg.local_first = dist.env.rank;
+        cfg.local_count = 1;
+        cfg.transport = dist.tr;
+    }
     pp_run_result res;
     if (pp_run(&cfg, &res, &e) < 0) {
         rc = EXIT_RUNTIME;
         if (c.tty)
             fputc('\n', stderr);
+        if (multi)
+            pp_err_prefix(&e, "rank %d", dist.env.rank);
         goto out;
     }
     if (c.tty)
         fputc('\n', stderr);
+    pp_dist_summary sum = {multi ? dist.env.rank : P - 1, res.steps,
+                           res.steps ? res.step_loss[res.steps - 1] : NAN, res.tokens,
+                           res.elapsed_s};
+    double val_loss = res.final_val_loss;
+    pp_run_result_free(&res);
     if (c.log) {
-        fprintf(c.log, "{\"final\": true, \"steps\": %d, \"val_loss\": %.6f, \"tokens_per_s\": %.1f}\n",
-                res.steps, res.final_val_loss, res.elapsed_s > 0 ? res.tokens / res.elapsed_s : 0);
+        fprintf(c.log, "{\"final\": true, \"steps\": %d", sum.steps);
+        if (!isnan(val_loss))
+            fprintf(c.log, ", \"val_loss\": %.6f", val_loss);
+        fprintf(c.log, ", \"tokens_per_s\": %.1f}\n",
+                sum.elapsed_s > 0 ? sum.tokens / sum.elapsed_s : 0);
         c.log = NULL;
-        if (pp_atomic_commit(&logf, &e) < 0) {
-            pp_run_result_free(&res);
+        if (pp_atomic_commit(&logf, &e) < 0)
+            goto out;
+    }
+    if (multi) {
+        rc = EXIT_RUNTIME;
+        pp_dist_summary last;
+        if (pp_dist_gather_timeline(dist.store, &tl, &sum, &last, &e) < 0)
+            goto out;
+        sum = last;
+        if (!writes_summary) {
+            rc = 0;
             goto out;
         }
     }
@@ -523,31 +759,34 @@ int main(int argc, char **argv)
      * also add the memory counters to the trace */
     pp_metrics met;
     int whole = !o.resume && stop_cut < 0;
-    if (whole && pp_metrics_from_timeline(&tl, &m, 0, &tl, &met, &e) < 0) {
-        pp_run_result_free(&res);
+    if (whole && pp_metrics_from_timeline(&tl, &m, 0, &tl, &met, &e) < 0)
         goto out;
-    }
     if (write_outputs(&o, &tl, &e) < 0) {
         if (whole)
             pp_metrics_free(&met);
-        pp_run_result_free(&res);
         goto out;
     }
-    if (!whole)
+    if (!whole) {
         printf("trained updates %d..%d of %d (%.0f tokens in %.1f s); the measured summary "
-               "needs a whole run\n", first_update + 1, first_update + res.steps, updates,
-               res.tokens - tokens0, res.elapsed_s);
-    else {
-        print_summary(&met, &res, &m);
+               "needs a whole run\n", first_update + 1, first_update + sum.steps, ir.info.steps,
+               sum.tokens - tokens0, sum.elapsed_s);
+    } else {
+        print_summary(&met, &sum, val_loss, &m);
+        int prc = print_prediction(&ir, &tl, &met, &m, &e);
         pp_metrics_free(&met);
+        if (prc < 0)
+            goto out;
     }
-    pp_run_result_free(&res);
     rc = 0;
 out:
+    if (rc && dist.tr)
+        dist.tr->abort(dist.tr);
+    dist_teardown(&dist);
+    free(placement);
     for (int j = 0; j < ncuts; j++)
-        pp_cut_free(&cuts[j], ir.info.stages);
+        pp_cut_free(&cuts[j], P);
     free(cuts);
-    for (int st = 0; blobs && st < ir.info.stages; st++)
+    for (int st = 0; blobs && st < P; st++)
         free(blobs[st]);
     free(blobs);
     free(sizes);

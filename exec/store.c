@@ -1,0 +1,160 @@
+/* The rendezvous store's front: parses the spec, and builds allgather and
+ * barrier from the implementation's broadcast and gather. */
+#include "store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_impl.h"
+
+int pp_store_open(const char *spec, int rank, int world, double timeout_s, pp_store **out,
+                  pp_err *e)
+{
+    if (world < 1 || rank < 0 || rank >= world)
+        return pp_errf(e, "rendezvous: rank %d is not a rank of a world of %d", rank, world);
+    pp_store *st = calloc(1, sizeof *st);
+    if (!st)
+        return pp_errf(e, "out of memory");
+    st->rank = rank;
+    st->world = world;
+    st->timeout_s = timeout_s > 0 ? timeout_s : 600;
+    int rc;
+    if (strncmp(spec, "tcp://", 6) == 0) {
+        char host[256];
+        const char *colon = strrchr(spec + 6, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : -1;
+        size_t hl = colon ? (size_t)(colon - (spec + 6)) : 0;
+        if (!colon || !*(colon + 1) || *end || port < 1 || port > 65535 || hl == 0 ||
+            hl >= sizeof host)
+            rc = pp_errf(e, "--rendezvous \"%s\": expected tcp://HOST:PORT", spec);
+        else {
+            memcpy(host, spec + 6, hl);
+            host[hl] = 0;
+            rc = pp_store_tcp_open(st, host, (int)port, e);
+        }
+    } else if (strncmp(spec, "file:", 5) == 0 && spec[5]) {
+        rc = pp_store_file_open(st, spec + 5, e);
+    } else if (strcmp(spec, "mpi") == 0) {
+        rc = pp_store_mpi_open(st, e);
+    } else {
+        rc = pp_errf(e, "--rendezvous \"%s\": expected tcp://HOST:PORT, file:DIR or mpi", spec);
+    }
+    if (rc < 0) {
+        free(st);
+        return -1;
+    }
+    *out = st;
+    return 0;
+}
+
+void pp_store_close(pp_store *st)
+{
+    if (!st)
+        return;
+    st->ops->close(st);
+    free(st);
+}
+
+int pp_store_bcast(pp_store *st, void *buf, size_t n, pp_err *e)
+{
+    return st->world == 1 ? 0 : st->ops->bcast(st, buf, n, e);
+}
+
+int pp_store_gather(pp_store *st, const void *mine, size_t n, void ***all, size_t **sizes,
+                    pp_err *e)
+{
+    *all = NULL;
+    *sizes = NULL;
+    if (st->rank == 0) {
+        *all = calloc((size_t)st->world, sizeof **all);
+        *sizes = calloc((size_t)st->world, sizeof **sizes);
+        if (!*all || !*sizes) {
+            free(*all);
+            free(*sizes);
+            *all = NULL;
+            *sizes = NULL;
+            return pp_errf(e, "out of memory");
+        }
+    }
+    int rc;
+    if (st->world == 1) {
+        (*all)[0] = malloc(n ? n : 1);
+        rc = (*all)[0] ? 0 : pp_errf(e, "out of memory");
+        if (rc == 0) {
+            memcpy((*all)[0], mine, n);
+            (*sizes)[0] = n;
+        }
+    } else {
+        rc = st->ops->gather(st, mine, n, st->rank == 0 ? *all : NULL,
+                             st->rank == 0 ? *sizes : NULL, e);
+    }
+    if (rc < 0) {
+        pp_store_free_gathered(st, *all, *sizes);
+        *all = NULL;
+        *sizes = NULL;
+    }
+    return rc;
+}
+
+void pp_store_free_gathered(pp_store *st, void **all, size_t *sizes)
+{
+    for (int r = 0; all && r < st->world; r++)
+        free(all[r]);
+    free(all);
+    free(sizes);
+}
+
+int pp_store_allgather(pp_store *st, const void *mine, size_t n, void *all, pp_err *e)
+{
+    void **parts;
+    size_t *sizes;
+    if (pp_store_gather(st, mine, n, &parts, &sizes, e) < 0)
+        return -1;
+    int rc = 0;
+    for (int r = 0; parts && r < st->world; r++) {
+        if (sizes[r] != n) {
+            rc = pp_errf(e, "rendezvous: rank %d sent %zu bytes, expected %zu", r, sizes[r], n);
+            break;
+        }
+        memcpy((char *)all + (size_t)r * n, parts[r], n);
+    }
+    pp_store_free_gathered(st, parts, sizes);
+    /* rank 0's verdict travels with the data: one byte ahead of it */
+    unsigned char *msg = malloc((size_t)st->world * n + 1);
+    if (!msg)
+        return pp_errf(e, "out of memory");
+    if (st->rank == 0) {
+        msg[0] = rc == 0;
+        memcpy(msg + 1, all, (size_t)st->world * n);
+    }
+    int brc = pp_store_bcast(st, msg, (size_t)st->world * n + 1, e);
+    if (brc == 0 && st->rank != 0) {
+        if (!msg[0])
+            brc = pp_errf(e, "rendezvous: the ranks disagree on a message size");
+        memcpy(all, msg + 1, (size_t)st->world * n);
+    }
+    free(msg);
+    return rc < 0 ? rc : brc;
+}
+
+int pp_store_barrier(pp_store *st, pp_err *e)
+{
+    unsigned char one = 1;
+    unsigned char *all = malloc((size_t)st->world);
+    if (!all)
+        return pp_errf(e, "out of memory");
+    int rc = pp_store_allgather(st, &one, 1, all, e);
+    free(all);
+    return rc;
+}
+
+int pp_store_rank(const pp_store *st)
+{
+    return st->rank;
+}
+
+int pp_store_world(const pp_store *st)
+{
+    return st->world;
+}

@@ -1,0 +1,41 @@
+/* The rendezvous of a multi-process run: a tiny key-less store through
+ * which the processes of one pipeline find each other before any data
+ * moves (the NCCL unique ids, the socket transport's addresses) and hand
+ * rank 0 their measured timelines at the end. Three ways to meet:
+ *
+ *   tcp://HOST:PORT   rank 0 listens on PORT; the others connect to HOST
+ *   file:DIR          a directory every rank sees (a shared filesystem);
+ *                     use a fresh one per job: rank 0 empties it at the end
+ *   mpi               MPI_COMM_WORLD (builds with MPI, launched by mpirun)
+ *
+ * Every call is collective (all ranks, same order) and gives up after the
+ * store's timeout with one line naming the rank it waited for. */
+#ifndef PP_STORE_H
+#define PP_STORE_H
+
+#include <stddef.h>
+
+#include "error.h"
+
+typedef struct pp_store pp_store;
+
+int pp_store_open(const char *spec, int rank, int world, double timeout_s, pp_store **out,
+                  pp_err *e);
+/* Closes the connections; rank 0 removes a file store's files. */
+void pp_store_close(pp_store *st);
+
+/* Every rank ends with rank 0's n bytes in buf. */
+int pp_store_bcast(pp_store *st, void *buf, size_t n, pp_err *e);
+/* Rank 0 gets every rank's bytes (sizes may differ): *all[r] (n_r bytes in
+ * (*sizes)[r]), freed with pp_store_free_gathered; other ranks get NULL. */
+int pp_store_gather(pp_store *st, const void *mine, size_t n, void ***all, size_t **sizes,
+                    pp_err *e);
+void pp_store_free_gathered(pp_store *st, void **all, size_t *sizes);
+/* Every rank gets every rank's n bytes, rank order, in all[world * n]. */
+int pp_store_allgather(pp_store *st, const void *mine, size_t n, void *all, pp_err *e);
+int pp_store_barrier(pp_store *st, pp_err *e);
+
+int pp_store_rank(const pp_store *st);
+int pp_store_world(const pp_store *st);
+
+#endif
