@@ -335,10 +335,11 @@ typedef struct {
     pp_transport *tr;
 } dist_ctx;
 
-static int dist_setup(const pprun_opts *o, const pp_schedule *ir, const pp_backend_ops *b,
-                      dist_ctx *d, pp_err *e)
+/* What can be checked before meeting the others (bad input, exit 2). */
+static int dist_check(const pprun_opts *o, const pp_schedule *ir, const pp_backend_ops *b,
+                      dist_ctx *d, const char **transport, pp_err *e)
 {
-    int P = ir->info.stages, rank = d->env.rank;
+    int P = ir->info.stages;
     if (d->env.world != P)
         return pp_errf(e, "%d processes (from %s) for %d stages: run one process per stage",
                        d->env.world, d->env.source, P);
@@ -353,12 +354,19 @@ static int dist_setup(const pprun_opts *o, const pp_schedule *ir, const pp_backe
 #endif
     if (!strcmp(tr, "nccl") && strcmp(b->name, "cuda"))
         return pp_errf(e, "--transport nccl needs --backend cuda");
-    char buf[512];
-    const char *spec = o->rendezvous ? o->rendezvous : pp_dist_rendezvous(&d->env, buf, sizeof buf, e);
-    if (!spec || pp_store_open(spec, rank, P, o->timeout, &d->store, e) < 0)
+    *transport = tr;
+    return 0;
+}
+
+/* Meets the other processes and connects the transport (run time, exit 1). */
+static int dist_connect(const pprun_opts *o, const pp_schedule *ir, const char *spec,
+                        const char *transport, dist_ctx *d, pp_err *e)
+{
+    int P = ir->info.stages, rank = d->env.rank;
+    if (pp_store_open(spec, rank, P, o->timeout, &d->store, e) < 0)
         return -1;
     int capacity = ir->info.microbatches_per_step + P;
-    if (!strcmp(tr, "tcp"))
+    if (!strcmp(transport, "tcp"))
         return pp_transport_tcp_create(d->store, rank, P, capacity, o->timeout, &d->tr, e);
 #ifdef PPSCHED_HAVE_NCCL
     int nb = pp_nccl_ids_bytes(P);
@@ -366,7 +374,7 @@ static int dist_setup(const pprun_opts *o, const pp_schedule *ir, const pp_backe
     if (!ids)
         return pp_errf(e, "out of memory");
     int rc = rank == 0 ? pp_nccl_make_ids(P, ids, e) : 0;
-    /* rank 0 broadcasts even after a failure: a zero blob tells the others */
+    /* rank 0 broadcasts even after a failure, so that nobody waits for it */
     if (pp_store_bcast(d->store, ids, (size_t)nb, rc < 0 ? &(pp_err){{0}} : e) < 0 && rc == 0)
         rc = -1;
     if (rc == 0)
@@ -663,6 +671,11 @@ int main(int argc, char **argv)
     m.bytes_per_elem = 4; /* the executor trains in fp32 */
     if (plan_placement(&o, backend, P, &dist.env, &placement, &e) < 0)
         goto out;
+    const char *transport = NULL, *rdzv = o.rendezvous;
+    char rdzv_buf[512];
+    if (multi && (dist_check(&o, &ir, backend, &dist, &transport, &e) < 0 ||
+                  (!rdzv && !(rdzv = pp_dist_rendezvous(&dist.env, rdzv_buf, sizeof rdzv_buf, &e)))))
+        goto out;
     if (load_data(&o, &c, &m, &e) < 0)
         goto out;
     have_data = 1;
@@ -706,10 +719,8 @@ int main(int argc, char **argv)
                 backend->name, multi ? ", one process per stage" : "");
     if (multi) {
         rc = EXIT_RUNTIME;
-        if (dist_setup(&o, &ir, backend, &dist, &e) < 0) {
-            rc = dist.store ? EXIT_RUNTIME : EXIT_BAD_INPUT;
+        if (dist_connect(&o, &ir, rdzv, transport, &dist, &e) < 0)
             goto out;
-        }
         /* a common time origin: every process leaves the barrier together */
         if (pp_store_barrier(dist.store, &e) < 0)
             goto out;

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# pprun with one process per stage on the CPU (socket transport), as a
+# cluster launcher starts it: the ranks come from RANK/WORLD_SIZE (torchrun
+# style) or SLURM_PROCID/SLURM_NTASKS (srun), meet through a TCP or file
+# rendezvous, and must train exactly like the one-process run (same losses,
+# same weight versions for every micro-batch). A rank that dies or never
+# comes ends the others with a message within the timeout, never a hang.
+set -u
+PPRUN=$1
+DATA=$2
+tmp=$(mktemp -d)
+pids=()
+# pids are `timeout` wrappers: stop them and the pprun under each
+stop_all() { for q in "${pids[@]}"; do pkill -9 -P "$q" 2>/dev/null; kill -9 "$q" 2>/dev/null; done; }
+trap 'stop_all; rm -rf "$tmp"' EXIT
+fails=0 passes=0
+ok() { passes=$((passes + 1)); }
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+port() { echo $((20000 + RANDOM % 30000)); }
+
+P=4
+small=(--model tiny --layers 4 --dim 32 --heads 2 --seq-len 16 --micro-batch-size 2)
+run=(--stages $P --accum 4 --steps 6 "${small[@]}" --data "$DATA" --timeout 30)
+
+# launch NAME ENV...: starts the P ranks in the background (ENV gets RANKVAR
+# replaced by the rank) and waits for them; rank r's output in NAME.r.*
+launch() {
+    local name=$1 sched=$2; shift 2
+    local envs=("$@") r rc all=0
+    pids=()
+    for r in $(seq 0 $((P - 1))); do
+        env "${envs[@]//RANKVAR/$r}" timeout 120 "$PPRUN" --schedule "$sched" "${run[@]}" \
+            --log "$tmp/$name.jsonl" --versions "$tmp/$name.csv" --trace "$tmp/$name.json" \
+            >"$tmp/$name.$r.out" 2>"$tmp/$name.$r.err" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; rc=$?; [ $rc -ne 0 ] && all=$rc; done
+    pids=()
+    return $all
+}
+
+losses() { grep -o '"loss": [0-9.]*' "$1"; }
+
+for sched in 1f1b-flush paci; do
+    "$PPRUN" --schedule "$sched" "${run[@]}" --log "$tmp/one-$sched.jsonl" \
+        --versions "$tmp/one-$sched.csv" >"$tmp/one.out" 2>"$tmp/one.err" \
+        || bad "one-process $sched run: $(cat "$tmp/one.err")"
+    if launch "tcp-$sched" "$sched" RANK=RANKVAR WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 \
+        MASTER_PORT="$(port)"; then ok; else bad "$sched over tcp: $(cat "$tmp"/tcp-$sched.*.err)"; fi
+    # the same losses, update by update, bit for bit (the transport moves bytes)
+    if [ -s "$tmp/tcp-$sched.jsonl" ] &&
+        diff <(losses "$tmp/one-$sched.jsonl") <(losses "$tmp/tcp-$sched.jsonl") >/dev/null; then ok
+    else bad "$sched: multi-process losses differ from the one-process run"; fi
+    # the same weight versions for every micro-batch and stage (the times differ)
+    if [ -s "$tmp/tcp-$sched.csv" ] &&
+        diff <(cut -d, -f1-5 "$tmp/one-$sched.csv") <(cut -d, -f1-5 "$tmp/tcp-$sched.csv") >/dev/null; then ok
+    else bad "$sched: multi-process --versions differ from the one-process run"; fi
+    # rank 0 gathered every stage into one trace and printed the summary
+    for s in $(seq 0 $((P - 1))); do
+        grep -q "\"stage $s\"" "$tmp/tcp-$sched.json" 2>/dev/null || bad "$sched: trace lacks stage $s"
+    done
+    grep -q '^PREDICTION schedule='"$sched" "$tmp/tcp-$sched.0.out" && ok || bad "$sched: rank 0 printed no prediction"
+    [ ! -s "$tmp/tcp-$sched.1.out" ] && ok || bad "$sched: rank 1 printed a summary too"
+done
+
+# srun-style ranks and a rendezvous directory (as on a shared filesystem)
+if launch file paci SLURM_PROCID=RANKVAR SLURM_NTASKS=$P PPSCHED_RENDEZVOUS="file:$tmp/rdzv"; then ok
+else bad "paci over a file rendezvous: $(cat "$tmp"/file.*.err)"; fi
+diff <(losses "$tmp/one-paci.jsonl") <(losses "$tmp/file.jsonl") >/dev/null && ok || bad "file rendezvous: losses differ"
+[ ! -e "$tmp/rdzv" ] && ok || bad "the rendezvous directory was not cleaned up"
+
+# a rank that never comes: everyone stops within the timeout, rank 0 names it
+p=$(port)
+start=$(date +%s)
+pids=()
+for r in 0 1 2; do
+    RANK=$r WORLD_SIZE=$P timeout 60 "$PPRUN" --schedule paci "${run[@]}" --timeout 3 \
+        --rendezvous "tcp://127.0.0.1:$p" >/dev/null 2>"$tmp/missing.$r.err" &
+    pids+=($!)
+done
+codes=()
+for q in "${pids[@]}"; do { wait "$q"; } 2>/dev/null; codes+=($?); done
+pids=()
+elapsed=$(( $(date +%s) - start ))
+[ "${codes[*]}" = "1 1 1" ] && ok || bad "missing rank: exit codes ${codes[*]}, expected 1 1 1"
+[ $elapsed -lt 30 ] && ok || bad "missing rank: took $elapsed s"
+grep -q "rank 3 did not" "$tmp/missing.0.err" && ok || bad "missing rank: rank 0 said: $(cat "$tmp/missing.0.err")"
+
+# a rank that dies mid-run: its neighbours name it and everyone exits
+p=$(port)
+long=(--schedule paci --stages $P --accum 4 --steps 100000 "${small[@]}" --data "$DATA" --timeout 20)
+pids=()
+for r in 0 1 2 3; do
+    RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$p timeout 90 "$PPRUN" "${long[@]}" \
+        --log "$tmp/dead.jsonl" >/dev/null 2>"$tmp/dead.$r.err" &
+    pids+=($!)
+done
+# kill once training runs: the last stage's log (its temporary file) has lines
+for _ in $(seq 600); do
+    [ -n "$(find "$tmp" -name 'dead.jsonl.tmp.*' -size +0 2>/dev/null)" ] && break
+    sleep 0.1
+done
+pkill -9 -P "${pids[2]}" # rank 2's pprun, not its timeout wrapper
+start=$(date +%s)
+codes=()
+for q in "${pids[@]}"; do { wait "$q"; } 2>/dev/null; codes+=($?); done
+pids=()
+elapsed=$(( $(date +%s) - start ))
+[ "${codes[0]}" = 1 ] && [ "${codes[1]}" = 1 ] && [ "${codes[3]}" = 1 ] && ok \
+    || bad "dead rank: exit codes ${codes[*]}, expected 1 1 (killed) 1"
+[ $elapsed -lt 25 ] && ok || bad "dead rank: the others took $elapsed s to stop"
+grep -q "stage 2" "$tmp/dead.1.err" && grep -q "stage 2" "$tmp/dead.3.err" && ok \
+    || bad "dead rank: neighbours did not name stage 2: $(cat "$tmp/dead.1.err" "$tmp/dead.3.err")"
+for r in 0 1 3; do
+    [ -n "${PPSCHED_TEST_VERBOSE:-}" ] && echo "rank $r: $(cat "$tmp/dead.$r.err")"
+    [ "$(grep -c . "$tmp/dead.$r.err")" -le 2 ] || bad "dead rank: rank $r printed too much: $(cat "$tmp/dead.$r.err")"
+done
+
+# bad input: one line, exit 2
+expect2() {
+    local frag=$1; shift
+    env "$@" >/dev/null 2>"$tmp/err"; local rc=$?
+    [ $rc -eq 2 ] && grep -q "^pprun: error: .*$frag" "$tmp/err" && [ "$(grep -c . "$tmp/err")" -le 2 ] && ok \
+        || bad "expected exit 2 and \"$frag\": rc $rc: $(cat "$tmp/err")"
+}
+expect2 "3 processes (from RANK/WORLD_SIZE) for 4 stages" RANK=0 WORLD_SIZE=3 "$PPRUN" --schedule paci "${run[@]}"
+expect2 "give --rendezvous" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}"
+expect2 "--transport nccl" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}" --transport nccl --rendezvous tcp://127.0.0.1:1
+expect2 "--transport: expected tcp or nccl" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}" --transport udp --rendezvous tcp://127.0.0.1:1
+expect2 "not available in multi-process" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}" --checkpoint "$tmp/ck" --stop-after 2 --rendezvous tcp://127.0.0.1:1
+expect2 "WORLD_SIZE=4" RANK=7 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}"
+expect2 "--devices: only with --backend cuda" "$PPRUN" --schedule paci "${run[@]}" --devices 0
+expect2 "--sm-partitions: expected on or off" "$PPRUN" --schedule paci "${run[@]}" --sm-partitions maybe
+
+echo "pprun_dist: $passes passed, $fails failed"
+[ $fails -eq 0 ]
