@@ -11,7 +11,11 @@
  *   - ten AdamW steps: the loss of every step, then the weights and the
  *     optimizer state (m, v, t) through opt_state_get;
  *   - the stage runtime (threads, streams, in-process transport) running
- *     1F1B and PipeDream-2BW on both backends: the per-update losses.
+ *     1F1B and PipeDream-2BW on both backends: the per-update losses;
+ *   - SM partitions (CUDA green contexts): P = 2 stages on two partitions of
+ *     device 0, forward/backward parity as above and 1F1B through the
+ *     runtime; asking for more partitions than the GPU has SMs for fails;
+ *   - device clocks: non-negative times that increase around forwards.
  *
  * Tolerances (fp32, PPSCHED_CUDA_MATH unset or fp32): a tensor matches when
  *     max_i |cuda_i - cpu_i| <= 1e-4 * max_i |cpu_i|
@@ -103,15 +107,17 @@ typedef struct {
     pp_gpt_stage tab[MAXP]; /* tensor names and offsets (host) */
 } pipe;
 
-static void pipe_open(pipe *p, const pp_backend_ops *b, const pp_model_desc *m, int P,
-                      uint64_t seed)
+/* partitions > 0: stage s on SM partition s of that many on device 0. */
+static void pipe_open_at(pipe *p, const pp_backend_ops *b, const pp_model_desc *m, int P,
+                         int partitions, uint64_t seed)
 {
     pp_err e = {{0}};
     memset(p, 0, sizeof *p);
     p->b = b;
     p->P = P;
     for (int s = 0; s < P; s++) {
-        ck_assert_msg(b->create(m, P, s, &PP_PLACEMENT_WHOLE(0), &p->st[s], &e) == 0, "%s", e.msg);
+        pp_placement at = partitions > 0 ? (pp_placement){0, s, partitions} : PP_PLACEMENT_WHOLE(0);
+        ck_assert_msg(b->create(m, P, s, &at, &p->st[s], &e) == 0, "%s", e.msg);
         ck_assert_msg(pp_gpt_stage_init(&p->tab[s], m, P, s, &e) == 0, "%s", e.msg);
         size_t wb = b->nparams(p->st[s]) * sizeof(float);
         ck_assert_uint_eq(b->nparams(p->st[s]), p->tab[s].nparams);
@@ -125,6 +131,12 @@ static void pipe_open(pipe *p, const pp_backend_ops *b, const pp_model_desc *m, 
         b->init_weights(p->st[s], p->w[s], seed);
         b->sync(p->st[s]);
     }
+}
+
+static void pipe_open(pipe *p, const pp_backend_ops *b, const pp_model_desc *m, int P,
+                      uint64_t seed)
+{
+    pipe_open_at(p, b, m, P, 0, seed);
 }
 
 static void pipe_close(pipe *p)
@@ -243,50 +255,147 @@ START_TEST(test_init_weights)
 }
 END_TEST
 
-/* Loss, x_out, dx_in and every gradient tensor, P = 1 and P = 2, two
+/* Loss, x_out, dx_in and every gradient tensor of P stages (on SM
+ * partitions of device 0 when partitions > 0) against the CPU, two
  * micro-batches accumulated into the gradient. */
+static void check_parity(const pp_model_desc *mp, int P, int partitions)
+{
+    pp_model_desc m = *mp;
+    size_t n = (size_t)m.micro_batch * m.seq_len;
+    int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    pipe g, c;
+    pipe_open_at(&g, &pp_backend_cuda, &m, P, partitions, 1234);
+    pipe_open(&c, &pp_backend_cpu, &m, P, 1234);
+    for (int mb = 0; mb < 2; mb++) {
+        random_ids(tok, n, m.vocab, 100 + mb);
+        random_ids(tgt, n, m.vocab, 200 + mb);
+        float lg = pipe_forward(&g, tok, tgt), lc = pipe_forward(&c, tok, tgt);
+        check_loss(lg, lc, TOL, "forward loss");
+        for (int s = 0; s + 1 < P; s++)
+            compare_buffer(&g, &c, s, g.x[s], c.x[s], "x_out");
+        pipe_backward(&g, 0.5f);
+        pipe_backward(&c, 0.5f);
+        for (int s = 1; s < P; s++)
+            compare_buffer(&g, &c, s, g.dx[s], c.dx[s], "dx_in");
+    }
+    for (int s = 0; s < P; s++)
+        compare_tensors(&g, &c, s, g.grad[s], c.grad[s], TOL, "gradient");
+
+    /* Memory accounting sees the weights, the gradient (once used as
+     * one), the optimizer state and the activations. */
+    for (int s = 0; s < P; s++) {
+        pp_cuda_memory mem;
+        pp_cuda_stage_memory(g.st[s], &mem);
+        size_t wb = c.tab[s].nparams * sizeof(float);
+        ck_assert_uint_eq(mem.weights, wb);
+        ck_assert_uint_eq(mem.grads, wb);
+        ck_assert_uint_eq(mem.optimizer, 2 * wb);
+        ck_assert_uint_eq(mem.activations, pp_backend_cuda.acts_bytes(g.st[s]));
+        ck_assert_uint_eq(mem.messages, 2 * g.nb);
+        ck_assert(mem.workspace > 0 && mem.total <= mem.peak_total);
+    }
+    pipe_close(&g);
+    pipe_close(&c);
+    free(tok);
+    free(tgt);
+}
+
 START_TEST(test_forward_backward_parity)
+{
+    pp_model_desc m = tiny_model();
+    for (int P = 1; P <= MAXP; P++)
+        check_parity(&m, P, 0);
+}
+END_TEST
+
+static void *open_stage_at(int partition, int partitions)
+{
+    pp_model_desc m = tiny_model();
+    pp_placement at = {0, partition, partitions};
+    pp_err e = {{0}};
+    void *st = NULL;
+    ck_assert_msg(pp_backend_cuda.create(&m, 1, 0, &at, &st, &e) == 0, "%s", e.msg);
+    return st;
+}
+
+/* Two stages, each on its half of the SMs (a green context): the same
+ * numbers as on the whole GPU. Before that, two stage objects on one
+ * partition at once (as a training stage and its evaluation twin are):
+ * each holds a green context of its own on the same SMs. */
+START_TEST(test_partition_parity)
+{
+    pp_model_desc m = tiny_model();
+    void *whole = open_stage_at(-1, 0);
+    int all = pp_cuda_stage_sms(whole);
+    pp_backend_cuda.destroy(whole);
+    for (int s = 0; s < 2; s++) {
+        void *a = open_stage_at(s, 2), *b = open_stage_at(s, 2);
+        int sms = pp_cuda_stage_sms(a);
+        printf("test_cuda: device 0: %d SMs, partition %d of 2: %d SMs\n", all, s, sms);
+        ck_assert_msg(sms >= 8 && sms % 8 == 0 && 2 * sms <= all,
+                      "partition %d of 2: %d SMs of %d", s, sms, all);
+        ck_assert_int_eq(pp_cuda_stage_sms(b), sms);
+        pp_backend_cuda.destroy(a);
+        pp_backend_cuda.destroy(b);
+    }
+    check_parity(&m, 2, 2);
+}
+END_TEST
+
+/* One partition per stage asked of a GPU that has far too few SMs. */
+START_TEST(test_partition_too_many)
+{
+    pp_model_desc m = tiny_model();
+    pp_placement at = {0, 0, 1000};
+    pp_err e = {{0}};
+    void *st = NULL;
+    ck_assert(pp_backend_cuda.create(&m, 2, 0, &at, &st, &e) < 0);
+    ck_assert_msg(strstr(e.msg, "SM") != NULL, "%s", e.msg);
+    printf("test_cuda: 1000 partitions: %s\n", e.msg);
+}
+END_TEST
+
+/* Device clocks around two rounds of forwards through every stage: each
+ * mark at or after the origin, each action's end after its start, the
+ * second round after the first. */
+static void check_clocks(int P, int partitions)
 {
     pp_model_desc m = tiny_model();
     size_t n = (size_t)m.micro_batch * m.seq_len;
     int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
-    for (int P = 1; P <= MAXP; P++) {
-        pipe g, c;
-        pipe_open(&g, &pp_backend_cuda, &m, P, 1234);
-        pipe_open(&c, &pp_backend_cpu, &m, P, 1234);
-        for (int mb = 0; mb < 2; mb++) {
-            random_ids(tok, n, m.vocab, 100 + mb);
-            random_ids(tgt, n, m.vocab, 200 + mb);
-            float lg = pipe_forward(&g, tok, tgt), lc = pipe_forward(&c, tok, tgt);
-            check_loss(lg, lc, TOL, "forward loss");
-            for (int s = 0; s + 1 < P; s++)
-                compare_buffer(&g, &c, s, g.x[s], c.x[s], "x_out");
-            pipe_backward(&g, 0.5f);
-            pipe_backward(&c, 0.5f);
-            for (int s = 1; s < P; s++)
-                compare_buffer(&g, &c, s, g.dx[s], c.dx[s], "dx_in");
-        }
-        for (int s = 0; s < P; s++)
-            compare_tensors(&g, &c, s, g.grad[s], c.grad[s], TOL, "gradient");
-
-        /* Memory accounting sees the weights, the gradient (once used as
-         * one), the optimizer state and the activations. */
-        for (int s = 0; s < P; s++) {
-            pp_cuda_memory mem;
-            pp_cuda_stage_memory(g.st[s], &mem);
-            size_t wb = c.tab[s].nparams * sizeof(float);
-            ck_assert_uint_eq(mem.weights, wb);
-            ck_assert_uint_eq(mem.grads, wb);
-            ck_assert_uint_eq(mem.optimizer, 2 * wb);
-            ck_assert_uint_eq(mem.activations, pp_backend_cuda.acts_bytes(g.st[s]));
-            ck_assert_uint_eq(mem.messages, 2 * g.nb);
-            ck_assert(mem.workspace > 0 && mem.total <= mem.peak_total);
-        }
-        pipe_close(&g);
-        pipe_close(&c);
+    random_ids(tok, n, m.vocab, 11);
+    random_ids(tgt, n, m.vocab, 12);
+    pipe g;
+    pipe_open_at(&g, &pp_backend_cuda, &m, P, partitions, 5);
+    ck_assert(g.b->clock_origin && g.b->clock_mark && g.b->clock_read);
+    double prev[MAXP];
+    for (int s = 0; s < P; s++) {
+        g.b->clock_origin(g.st[s]);
+        prev[s] = 0.0;
     }
+    for (int round = 0; round < 2; round++) {
+        for (int s = 0; s < P; s++)
+            g.b->clock_mark(g.st[s], 0);
+        pipe_forward(&g, tok, tgt);
+        for (int s = 0; s < P; s++) {
+            g.b->clock_mark(g.st[s], 1);
+            g.b->sync(g.st[s]);
+            double t0 = g.b->clock_read(g.st[s], 0), t1 = g.b->clock_read(g.st[s], 1);
+            ck_assert_msg(t0 >= prev[s] && t1 > t0,
+                          "partitions %d stage %d round %d: clocks %.9f, %.9f after %.9f",
+                          partitions, s, round, t0, t1, prev[s]);
+            prev[s] = t1;
+        }
+    }
+    pipe_close(&g);
     free(tok);
     free(tgt);
+}
+
+START_TEST(test_device_clocks)
+{
+    check_clocks(1, 0);
+    check_clocks(2, 2);
 }
 END_TEST
 
@@ -402,7 +511,8 @@ END_TEST
 /* The runtime: stage threads with their own streams, the in-process
  * transport copying between stages, weight stashes. */
 
-static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_model_desc *m)
+static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_model_desc *m,
+                              const pp_placement *at)
 {
     pp_gen_opts o = {2, 4, 3, 0};
     pp_schedule ir;
@@ -413,6 +523,7 @@ static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_mod
     c.ir = &ir;
     c.model = *m;
     c.backend = b;
+    c.placement = at;
     c.seed = 42;
     c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
     c.train_batch = synth_batch;
@@ -429,8 +540,8 @@ START_TEST(test_runtime_parity)
     pp_model_desc m = tiny_model();
     const char *scheds[] = {"1f1b-flush", "pipedream-2bw"};
     for (int i = 0; i < 2; i++) {
-        pp_run_result g = run_with(&pp_backend_cuda, scheds[i], &m);
-        pp_run_result c = run_with(&pp_backend_cpu, scheds[i], &m);
+        pp_run_result g = run_with(&pp_backend_cuda, scheds[i], &m, NULL);
+        pp_run_result c = run_with(&pp_backend_cpu, scheds[i], &m, NULL);
         ck_assert_int_eq(g.steps, c.steps);
         for (int k = 0; k < c.steps; k++) {
             char what[64];
@@ -441,6 +552,25 @@ START_TEST(test_runtime_parity)
         pp_run_result_free(&g);
         pp_run_result_free(&c);
     }
+}
+END_TEST
+
+/* The runtime with each stage thread in its own SM partition: messages
+ * cross green contexts (one stage releases what another allocated). */
+START_TEST(test_runtime_partitions)
+{
+    pp_model_desc m = tiny_model();
+    pp_placement at[2] = {{0, 0, 2}, {0, 1, 2}};
+    pp_run_result g = run_with(&pp_backend_cuda, "1f1b-flush", &m, at);
+    pp_run_result c = run_with(&pp_backend_cpu, "1f1b-flush", &m, NULL);
+    ck_assert_int_eq(g.steps, c.steps);
+    for (int k = 0; k < c.steps; k++) {
+        char what[64];
+        snprintf(what, sizeof what, "partitions: update %d loss", k + 1);
+        check_loss((float)g.step_loss[k], (float)c.step_loss[k], k == 0 ? TOL : TOL_STEPS, what);
+    }
+    pp_run_result_free(&g);
+    pp_run_result_free(&c);
 }
 END_TEST
 
@@ -475,6 +605,10 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, test_optimizer_steps);
     tcase_add_test(tc, test_runtime_parity);
     tcase_add_test(tc, test_bad_token);
+    tcase_add_test(tc, test_partition_parity);
+    tcase_add_test(tc, test_partition_too_many);
+    tcase_add_test(tc, test_runtime_partitions);
+    tcase_add_test(tc, test_device_clocks);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -17,6 +17,15 @@
  * The per-micro-batch activation buffer has its own layout (acts_layout
  * below): it never leaves the device.
  *
+ * A stage placed on an SM partition (pp_placement.partition >= 0) gets its
+ * stream from a CUDA green context of that partition (green_ctx.h), and
+ * every entry point makes that context current on the calling thread for
+ * the call, so that all of the stage's work, cuBLAS included, runs on the
+ * partition's SMs only.
+ *
+ * Device clocks: an origin event and two mark events per stage, recorded on
+ * the stage's stream, time each action on the GPU itself.
+ *
  * Errors: CUDA and cuBLAS failures are sticky per stage. The first one is
  * printed on stderr once; forward() then fails with it, so a run stops with
  * a message at the next forward instead of computing on garbage. */
@@ -35,6 +44,7 @@ extern "C" {
 #include "gpt_cpu.h"
 }
 #include "cuda_backend.h"
+#include "green_ctx.h"
 #include "kernels.cuh"
 
 namespace {
@@ -69,8 +79,11 @@ struct acts_layout {
 struct cuda_stage {
     pp_gpt_stage g; /* tensor table and sizes; its host scratch is freed */
     int device;
+    pp_green part; /* its SM partition; zero: the whole device */
+    int sms;       /* SMs the stage may use */
     int B, T, C, H, V, N;
     cudaStream_t stream;
+    cudaEvent_t clk_origin, clk_mark[2]; /* device clocks */
     cublasHandle_t blas;
     cublasComputeType_t compute;
     const char *math;
@@ -93,6 +106,7 @@ struct cuda_stage {
     /* device memory accounting; release() may come from another thread */
     std::mutex mu;
     std::vector<alloc_rec> allocs;
+    std::vector<void *> freed; /* released, to be freed on the stage's thread */
     size_t bytes[MK_N];
     size_t total, peak;
     /* sticky error */
@@ -133,11 +147,52 @@ void check_launch(cuda_stage *c, const char *what)
     ck(c, cudaGetLastError(), what);
 }
 
-/* Every entry point may run on a thread that has not selected the device. */
-void bind(cuda_stage *c)
+/* Frees what release() queued, on the stage's stream. */
+void drain_frees(cuda_stage *c)
 {
-    cudaSetDevice(c->device);
+    std::vector<void *> q;
+    {
+        std::lock_guard<std::mutex> lk(c->mu);
+        if (c->freed.empty() || !c->stream)
+            return;
+        q.swap(c->freed);
+    }
+    for (void *p : q)
+        ck(c, cudaFreeAsync(p, c->stream), "cudaFreeAsync");
 }
+
+/* Held for the duration of every entry point (but release): it may run on a
+ * thread that has not selected the device. A stage on an SM partition makes
+ * its green context current for the call and gives the thread its previous
+ * context back on return, because a green context must be current to one
+ * thread at a time and the main thread enters stages (create, destroy,
+ * evaluation twins) while the stage threads run. */
+class stage_scope {
+  public:
+    explicit stage_scope(cuda_stage *c)
+    {
+        if (c->part.ctx) {
+            prev_ = pp_green_current();
+            switched_ = prev_ != c->part.ctx;
+            if (switched_)
+                pp_green_make_current(c->part.ctx);
+        } else {
+            cudaSetDevice(c->device);
+        }
+        drain_frees(c);
+    }
+    ~stage_scope()
+    {
+        if (switched_)
+            pp_green_make_current(prev_);
+    }
+    stage_scope(const stage_scope &) = delete;
+    stage_scope &operator=(const stage_scope &) = delete;
+
+  private:
+    CUcontext prev_ = nullptr;
+    bool switched_ = false;
+};
 
 /* --- memory -------------------------------------------------------------- */
 
@@ -163,22 +218,25 @@ void *dev_alloc(cuda_stage *c, size_t bytes, int kind)
     return p;
 }
 
+/* release() may come from another stage's thread (the in-process transport
+ * frees the sender's message once the receiver has copied it): the pointer
+ * is queued and freed by the stage's next call, on its own thread and
+ * stream, so that two threads never use one stage's stream or green context
+ * at once. The accounting drops at once. */
 void dev_free(cuda_stage *c, void *p)
 {
     if (!p)
         return;
-    {
-        std::lock_guard<std::mutex> lk(c->mu);
-        for (size_t i = 0; i < c->allocs.size(); i++)
-            if (c->allocs[i].p == p) {
-                c->bytes[c->allocs[i].kind] -= c->allocs[i].bytes;
-                c->total -= c->allocs[i].bytes;
-                c->allocs[i] = c->allocs.back();
-                c->allocs.pop_back();
-                break;
-            }
-    }
-    ck(c, cudaFreeAsync(p, c->stream), "cudaFreeAsync");
+    std::lock_guard<std::mutex> lk(c->mu);
+    for (size_t i = 0; i < c->allocs.size(); i++)
+        if (c->allocs[i].p == p) {
+            c->bytes[c->allocs[i].kind] -= c->allocs[i].bytes;
+            c->total -= c->allocs[i].bytes;
+            c->allocs[i] = c->allocs.back();
+            c->allocs.pop_back();
+            break;
+        }
+    c->freed.push_back(p);
 }
 
 void reclassify(cuda_stage *c, void *p, int kind)
@@ -403,23 +461,30 @@ void stage_free(cuda_stage *c)
 {
     if (!c)
         return;
-    if (c->stream) {
-        bind(c);
-        cudaStreamSynchronize(c->stream);
-        /* Buffers still held by the caller are freed with the stage. */
-        std::vector<alloc_rec> left;
-        {
-            std::lock_guard<std::mutex> lk(c->mu);
-            left.swap(c->allocs);
+    {
+        stage_scope in(c); /* frees the queued releases too */
+        if (c->stream) {
+            cudaStreamSynchronize(c->stream);
+            /* Buffers still held by the caller are freed with the stage. */
+            std::vector<alloc_rec> left;
+            {
+                std::lock_guard<std::mutex> lk(c->mu);
+                left.swap(c->allocs);
+            }
+            for (auto &a : left)
+                cudaFreeAsync(a.p, c->stream);
+            cudaStreamSynchronize(c->stream);
         }
-        for (auto &a : left)
-            cudaFreeAsync(a.p, c->stream);
-        cudaStreamSynchronize(c->stream);
+        cudaEvent_t evs[] = {c->clk_origin, c->clk_mark[0], c->clk_mark[1]};
+        for (cudaEvent_t ev : evs)
+            if (ev)
+                cudaEventDestroy(ev);
+        if (c->blas)
+            cublasDestroy(c->blas);
+        if (c->stream && !c->part.green)
+            cudaStreamDestroy(c->stream);
     }
-    if (c->blas)
-        cublasDestroy(c->blas);
-    if (c->stream)
-        cudaStreamDestroy(c->stream);
+    pp_green_close(&c->part); /* its stream, then the green context back to the table */
     pp_gpt_stage_free(&c->g);
     delete c;
 }
@@ -472,6 +537,7 @@ int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement *at, vo
     c->math = math_from_env(&c->compute);
     build_layout(c);
 
+    bool partitioned = at && at->partition >= 0;
     const char *what = "cudaSetDevice";
     rc = cudaSetDevice(device);
     if (rc == cudaSuccess) {
@@ -482,15 +548,31 @@ int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement *at, vo
             unsigned long long keep = ~0ull;
             cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
         }
+        what = "cudaDeviceGetAttribute";
+        rc = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, device);
+    }
+    if (rc == cudaSuccess && !partitioned) {
         what = "cudaStreamCreateWithFlags";
         rc = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     }
     if (rc != cudaSuccess) {
+        cudaGetLastError();
         pp_errf(e, "--backend cuda: stage %d: %s: %s", s, what, cudaGetErrorString(rc));
         c->stream = nullptr;
         stage_free(c);
         return -1;
     }
+    if (partitioned) {
+        if (pp_green_open(device, at->partition, at->partitions, &c->part, e) < 0) {
+            pp_err_prefix(e, "--backend cuda: stage %d", s);
+            stage_free(c);
+            return -1;
+        }
+        c->stream = (cudaStream_t)c->part.stream;
+        c->sms = c->part.sms;
+    }
+    /* From here on (cuBLAS handle, events, buffers) inside the partition. */
+    stage_scope in(c);
     cublasStatus_t bs = cublasCreate(&c->blas);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         c->blas = nullptr;
@@ -500,6 +582,21 @@ int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement *at, vo
     }
     cublasSetStream(c->blas, c->stream);
     cublasSetPointerMode(c->blas, CUBLAS_POINTER_MODE_HOST);
+    /* cuBLAS picks its kernels for the SMs it sees, the whole device's,
+     * unless told how many the partition has. */
+    if (partitioned)
+        ckb(c, cublasSetSmCountTarget(c->blas, c->sms), "cublasSetSmCountTarget");
+    /* Default flags: timing enabled (the device clocks). */
+    what = "cudaEventCreate";
+    rc = cudaEventCreate(&c->clk_origin);
+    for (int i = 0; i < 2 && rc == cudaSuccess; i++)
+        rc = cudaEventCreate(&c->clk_mark[i]);
+    if (rc != cudaSuccess) {
+        cudaGetLastError();
+        pp_errf(e, "--backend cuda: stage %d: cudaEventCreate: %s", s, cudaGetErrorString(rc));
+        stage_free(c);
+        return -1;
+    }
 
     size_t np = c->g.nparams, NC = (size_t)c->N * c->C;
     int nt = c->g.ntensors;
@@ -576,7 +673,7 @@ size_t cuda_acts_bytes(void *stage)
 void *cuda_alloc(void *stage, size_t bytes)
 {
     cuda_stage *c = S(stage);
-    bind(c);
+    stage_scope in(c);
     int kind = MK_MSG;
     if (bytes == cuda_acts_bytes(stage))
         kind = MK_ACTS;
@@ -585,11 +682,10 @@ void *cuda_alloc(void *stage, size_t bytes)
     return dev_alloc(c, bytes, kind);
 }
 
+/* No CUDA call here: see dev_free. */
 void cuda_release(void *stage, void *p)
 {
-    cuda_stage *c = S(stage);
-    bind(c);
-    dev_free(c, p);
+    dev_free(S(stage), p);
 }
 
 /* Synchronous for the host: the transport hands the destination to another
@@ -597,7 +693,7 @@ void cuda_release(void *stage, void *p)
 void cuda_copy(void *stage, void *dst, const void *src, size_t bytes)
 {
     cuda_stage *c = S(stage);
-    bind(c);
+    stage_scope in(c);
     ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream), "copy");
     ck(c, cudaStreamSynchronize(c->stream), "copy");
 }
@@ -605,7 +701,7 @@ void cuda_copy(void *stage, void *dst, const void *src, size_t bytes)
 void cuda_to_host(void *stage, void *host, const void *dev, size_t bytes)
 {
     cuda_stage *c = S(stage);
-    bind(c);
+    stage_scope in(c);
     ck(c, cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, c->stream), "to_host");
     ck(c, cudaStreamSynchronize(c->stream), "to_host");
 }
@@ -613,7 +709,7 @@ void cuda_to_host(void *stage, void *host, const void *dev, size_t bytes)
 void cuda_from_host(void *stage, void *dev, const void *host, size_t bytes)
 {
     cuda_stage *c = S(stage);
-    bind(c);
+    stage_scope in(c);
     ck(c, cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, c->stream), "from_host");
     ck(c, cudaStreamSynchronize(c->stream), "from_host");
 }
@@ -708,7 +804,7 @@ int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_i
     const acts_layout &L = c->L;
     int N = c->N;
     size_t NC = (size_t)N * c->C;
-    bind(c);
+    stage_scope in(c);
     if (c->failed)
         return pp_errf(e, "%s", c->err);
     if (g->is_first && check_ids(tokens, N, c->V, "token", e) != 0)
@@ -800,7 +896,7 @@ void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx
     const acts_layout &L = c->L;
     int N = c->N, nb = g->nblocks;
     size_t NC = (size_t)N * c->C;
-    bind(c);
+    stage_scope in(c);
     if (g->is_last) {
         k_xent_backward(F(acts, L.logits), I(acts, L.targets), N, c->V, loss_scale / N,
                         c->stream);
@@ -833,7 +929,7 @@ void cuda_backward_weight(void *stage, void *acts, void *gradv)
     const acts_layout &L = c->L;
     float *grad = (float *)gradv;
     int C = c->C, nb = g->nblocks;
-    bind(c);
+    stage_scope in(c);
     reclassify(c, gradv, MK_GRADS);
     if (g->is_last) {
         linear_backward_weight(c, grad + g->head_w, nullptr, F(acts, L.logits), F(acts, L.lnf),
@@ -874,7 +970,7 @@ void cuda_optimizer_step(void *stage, void *w, void *grad, float lr)
 {
     cuda_stage *c = S(stage);
     size_t np = c->g.nparams;
-    bind(c);
+    stage_scope in(c);
     reclassify(c, grad, MK_GRADS);
     c->t++;
     /* Bias corrections as adamw.c computes them: in double, then float. */
@@ -900,7 +996,7 @@ void cuda_opt_state_get(void *stage, void *host)
     cuda_stage *c = S(stage);
     size_t n = c->g.nparams * sizeof(float);
     double t = (double)c->t;
-    bind(c);
+    stage_scope in(c);
     ck(c, cudaMemcpyAsync(host, c->m, n, cudaMemcpyDeviceToHost, c->stream), "opt_state_get");
     ck(c, cudaMemcpyAsync((char *)host + n, c->v, n, cudaMemcpyDeviceToHost, c->stream),
        "opt_state_get");
@@ -913,7 +1009,7 @@ void cuda_opt_state_put(void *stage, const void *host)
     cuda_stage *c = S(stage);
     size_t n = c->g.nparams * sizeof(float);
     double t;
-    bind(c);
+    stage_scope in(c);
     ck(c, cudaMemcpyAsync(c->m, host, n, cudaMemcpyHostToDevice, c->stream), "opt_state_put");
     ck(c, cudaMemcpyAsync(c->v, (const char *)host + n, n, cudaMemcpyHostToDevice, c->stream),
        "opt_state_put");
@@ -925,8 +1021,47 @@ void cuda_opt_state_put(void *stage, const void *host)
 void cuda_sync(void *stage)
 {
     cuda_stage *c = S(stage);
-    bind(c);
+    stage_scope in(c);
     ck(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+}
+
+/* --- device clocks ---------------------------------------------------------------- */
+
+/* The clocks are a measurement, not part of the computation: a failure
+ * shows as clock_read < 0 (the runtime then keeps the host's times) and
+ * its error is cleared so that the next launch check does not take it for
+ * the stage's own. */
+void cuda_clock_origin(void *stage)
+{
+    cuda_stage *c = S(stage);
+    stage_scope in(c);
+    if (cudaEventRecord(c->clk_origin, c->stream) != cudaSuccess ||
+        cudaEventSynchronize(c->clk_origin) != cudaSuccess)
+        cudaGetLastError();
+}
+
+void cuda_clock_mark(void *stage, int slot)
+{
+    cuda_stage *c = S(stage);
+    if (slot < 0 || slot > 1)
+        return;
+    stage_scope in(c);
+    if (cudaEventRecord(c->clk_mark[slot], c->stream) != cudaSuccess)
+        cudaGetLastError();
+}
+
+double cuda_clock_read(void *stage, int slot)
+{
+    cuda_stage *c = S(stage);
+    if (slot < 0 || slot > 1)
+        return -1.0;
+    stage_scope in(c);
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, c->clk_origin, c->clk_mark[slot]) != cudaSuccess) {
+        cudaGetLastError();
+        return -1.0;
+    }
+    return ms / 1000.0;
 }
 
 } // namespace
@@ -955,9 +1090,9 @@ const pp_backend_ops pp_backend_cuda = {
     cuda_opt_state_get,
     cuda_opt_state_put,
     cuda_sync,
-    nullptr, /* clock_origin */
-    nullptr, /* clock_mark */
-    nullptr, /* clock_read */
+    cuda_clock_origin,
+    cuda_clock_mark,
+    cuda_clock_read,
 };
 
 int pp_cuda_available(pp_err *e)
@@ -996,6 +1131,20 @@ void *pp_cuda_stage_stream(void *stage)
 int pp_cuda_stage_device(void *stage)
 {
     return S(stage)->device;
+}
+
+int pp_cuda_stage_sms(void *stage)
+{
+    return S(stage)->sms;
+}
+
+void pp_cuda_stage_bind(void *stage)
+{
+    cuda_stage *c = S(stage);
+    if (c->part.ctx)
+        pp_green_make_current(c->part.ctx);
+    else
+        cudaSetDevice(c->device);
 }
 
 const char *pp_cuda_stage_math(void *stage)

@@ -12,7 +12,9 @@
  *   bf16            bf16 tensor cores (operands rounded to bf16 inside
  *                   cuBLAS), fp32 accumulation, fp32 master weights
  * Everything of a stage runs on its own non-blocking stream with its own
- * cuBLAS handle and workspace; `sync` waits for that stream only. */
+ * cuBLAS handle and workspace; `sync` waits for that stream only. A stage
+ * placed on an SM partition runs all of it inside a CUDA green context of
+ * that partition (at least 8 SMs, a multiple of 8, on Hopper). */
 #ifndef PP_CUDA_BACKEND_H
 #define PP_CUDA_BACKEND_H
 
@@ -49,6 +51,17 @@ void pp_cuda_stage_memory(void *stage, pp_cuda_memory *out);
  * own work in the stage's order (the NCCL transport). */
 void *pp_cuda_stage_stream(void *stage);
 int pp_cuda_stage_device(void *stage);
+
+/* Makes the stage's device current on the calling thread, or, for a stage
+ * on an SM partition, its green context (cuCtxSetCurrent), and leaves it
+ * so: for code that launches its own work on pp_cuda_stage_stream. Call it
+ * from the thread that drives the stage only: a green context may be
+ * current to one thread at a time. */
+void pp_cuda_stage_bind(void *stage);
+
+/* SMs the stage may use: its partition's (pp_placement.partition >= 0), or
+ * the whole device's multiprocessor count. */
+int pp_cuda_stage_sms(void *stage);
 
 /* "fp32", "tf32" or "bf16": the matrix-product arithmetic of the stage. */
 const char *pp_cuda_stage_math(void *stage);
