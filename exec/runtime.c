@@ -746,7 +746,7 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
          * to couple the stages more tightly than the schedule does */
         int capacity = c->ir->info.microbatches_per_step + r.P;
         rc = bks ? pp_transport_inproc_create(r.P, capacity, c->timeout_s > 0 ? c->timeout_s : 600,
-                                              c->backend, bks, &r.tr, e)
+                                              c->link_s, c->backend, bks, &r.tr, e)
                  : pp_errf(e, "out of memory");
         free(bks);
     }

@@ -52,6 +52,7 @@ typedef struct {
     int eval_every;              /* evaluate after every k-th update; 0 = at the end only */
     int eval_batches;            /* validation batches per evaluation */
     double timeout_s;            /* a stage waiting longer than this fails the run */
+    double link_s;               /* in-process transport: seconds per message on a link */
     pp_timeline *timeline;       /* measured actions (optional), seconds */
     void (*on_step)(void *ctx, const pp_step_record *r);
     void *on_step_ctx;

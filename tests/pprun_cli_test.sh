@@ -61,6 +61,17 @@ def shard(name, magic=20240520, version=1, tokens=range(200), count=None):
 shard("magic.bin", magic=1234)
 shard("vocab.bin", tokens=[(7 * i) % 300 for i in range(200)])
 PY
+# --- the modelled link: 20 ms per message dominates the tiny model; the
+# simulator, fed the run's op times and the same link, predicts the step
+"$PPRUN" --schedule 1f1b-flush --stages 2 --microbatches 4 --steps 4 "${small[@]}" --data "$DATA" \
+    --comm-latency 0.02 >"$tmp/link.out" 2>"$tmp/link.err" || bad "link model run: $(cat "$tmp/link.err")"
+line=$(grep '^PREDICTION' "$tmp/link.out")
+step=$(sed -n 's/.* measured_step_s=\([^ ]*\).*/\1/p' <<<"$line")
+err=$(sed -n 's/.* error=\([^ ]*\).*/\1/p' <<<"$line")
+# per step the critical path crosses the link at least twice per micro-batch on the way
+awk -v s="$step" 'BEGIN { exit !(s >= 0.08) }' && ok || bad "link model: measured step $step s, expected >= 0.08"
+awk -v x="$err" 'BEGIN { exit !(x < 0.1 && x > -0.1) }' && ok || bad "link model: prediction error $err"
+
 expect_error 'missing.txt' "${common[@]/$DATA/$tmp/missing.txt}"
 expect_error 'empty.txt' "${common[@]/$DATA/$tmp/empty.txt}"
 expect_error 'short.txt' "${common[@]/$DATA/$tmp/short.txt}"
@@ -75,6 +86,9 @@ expect_error 'another schedule' --schedule 1f1b-flush --stages 2 --microbatches 
 expect_error 'unknown option' "${common[@]}" --frobnicate
 expect_error '--lr' "${common[@]}" --lr abc
 expect_error 'simulator options' "${common[@]}" --fwd 2
+RANK=1 WORLD_SIZE=2 expect_error 'multi-process run has real links' "${common[@]}" \
+    --comm-latency 0.01 --rendezvous tcp://127.0.0.1:1
+
 expect_error "give one of --data" --schedule paci --stages 2 "${small[@]}"
 if [ -z "${PPSCHED_HAVE_CUDA:-}" ]; then expect_error 'cuda' "${common[@]}" --backend cuda; fi
 

@@ -48,6 +48,9 @@ static const char usage[] =
     "  --sm-partitions on|off  stages sharing a GPU each get their own SMs (green\n"
     "                          contexts; default on)\n"
     "  --timeout S             a stage waiting longer fails the run (default 600)\n"
+    "  --comm-latency S        model the link between stages of one process: every\n"
+    "  --comm-bandwidth B/S    message waits S seconds plus its bytes over B/S bytes\n"
+    "                          per second, one at a time per link (as ppsim does)\n"
     "multi-process runs (one process per stage; rank and world size from mpirun,\n"
     "srun or RANK/WORLD_SIZE):\n"
     "  --rendezvous SPEC       tcp://HOST:PORT (rank 0's host), file:DIR (shared\n"
@@ -197,12 +200,13 @@ static void on_step(void *ctx, const pp_step_record *r)
 }
 
 /* Measured mean op durations per stage: the simulator's cost model. */
-static int profile_from_timeline(const pp_timeline *tl, pp_cost *c, pp_err *e)
+static int profile_from_timeline(const pp_timeline *tl, double link_s, pp_cost *c, pp_err *e)
 {
     int P = tl->info.stages;
     if (pp_cost_init(c, P, e) < 0)
         return -1;
     snprintf(c->unit, sizeof c->unit, "s");
+    c->comm_latency = link_s; /* the modelled link, when there is one */
     for (int s = 0; s < P; s++) {
         double sum[PP_OP_COUNT] = {0};
         int n[PP_OP_COUNT] = {0};
@@ -224,10 +228,10 @@ static int profile_from_timeline(const pp_timeline *tl, pp_cost *c, pp_err *e)
     return 0;
 }
 
-static int save_profile(const char *path, const pp_timeline *tl, pp_err *e)
+static int save_profile(const char *path, const pp_timeline *tl, double link_s, pp_err *e)
 {
     pp_cost c;
-    if (profile_from_timeline(tl, &c, e) < 0)
+    if (profile_from_timeline(tl, link_s, &c, e) < 0)
         return -1;
     int rc = pp_cost_save_profile(&c, path, e);
     pp_cost_free(&c);
@@ -237,13 +241,13 @@ static int save_profile(const char *path, const pp_timeline *tl, pp_err *e)
 /* What the simulator predicts for this very IR from this run's own op
  * times (exactly what `ppsim run --profile` computes from the saved
  * profile), printed against the measured figures. */
-static int print_prediction(const pp_schedule *ir, const pp_timeline *tl, const pp_metrics *met,
-                            const pp_model_desc *m, pp_err *e)
+static int print_prediction(const pp_schedule *ir, const pp_timeline *tl, double link_s,
+                            const pp_metrics *met, const pp_model_desc *m, pp_err *e)
 {
     pp_cost cost;
     pp_stream *st = NULL;
     pp_metrics pred;
-    if (profile_from_timeline(tl, &cost, e) < 0)
+    if (profile_from_timeline(tl, link_s, &cost, e) < 0)
         return -1;
     pp_sim_config cfg = {&cost, m, 0, NULL};
     int rc = pp_stream_from_schedule(ir, &st, e);
@@ -421,11 +425,11 @@ static int open_outputs(const pprun_opts *o, run_ctx *c, pp_atomic_file *logf, p
     return 0;
 }
 
-static int write_outputs(const pprun_opts *o, const pp_timeline *tl, pp_err *e)
+static int write_outputs(const pprun_opts *o, const pp_timeline *tl, double link_s, pp_err *e)
 {
     if (pp_cli_write_timeline(tl, o->trace, o->svg, o->versions, e) < 0)
         return -1;
-    if (o->profile && save_profile(o->profile, tl, e) < 0)
+    if (o->profile && save_profile(o->profile, tl, link_s, e) < 0)
         return -1;
     return 0;
 }
@@ -633,9 +637,8 @@ int main(int argc, char **argv)
     if (parse(&o, argc, argv, &e) < 0)
         return fail(EXIT_BAD_INPUT, &e);
     o.profile = o.cli.profile; /* for pprun, --profile is an output */
-    if (o.cli.fwd || o.cli.bwd || o.cli.opt || o.cli.straggler || o.cli.jitter > 0 ||
-        o.cli.comm_latency > 0 || o.cli.comm_bandwidth > 0) {
-        pp_errf(&e, "--fwd/--bwd/--opt/--jitter/--straggler/--comm-* are simulator options; "
+    if (o.cli.fwd || o.cli.bwd || o.cli.opt || o.cli.straggler || o.cli.jitter > 0) {
+        pp_errf(&e, "--fwd/--bwd/--opt/--jitter/--straggler are simulator options; "
                     "pprun measures");
         return fail(EXIT_BAD_INPUT, &e);
     }
@@ -697,6 +700,15 @@ int main(int argc, char **argv)
     pp_run_config cfg;
     set_run_config(&cfg, &o, &ir, &m, backend, &c);
     cfg.placement = placement;
+    /* the modelled link: latency plus one fp32 boundary tensor over the bandwidth */
+    cfg.link_s = o.cli.comm_latency;
+    if (o.cli.comm_bandwidth > 0)
+        cfg.link_s += (double)m.micro_batch * m.seq_len * m.dim * 4 / o.cli.comm_bandwidth;
+    if (multi && cfg.link_s > 0) {
+        pp_errf(&e, "--comm-latency/--comm-bandwidth model the link between stages of one "
+                    "process; a multi-process run has real links");
+        goto out;
+    }
     cfg.timeline = &tl;
     cfg.cuts = cuts;
     cfg.ncuts = ncuts;
@@ -772,7 +784,7 @@ int main(int argc, char **argv)
     int whole = !o.resume && stop_cut < 0;
     if (whole && pp_metrics_from_timeline(&tl, &m, 0, &tl, &met, &e) < 0)
         goto out;
-    if (write_outputs(&o, &tl, &e) < 0) {
+    if (write_outputs(&o, &tl, cfg.link_s, &e) < 0) {
         if (whole)
             pp_metrics_free(&met);
         goto out;
@@ -783,7 +795,7 @@ int main(int argc, char **argv)
                sum.tokens - tokens0, sum.elapsed_s);
     } else {
         print_summary(&met, &sum, val_loss, &m);
-        int prc = print_prediction(&ir, &tl, &met, &m, &e);
+        int prc = print_prediction(&ir, &tl, cfg.link_s, &met, &m, &e);
         pp_metrics_free(&met);
         if (prc < 0)
             goto out;
