@@ -650,6 +650,24 @@ static int create_stages(run *r, void ***eval_stages, pp_err *e)
     return 0;
 }
 
+static int keep_final_weights(run *r, pp_run_result *res, pp_err *e)
+{
+    res->nstages = r->P;
+    res->final_weights = calloc((size_t)r->P, sizeof *res->final_weights);
+    res->final_weight_bytes = calloc((size_t)r->P, sizeof *res->final_weight_bytes);
+    if (!res->final_weights || !res->final_weight_bytes)
+        return pp_errf(e, "out of memory");
+    for (int s = r->lo; s < r->lo + r->nloc; s++) {
+        stage_rt *st = &r->st[s];
+        if (!(res->final_weights[s] = malloc(st->ws.bytes)))
+            return pp_errf(e, "out of memory for the final weights");
+        r->cfg->backend->to_host(st->bk, res->final_weights[s],
+                                 pp_weights_get(&st->ws, st->ws.current), st->ws.bytes);
+        res->final_weight_bytes[s] = st->ws.bytes;
+    }
+    return 0;
+}
+
 static int final_evaluation(run *r, void **eval_stages, pp_run_result *res, pp_err *e)
 {
     const pp_run_config *c = r->cfg;
@@ -782,6 +800,8 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         }
     if (rc == 0)
         rc = collect(&r, res, e);
+    if (rc == 0 && c->keep_final_weights)
+        rc = keep_final_weights(&r, res, e);
     res->final_val_loss = NAN;
     if (rc == 0 && evaluates(&r))
         rc = final_evaluation(&r, eval_stages, res, e);
@@ -820,4 +840,10 @@ void pp_run_result_free(pp_run_result *r)
 {
     free(r->step_loss);
     r->step_loss = NULL;
+    for (int s = 0; r->final_weights && r->final_weight_bytes && s < r->nstages; s++)
+        free(r->final_weights[s]);
+    free(r->final_weights);
+    free(r->final_weight_bytes);
+    r->final_weights = NULL;
+    r->final_weight_bytes = NULL;
 }

@@ -74,6 +74,9 @@ typedef struct {
     void **resume_blobs;
     size_t *resume_sizes;
     double resume_tokens;
+    /* Hand back host copies of the local stages' final weights (for an
+     * evaluation elsewhere: a multi-process run's rank 0). */
+    int keep_final_weights;
 } pp_run_config;
 
 typedef struct {
@@ -81,6 +84,9 @@ typedef struct {
     double *step_loss;           /* [steps], caller frees */
     double final_val_loss;       /* after the last update (if val_batch) */
     double elapsed_s, tokens;
+    int nstages;                 /* P, with final_weights */
+    void **final_weights;        /* [P] with keep_final_weights: local stages', else NULL */
+    size_t *final_weight_bytes;  /* [P] */
 } pp_run_result;
 
 /* CLOCK_MONOTONIC in seconds: the clock of the measured timelines. */

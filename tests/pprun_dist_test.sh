@@ -51,6 +51,10 @@ for sched in 1f1b-flush paci; do
     if [ -s "$tmp/tcp-$sched.jsonl" ] &&
         diff <(losses "$tmp/one-$sched.jsonl") <(losses "$tmp/tcp-$sched.jsonl") >/dev/null; then ok
     else bad "$sched: multi-process losses differ from the one-process run"; fi
+    # the same final model: rank 0 gathers the stages and evaluates it
+    vl() { grep -o '"final": true.*"val_loss": [0-9.]*' "$1" | grep -o '"val_loss": [0-9.]*'; }
+    if [ -n "$(vl "$tmp/tcp-$sched.jsonl")" ] && [ "$(vl "$tmp/one-$sched.jsonl")" = "$(vl "$tmp/tcp-$sched.jsonl")" ]; then ok
+    else bad "$sched: final validation loss $(vl "$tmp/tcp-$sched.jsonl"), one process: $(vl "$tmp/one-$sched.jsonl")"; fi
     # the same weight versions for every micro-batch and stage (the times differ)
     if [ -s "$tmp/tcp-$sched.csv" ] &&
         diff <(cut -d, -f1-5 "$tmp/one-$sched.csv") <(cut -d, -f1-5 "$tmp/tcp-$sched.csv") >/dev/null; then ok
@@ -128,6 +132,7 @@ expect2 "give --rendezvous" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[
 expect2 "--transport nccl" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}" --transport nccl --rendezvous tcp://127.0.0.1:1
 expect2 "--transport: expected tcp or nccl" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}" --transport udp --rendezvous tcp://127.0.0.1:1
 expect2 "not available in multi-process" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}" --checkpoint "$tmp/ck" --stop-after 2 --rendezvous tcp://127.0.0.1:1
+expect2 "--eval-every: multi-process runs" RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}" --eval-every 2 --rendezvous tcp://127.0.0.1:1
 expect2 "WORLD_SIZE=4" RANK=7 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}"
 expect2 "--devices: only with --backend cuda" "$PPRUN" --schedule paci "${run[@]}" --devices 0
 expect2 "--sm-partitions: expected on or off" "$PPRUN" --schedule paci "${run[@]}" --sm-partitions maybe

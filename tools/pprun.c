@@ -349,6 +349,9 @@ static int dist_check(const pprun_opts *o, const pp_schedule *ir, const pp_backe
                        d->env.world, d->env.source, P);
     if (o->checkpoint || o->resume)
         return pp_errf(e, "--checkpoint/--resume: not available in multi-process runs yet");
+    if (o->eval_every)
+        return pp_errf(e, "--eval-every: multi-process runs evaluate the final model only "
+                          "(rank 0 gathers the stages at the end)");
     const char *tr = o->transport ? o->transport : !strcmp(b->name, "cuda") ? "nccl" : "tcp";
     if (strcmp(tr, "tcp") && strcmp(tr, "nccl"))
         return pp_errf(e, "--transport: expected tcp or nccl, not \"%s\"", tr);
@@ -388,6 +391,64 @@ static int dist_connect(const pprun_opts *o, const pp_schedule *ir, const char *
 #else
     return -1;
 #endif
+}
+
+static int evaluate_on_rank0(const pp_run_config *cfg, void **w, size_t *sizes, double *loss,
+                             pp_err *e);
+
+/* The validation loss of a multi-process run: rank 0 collects every
+ * stage's final weights and evaluates the whole model on its own device. */
+static int dist_evaluate(dist_ctx *d, const pp_run_config *cfg, const pp_run_result *res,
+                         double *loss, pp_err *e)
+{
+    int r = d->env.rank;
+    void **w;
+    size_t *sizes;
+    if (pp_store_gather(d->store, res->final_weights[r], res->final_weight_bytes[r], &w, &sizes,
+                        e) < 0)
+        return -1;
+    int rc = 0;
+    if (r == 0)
+        rc = evaluate_on_rank0(cfg, w, sizes, loss, e);
+    pp_store_free_gathered(d->store, w, sizes);
+    /* the last stage's process writes the log: everyone learns the loss */
+    struct {
+        double loss;
+        int32_t ok, pad;
+    } verdict = {rc == 0 ? *loss : NAN, rc == 0, 0};
+    if (pp_store_bcast(d->store, &verdict, sizeof verdict, rc < 0 ? &(pp_err){{0}} : e) < 0 &&
+        rc == 0)
+        rc = -1;
+    if (rc == 0 && !verdict.ok)
+        rc = pp_errf(e, "rank 0 could not evaluate the final model (see its message)");
+    if (rc == 0)
+        *loss = verdict.loss;
+    return rc;
+}
+
+static int evaluate_on_rank0(const pp_run_config *cfg, void **w, size_t *sizes, double *loss,
+                             pp_err *e)
+{
+    int P = cfg->ir->info.stages;
+    const pp_backend_ops *b = cfg->backend;
+    const pp_placement *at = cfg->placement ? &cfg->placement[0] : NULL;
+    void **stages = calloc((size_t)P, sizeof *stages);
+    int rc = stages ? 0 : pp_errf(e, "out of memory");
+    for (int s = 0; rc == 0 && s < P; s++) {
+        if (b->create(&cfg->model, P, s, at, &stages[s], e) < 0)
+            rc = pp_err_prefix(e, "evaluating the final model, stage %d", s);
+        else if (sizes[s] != b->nparams(stages[s]) * sizeof(float))
+            rc = pp_errf(e, "rank %d sent %zu bytes of weights for stage %d, expected %zu", s,
+                         sizes[s], s, b->nparams(stages[s]) * sizeof(float));
+    }
+    if (rc == 0)
+        rc = pp_evaluate(b, &cfg->model, P, stages, w, cfg->val_batch, cfg->data,
+                         cfg->eval_batches, loss, e);
+    for (int s = 0; stages && s < P; s++)
+        if (stages[s])
+            b->destroy(stages[s]);
+    free(stages);
+    return rc;
 }
 
 static void dist_teardown(dist_ctx *d)
@@ -586,8 +647,7 @@ static void print_summary(const pp_metrics *met, const pp_dist_summary *sum, dou
         printf("final training loss %.4f, validation loss %.4f (nats; uniform over %d symbols: "
                "%.4f)\n", sum->last_loss, val_loss, m->vocab, log((double)m->vocab));
     else if (sum->steps > 0)
-        printf("final training loss %.4f (nats; uniform over %d symbols: %.4f); no validation "
-               "loss: a multi-process run has no process with the whole model\n",
+        printf("final training loss %.4f (nats; uniform over %d symbols: %.4f)\n",
                sum->last_loss, m->vocab, log((double)m->vocab));
 }
 
@@ -740,6 +800,7 @@ int main(int argc, char **argv)
         cfg.local_first = dist.env.rank;
         cfg.local_count = 1;
         cfg.transport = dist.tr;
+        cfg.keep_final_weights = 1;
     }
     pp_run_result res;
     if (pp_run(&cfg, &res, &e) < 0) {
@@ -756,6 +817,11 @@ int main(int argc, char **argv)
                            res.steps ? res.step_loss[res.steps - 1] : NAN, res.tokens,
                            res.elapsed_s};
     double val_loss = res.final_val_loss;
+    if (multi && dist_evaluate(&dist, &cfg, &res, &val_loss, &e) < 0) {
+        pp_run_result_free(&res);
+        rc = EXIT_RUNTIME;
+        goto out;
+    }
     pp_run_result_free(&res);
     if (c.log) {
         fprintf(c.log, "{\"final\": true, \"steps\": %d", sum.steps);
