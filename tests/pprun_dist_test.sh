@@ -73,6 +73,21 @@ else bad "paci over a file rendezvous: $(cat "$tmp"/file.*.err)"; fi
 diff <(losses "$tmp/one-paci.jsonl") <(losses "$tmp/file.jsonl") >/dev/null && ok || bad "file rendezvous: losses differ"
 [ ! -e "$tmp/rdzv" ] && ok || bad "the rendezvous directory was not cleaned up"
 
+# mpirun (Open MPI) with a build that has MPI: the default rendezvous is mpi
+if command -v mpirun >/dev/null && mpirun --version 2>/dev/null | grep -q "Open MPI"; then
+    if timeout 120 mpirun --allow-run-as-root --oversubscribe -np $P "$PPRUN" --schedule paci \
+        "${run[@]}" --log "$tmp/mpi.jsonl" >"$tmp/mpi.out" 2>"$tmp/mpi.err"; then
+        diff <(losses "$tmp/one-paci.jsonl") <(losses "$tmp/mpi.jsonl") >/dev/null && ok \
+            || bad "mpirun: losses differ from the one-process run"
+    elif grep -q "this build has no MPI\|give --rendezvous" "$tmp/mpi.err"; then
+        echo "skipped: mpirun present but pprun was built without MPI"
+    else
+        bad "mpirun -np $P: $(tail -3 "$tmp/mpi.err")"
+    fi
+else
+    echo "skipped: no Open MPI mpirun (install openmpi-bin libopenmpi-dev and rebuild to test it)"
+fi
+
 # a rank that never comes: everyone stops within the timeout, rank 0 names it
 p=$(port)
 start=$(date +%s)
