@@ -694,7 +694,9 @@ void cuda_copy(void *stage, void *dst, const void *src, size_t bytes)
 {
     cuda_stage *c = S(stage);
     stage_scope in(c);
-    ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream), "copy");
+    /* cudaMemcpyDefault: with --devices 0,1,... the neighbour's buffer may
+     * live on another GPU (unified addressing finds it) */
+    ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->stream), "copy");
     ck(c, cudaStreamSynchronize(c->stream), "copy");
 }
 
