@@ -11,6 +11,7 @@
 
 #include "dist.h"
 #include "net.h"
+#include "placement.h"
 #include "store.h"
 
 #define WORLD 3
@@ -248,6 +249,52 @@ START_TEST(test_env_rendezvous)
 }
 END_TEST
 
+START_TEST(test_placement)
+{
+    pp_err e;
+    pp_placement *p;
+    /* one GPU, eight stages: eight partitions of it */
+    ck_assert_int_eq(pp_placement_plan("0", 8, -1, 1, &p, &e), 0);
+    for (int s = 0; s < 8; s++) {
+        ck_assert_int_eq(p[s].device, 0);
+        ck_assert_int_eq(p[s].partition, s);
+        ck_assert_int_eq(p[s].partitions, 8);
+    }
+    free(p);
+    /* the default is GPU 0; without partitions the stages share it whole */
+    ck_assert_int_eq(pp_placement_plan(NULL, 4, -1, 0, &p, &e), 0);
+    for (int s = 0; s < 4; s++)
+        ck_assert(p[s].device == 0 && p[s].partition == -1);
+    free(p);
+    /* two GPUs, six stages: 0-2 on GPU 2 and 3-5 on GPU 5, three partitions each */
+    ck_assert_int_eq(pp_placement_plan("2,5", 6, -1, 1, &p, &e), 0);
+    int want_dev[] = {2, 2, 2, 5, 5, 5}, want_part[] = {0, 1, 2, 0, 1, 2};
+    for (int s = 0; s < 6; s++) {
+        ck_assert_int_eq(p[s].device, want_dev[s]);
+        ck_assert_int_eq(p[s].partition, want_part[s]);
+        ck_assert_int_eq(p[s].partitions, 3);
+    }
+    free(p);
+    /* as many GPUs as stages: whole GPUs */
+    ck_assert_int_eq(pp_placement_plan("0,1,2,3", 4, -1, 1, &p, &e), 0);
+    for (int s = 0; s < 4; s++)
+        ck_assert(p[s].device == s && p[s].partition == -1);
+    free(p);
+    /* one process per stage: the local rank's GPU, whole */
+    ck_assert_int_eq(pp_placement_plan(NULL, 8, 3, 1, &p, &e), 0);
+    ck_assert(p[3].device == 3 && p[3].partition == -1);
+    free(p);
+    ck_assert_int_eq(pp_placement_plan("4,5", 8, 3, 1, &p, &e), 0);
+    ck_assert(p[3].device == 5 && p[3].partition == -1);
+    free(p);
+    const char *bad[] = {"", "x", "0,", "0,,1", "-1", "0;1", "2000"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_lt(pp_placement_plan(bad[i], 4, -1, 1, &p, &e), 0);
+        ck_assert_msg(strstr(e.msg, "--devices"), "%s: %s", bad[i], e.msg);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("dist");
@@ -260,6 +307,7 @@ int main(void)
     tcase_add_test(tc, test_store_bad_specs);
     tcase_add_test(tc, test_env_detect);
     tcase_add_test(tc, test_env_rendezvous);
+    tcase_add_test(tc, test_placement);
     suite_add_tcase(s, tc);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);

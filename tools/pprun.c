@@ -15,6 +15,7 @@
 #include "dist.h"
 #include "engine.h"
 #include "metrics.h"
+#include "placement.h"
 #include "report.h"
 #include "runtime.h"
 #include "store.h"
@@ -279,10 +280,7 @@ static int print_prediction(const pp_schedule *ir, const pp_timeline *tl, double
     return 0;
 }
 
-/* Stage -> GPU (and SM partition). One process: stages are spread over the
- * --devices list in order, and stages that share a GPU split its SMs
- * (unless --sm-partitions off). One process per stage: the local rank's
- * entry of --devices, or GPU number local rank. NULL for the CPU. */
+/* Stage -> GPU (and SM partition) for the cuda backend; NULL for the CPU. */
 static int plan_placement(const pprun_opts *o, const pp_backend_ops *b, int P,
                           const pp_dist_env *d, pp_placement **out, pp_err *e)
 {
@@ -295,40 +293,7 @@ static int plan_placement(const pprun_opts *o, const pp_backend_ops *b, int P,
             return pp_errf(e, "--devices: only with --backend cuda");
         return 0;
     }
-    int devs[256], k = 0;
-    const char *p = o->devices;
-    while (p && *p) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > 1023 || (*end && *end != ',') || k == 256)
-            return pp_errf(e, "--devices \"%s\": expected GPU ids like 0 or 0,1,2,3", o->devices);
-        devs[k++] = (int)v;
-        p = *end ? end + 1 : end;
-    }
-    pp_placement *pl = calloc((size_t)P, sizeof *pl);
-    if (!pl)
-        return pp_errf(e, "out of memory");
-    for (int s = 0; s < P; s++) {
-        pl[s].partition = -1;
-        if (d->world > 1)
-            pl[s].device = k ? devs[d->local_rank % k] : d->local_rank;
-        else
-            pl[s].device = k ? devs[(long)s * k / P] : 0;
-    }
-    for (int s = 0; partition && d->world == 1 && s < P; s++) {
-        int before = 0, sharing = 0;
-        for (int t = 0; t < P; t++)
-            if (pl[t].device == pl[s].device) {
-                sharing++;
-                before += t < s;
-            }
-        if (sharing > 1) {
-            pl[s].partition = before;
-            pl[s].partitions = sharing;
-        }
-    }
-    *out = pl;
-    return 0;
+    return pp_placement_plan(o->devices, P, d->world > 1 ? d->local_rank : -1, partition, out, e);
 }
 
 /* A multi-process run: the rendezvous, then the transport to the other
