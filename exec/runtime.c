@@ -294,6 +294,13 @@ static int receive_input(stage_rt *s, const pp_action *a, pp_err *e)
     return 0;
 }
 
+/* The device clock's origin, now, on the host's time line. */
+static void clock_restart(stage_rt *s)
+{
+    s->r->cfg->backend->clock_origin(s->bk);
+    s->clock0 = pp_now_s() - s->r->t0;
+}
+
 static int run_action(stage_rt *s, size_t idx, pp_err *e)
 {
     const pp_action *a = &s->r->cfg->ir->stage[s->s].items[idx];
@@ -348,6 +355,10 @@ static int run_action(stage_rt *s, size_t idx, pp_err *e)
             ta.start = s->clock0 + t0;
             ta.end = s->clock0 + t1;
         }
+        /* event times are float milliseconds from the origin: a recent
+         * origin keeps them to microseconds */
+        if (t1 > 10.0)
+            clock_restart(s);
     }
     if (s->log.count == s->log.cap) {
         size_t cap = s->log.cap ? s->log.cap * 2 : 256;
@@ -382,11 +393,8 @@ static void *stage_main(void *arg)
 {
     stage_rt *s = arg;
     const pp_action_list *l = &s->r->cfg->ir->stage[s->s];
-    const pp_backend_ops *b = s->r->cfg->backend;
-    if (b->clock_origin) {
-        b->clock_origin(s->bk);
-        s->clock0 = pp_now_s() - s->r->t0;
-    }
+    if (s->r->cfg->backend->clock_origin)
+        clock_restart(s);
     int rc = pp_stage_resend(s, &s->err);
     for (size_t i = s->start_pos; rc == 0 && i < l->count; i++)
         rc = step(s, i, &s->err);
