@@ -325,6 +325,62 @@ START_TEST(resume_is_bit_identical)
 }
 END_TEST
 
+/* A backend whose "device clock" says every action took exactly 0.25 s,
+ * one action per simulated second: the runtime must put those times, not
+ * the host's, on the timeline, and renew the origin before event times
+ * grow large (every 10 s). One stage, so the counters need no lock. */
+static int fake_origins, fake_marks;
+
+static void fake_clock_origin(void *stage)
+{
+    (void)stage;
+    fake_origins++;
+    fake_marks = 0;
+}
+
+static void fake_clock_mark(void *stage, int slot)
+{
+    (void)stage;
+    fake_marks += slot == 1;
+}
+
+static double fake_clock_read(void *stage, int slot)
+{
+    (void)stage;
+    return fake_marks - 1 + (slot ? 0.25 : 0.0);
+}
+
+START_TEST(device_clock_times_the_actions)
+{
+    pp_backend_ops clocked = pp_backend_cpu;
+    clocked.clock_origin = fake_clock_origin;
+    clocked.clock_mark = fake_clock_mark;
+    clocked.clock_read = fake_clock_read;
+    pp_model_desc md = small_model();
+    pp_schedule ir = make_ir("1f1b-flush", 1, 4, 6);
+    pp_run_config c = base_config(&ir, &md);
+    c.backend = &clocked;
+    pp_timeline tl;
+    pp_err e;
+    ck_assert(pp_timeline_init(&tl, &ir.info, &e) == 0);
+    c.timeline = &tl;
+    pp_run_result r;
+    fake_origins = 0;
+    ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s", e.msg);
+    size_t n = tl.stage[0].count;
+    ck_assert_uint_eq(n, 6 * (4 * 2 + 1));
+    for (size_t i = 0; i < n; i++) {
+        const pp_timed_action *a = &tl.stage[0].items[i];
+        ck_assert_double_eq_tol(a->end - a->start, 0.25, 1e-12);
+    }
+    /* 54 actions, one clock second each: renewed after every 11 */
+    ck_assert_int_eq(fake_origins, 1 + (int)(n / 11));
+    pp_run_result_free(&r);
+    pp_timeline_free(&tl);
+    pp_schedule_free(&ir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("runtime");
@@ -335,6 +391,7 @@ int main(void)
     tcase_add_test(t, stash_by_content);
     tcase_add_test(t, resume_is_bit_identical);
     tcase_add_test(t, split_backward_equals_full);
+    tcase_add_test(t, device_clock_times_the_actions);
     suite_add_tcase(s, t);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);
