@@ -4,6 +4,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include "store_impl.h"
 
@@ -150,6 +152,18 @@ int pp_store_barrier(pp_store *st, pp_err *e)
     int rc = pp_store_allgather(st, &one, 1, all, e);
     free(all);
     return rc;
+}
+
+void pp_store_local_host(pp_store *st, char *buf, size_t n)
+{
+    const char *env = getenv("PPSCHED_HOST");
+    if (env && *env)
+        snprintf(buf, n, "%s", env);
+    else if (st->ops && st->ops->local_addr && st->ops->local_addr(st, buf, n) == 0)
+        return;
+    else if (gethostname(buf, n - 1) < 0)
+        snprintf(buf, n, "localhost");
+    buf[n - 1] = 0;
 }
 
 int pp_store_rank(const pp_store *st)

@@ -35,6 +35,11 @@ void pp_store_free_gathered(pp_store *st, void **all, size_t *sizes);
 int pp_store_allgather(pp_store *st, const void *mine, size_t n, void *all, pp_err *e);
 int pp_store_barrier(pp_store *st, pp_err *e);
 
+/* The host name or address the other ranks can reach this one at:
+ * $PPSCHED_HOST, else (tcp store) the local address of this rank's
+ * rendezvous connection, else the host name. */
+void pp_store_local_host(pp_store *st, char *buf, size_t n);
+
 int pp_store_rank(const pp_store *st);
 int pp_store_world(const pp_store *st);
 

@@ -164,7 +164,7 @@ static void file_close(pp_store *st)
     free(f);
 }
 
-static const pp_store_ops file_ops = {file_bcast, file_gather, file_close};
+static const pp_store_ops file_ops = {file_bcast, file_gather, file_close, NULL};
 
 static int mkdirs(const char *dir)
 {

@@ -13,6 +13,9 @@ typedef struct {
     int (*gather)(pp_store *st, const void *mine, size_t n, void **all, size_t *sizes,
                   pp_err *e);
     void (*close)(pp_store *st);
+    /* Optional: the address the other ranks reach this one at (an IPv4
+     * address as text), 0 when known. */
+    int (*local_addr)(pp_store *st, char *buf, size_t n);
 } pp_store_ops;
 
 struct pp_store {

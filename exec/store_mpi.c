@@ -81,7 +81,7 @@ static void mpi_close(pp_store *st)
         MPI_Finalize();
 }
 
-static const pp_store_ops mpi_ops = {mpi_bcast, mpi_gather, mpi_close};
+static const pp_store_ops mpi_ops = {mpi_bcast, mpi_gather, mpi_close, NULL};
 
 int pp_store_mpi_open(pp_store *st, pp_err *e)
 {

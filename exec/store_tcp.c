@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "net.h"
 #include "store_impl.h"
@@ -78,7 +81,21 @@ static void tcp_close(pp_store *st)
     free(t);
 }
 
-static const pp_store_ops tcp_ops = {tcp_bcast, tcp_gather, tcp_close};
+/* The local end of a rendezvous connection: an address of this host that
+ * the other side reached (rank 0 uses its connection to rank 1). */
+static int tcp_local_addr(pp_store *st, char *buf, size_t n)
+{
+    tcp_store *t = st->impl;
+    int fd = t->fd[st->rank == 0 ? 1 : 0];
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0 || a.sin_family != AF_INET ||
+        !inet_ntop(AF_INET, &a.sin_addr, buf, (socklen_t)n))
+        return -1;
+    return 0;
+}
+
+static const pp_store_ops tcp_ops = {tcp_bcast, tcp_gather, tcp_close, tcp_local_addr};
 
 /* Rank 0: accepts world-1 connections; each says {rank, world}. */
 static int accept_all(pp_store *st, tcp_store *t, int port, pp_err *e)

@@ -205,7 +205,7 @@ static int tcp_attach(pp_transport *tp, int stage, const pp_backend_ops *b, void
     return 0;
 }
 
-/* The address other ranks reach this one at: PPSCHED_HOST, or the host name. */
+/* Where a rank listens: pp_store_local_host's address and a free port. */
 typedef struct {
     char host[256];
     int32_t port;
@@ -301,11 +301,7 @@ int pp_transport_tcp_create(pp_store *st, int stage, int P, int capacity, double
         rc = link_init(&t->down, t, stage + 1, capacity, e);
     address me;
     memset(&me, 0, sizeof me);
-    const char *host = getenv("PPSCHED_HOST");
-    if (host && *host)
-        snprintf(me.host, sizeof me.host, "%s", host);
-    else if (gethostname(me.host, sizeof me.host - 1) < 0)
-        snprintf(me.host, sizeof me.host, "localhost");
+    pp_store_local_host(st, me.host, sizeof me.host);
     int port = 0;
     if (rc == 0 && (lfd = pp_net_listen(0, &port, e)) < 0)
         rc = -1;
