@@ -61,15 +61,16 @@ def shard(name, magic=20240520, version=1, tokens=range(200), count=None):
 shard("magic.bin", magic=1234)
 shard("vocab.bin", tokens=[(7 * i) % 300 for i in range(200)])
 PY
-# --- the modelled link: 20 ms per message dominates the tiny model; the
-# simulator, fed the run's op times and the same link, predicts the step
-"$PPRUN" --schedule 1f1b-flush --stages 2 --microbatches 4 --steps 4 "${small[@]}" --data "$DATA" \
-    --comm-latency 0.02 >"$tmp/link.out" 2>"$tmp/link.err" || bad "link model run: $(cat "$tmp/link.err")"
+# --- the modelled link: 50 ms per message dominates the tiny model (also
+# under the sanitizers, with other tests on the cores); the simulator, fed
+# the run's op times and the same link, predicts the step
+"$PPRUN" --schedule 1f1b-flush --stages 2 --microbatches 4 --steps 3 "${small[@]}" --data "$DATA" \
+    --comm-latency 0.05 >"$tmp/link.out" 2>"$tmp/link.err" || bad "link model run: $(cat "$tmp/link.err")"
 line=$(grep '^PREDICTION' "$tmp/link.out")
 step=$(sed -n 's/.* measured_step_s=\([^ ]*\).*/\1/p' <<<"$line")
 err=$(sed -n 's/.* error=\([^ ]*\).*/\1/p' <<<"$line")
 # per step the critical path crosses the link at least twice per micro-batch on the way
-awk -v s="$step" 'BEGIN { exit !(s >= 0.08) }' && ok || bad "link model: measured step $step s, expected >= 0.08"
+awk -v s="$step" 'BEGIN { exit !(s >= 0.2) }' && ok || bad "link model: measured step $step s, expected >= 0.2"
 awk -v x="$err" 'BEGIN { exit !(x < 0.1 && x > -0.1) }' && ok || bad "link model: prediction error $err"
 
 expect_error 'missing.txt' "${common[@]/$DATA/$tmp/missing.txt}"
