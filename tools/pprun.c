@@ -18,11 +18,7 @@
 #include "placement.h"
 #include "report.h"
 #include "runtime.h"
-#include "store.h"
-#include "transport_tcp.h"
-#ifdef PPSCHED_HAVE_NCCL
-#include "transport_nccl.h"
-#endif
+#include "pprun_dist.h"
 
 #define EXIT_BAD_INPUT 2
 #define EXIT_RUNTIME 1
@@ -296,135 +292,6 @@ static int plan_placement(const pprun_opts *o, const pp_backend_ops *b, int P,
     return pp_placement_plan(o->devices, P, d->world > 1 ? d->local_rank : -1, partition, out, e);
 }
 
-/* A multi-process run: the rendezvous, then the transport to the other
- * stages' processes. */
-typedef struct {
-    pp_dist_env env;
-    pp_store *store;
-    pp_transport *tr;
-} dist_ctx;
-
-/* What can be checked before meeting the others (bad input, exit 2). */
-static int dist_check(const pprun_opts *o, const pp_schedule *ir, const pp_backend_ops *b,
-                      dist_ctx *d, const char **transport, pp_err *e)
-{
-    int P = ir->info.stages;
-    if (d->env.world != P)
-        return pp_errf(e, "%d processes (from %s) for %d stages: run one process per stage",
-                       d->env.world, d->env.source, P);
-    if (o->checkpoint || o->resume)
-        return pp_errf(e, "--checkpoint/--resume: not available in multi-process runs yet");
-    if (o->eval_every)
-        return pp_errf(e, "--eval-every: multi-process runs evaluate the final model only "
-                          "(rank 0 gathers the stages at the end)");
-    const char *tr = o->transport ? o->transport : !strcmp(b->name, "cuda") ? "nccl" : "tcp";
-    if (strcmp(tr, "tcp") && strcmp(tr, "nccl"))
-        return pp_errf(e, "--transport: expected tcp or nccl, not \"%s\"", tr);
-#ifndef PPSCHED_HAVE_NCCL
-    if (!strcmp(tr, "nccl"))
-        return pp_errf(e, "--transport nccl: this build has no NCCL (use --transport tcp)");
-#endif
-    if (!strcmp(tr, "nccl") && strcmp(b->name, "cuda"))
-        return pp_errf(e, "--transport nccl needs --backend cuda");
-    *transport = tr;
-    return 0;
-}
-
-/* Meets the other processes and connects the transport (run time, exit 1). */
-static int dist_connect(const pprun_opts *o, const pp_schedule *ir, const char *spec,
-                        const char *transport, dist_ctx *d, pp_err *e)
-{
-    int P = ir->info.stages, rank = d->env.rank;
-    if (pp_store_open(spec, rank, P, o->timeout, &d->store, e) < 0)
-        return -1;
-    int capacity = ir->info.microbatches_per_step + P;
-    if (!strcmp(transport, "tcp"))
-        return pp_transport_tcp_create(d->store, rank, P, capacity, o->timeout, &d->tr, e);
-#ifdef PPSCHED_HAVE_NCCL
-    int nb = pp_nccl_ids_bytes(P);
-    void *ids = calloc(1, (size_t)nb);
-    if (!ids)
-        return pp_errf(e, "out of memory");
-    int rc = rank == 0 ? pp_nccl_make_ids(P, ids, e) : 0;
-    /* rank 0 broadcasts even after a failure, so that nobody waits for it */
-    if (pp_store_bcast(d->store, ids, (size_t)nb, rc < 0 ? &(pp_err){{0}} : e) < 0 && rc == 0)
-        rc = -1;
-    if (rc == 0)
-        rc = pp_transport_nccl_create(ir, rank, ids, capacity, o->timeout, &d->tr, e);
-    free(ids);
-    return rc;
-#else
-    return -1;
-#endif
-}
-
-static int evaluate_on_rank0(const pp_run_config *cfg, void **w, size_t *sizes, double *loss,
-                             pp_err *e);
-
-/* The validation loss of a multi-process run: rank 0 collects every
- * stage's final weights and evaluates the whole model on its own device. */
-static int dist_evaluate(dist_ctx *d, const pp_run_config *cfg, const pp_run_result *res,
-                         double *loss, pp_err *e)
-{
-    int r = d->env.rank;
-    void **w;
-    size_t *sizes;
-    if (pp_store_gather(d->store, res->final_weights[r], res->final_weight_bytes[r], &w, &sizes,
-                        e) < 0)
-        return -1;
-    int rc = 0;
-    if (r == 0)
-        rc = evaluate_on_rank0(cfg, w, sizes, loss, e);
-    pp_store_free_gathered(d->store, w, sizes);
-    /* the last stage's process writes the log: everyone learns the loss */
-    struct {
-        double loss;
-        int32_t ok, pad;
-    } verdict = {rc == 0 ? *loss : NAN, rc == 0, 0};
-    if (pp_store_bcast(d->store, &verdict, sizeof verdict, rc < 0 ? &(pp_err){{0}} : e) < 0 &&
-        rc == 0)
-        rc = -1;
-    if (rc == 0 && !verdict.ok)
-        rc = pp_errf(e, "rank 0 could not evaluate the final model (see its message)");
-    if (rc == 0)
-        *loss = verdict.loss;
-    return rc;
-}
-
-static int evaluate_on_rank0(const pp_run_config *cfg, void **w, size_t *sizes, double *loss,
-                             pp_err *e)
-{
-    int P = cfg->ir->info.stages;
-    const pp_backend_ops *b = cfg->backend;
-    const pp_placement *at = cfg->placement ? &cfg->placement[0] : NULL;
-    void **stages = calloc((size_t)P, sizeof *stages);
-    int rc = stages ? 0 : pp_errf(e, "out of memory");
-    for (int s = 0; rc == 0 && s < P; s++) {
-        if (b->create(&cfg->model, P, s, at, &stages[s], e) < 0)
-            rc = pp_err_prefix(e, "evaluating the final model, stage %d", s);
-        else if (sizes[s] != b->nparams(stages[s]) * sizeof(float))
-            rc = pp_errf(e, "rank %d sent %zu bytes of weights for stage %d, expected %zu", s,
-                         sizes[s], s, b->nparams(stages[s]) * sizeof(float));
-    }
-    if (rc == 0)
-        rc = pp_evaluate(b, &cfg->model, P, stages, w, cfg->val_batch, cfg->data,
-                         cfg->eval_batches, loss, e);
-    for (int s = 0; stages && s < P; s++)
-        if (stages[s])
-            b->destroy(stages[s]);
-    free(stages);
-    return rc;
-}
-
-static void dist_teardown(dist_ctx *d)
-{
-    if (d->tr)
-        d->tr->destroy(d->tr);
-    pp_store_close(d->store);
-    d->tr = NULL;
-    d->store = NULL;
-}
-
 static int load_data(const pprun_opts *o, run_ctx *c, pp_model_desc *m, pp_err *e)
 {
     if (!!o->data == !!o->data_bin)
@@ -667,7 +534,7 @@ int main(int argc, char **argv)
                     "pprun measures");
         return fail(EXIT_BAD_INPUT, &e);
     }
-    dist_ctx dist;
+    pprun_dist dist;
     memset(&dist, 0, sizeof dist);
     if (pp_dist_env_detect(&dist.env, &e) < 0)
         return fail(EXIT_BAD_INPUT, &e);
@@ -701,7 +568,8 @@ int main(int argc, char **argv)
         goto out;
     const char *transport = NULL, *rdzv = o.rendezvous;
     char rdzv_buf[512];
-    if (multi && (dist_check(&o, &ir, backend, &dist, &transport, &e) < 0 ||
+    pprun_dist_opts dopts = {o.transport, o.checkpoint || o.resume, o.eval_every};
+    if (multi && (pprun_dist_check(&dist, &ir, backend, &dopts, &transport, &e) < 0 ||
                   (!rdzv && !(rdzv = pp_dist_rendezvous(&dist.env, rdzv_buf, sizeof rdzv_buf, &e)))))
         goto out;
     if (load_data(&o, &c, &m, &e) < 0)
@@ -756,7 +624,7 @@ int main(int argc, char **argv)
                 backend->name, multi ? ", one process per stage" : "");
     if (multi) {
         rc = EXIT_RUNTIME;
-        if (dist_connect(&o, &ir, rdzv, transport, &dist, &e) < 0)
+        if (pprun_dist_connect(&dist, &ir, rdzv, transport, o.timeout, &e) < 0)
             goto out;
         /* a common time origin: every process leaves the barrier together */
         if (pp_store_barrier(dist.store, &e) < 0)
@@ -782,7 +650,7 @@ int main(int argc, char **argv)
                            res.steps ? res.step_loss[res.steps - 1] : NAN, res.tokens,
                            res.elapsed_s};
     double val_loss = res.final_val_loss;
-    if (multi && dist_evaluate(&dist, &cfg, &res, &val_loss, &e) < 0) {
+    if (multi && pprun_dist_evaluate(&dist, &cfg, &res, &val_loss, &e) < 0) {
         pp_run_result_free(&res);
         rc = EXIT_RUNTIME;
         goto out;
@@ -835,7 +703,7 @@ int main(int argc, char **argv)
 out:
     if (rc && dist.tr)
         dist.tr->abort(dist.tr);
-    dist_teardown(&dist);
+    pprun_dist_close(&dist);
     free(placement);
     for (int j = 0; j < ncuts; j++)
         pp_cut_free(&cuts[j], P);

@@ -1,0 +1,134 @@
+/* pprun's side of a multi-process run (one process per stage): checking
+ * the options, meeting the other processes and connecting the transport,
+ * and the final model's validation loss on rank 0. */
+#include "pprun_dist.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "transport_tcp.h"
+#ifdef PPSCHED_HAVE_NCCL
+#include "transport_nccl.h"
+#endif
+
+/* What can be checked before meeting the others (bad input, exit 2). */
+int pprun_dist_check(const pprun_dist *d, const pp_schedule *ir, const pp_backend_ops *b,
+                     const pprun_dist_opts *o, const char **transport, pp_err *e)
+{
+    int P = ir->info.stages;
+    if (d->env.world != P)
+        return pp_errf(e, "%d processes (from %s) for %d stages: run one process per stage",
+                       d->env.world, d->env.source, P);
+    if (o->checkpointing)
+        return pp_errf(e, "--checkpoint/--resume: not available in multi-process runs yet");
+    if (o->eval_every)
+        return pp_errf(e, "--eval-every: multi-process runs evaluate the final model only "
+                          "(rank 0 gathers the stages at the end)");
+    const char *tr = o->transport ? o->transport : !strcmp(b->name, "cuda") ? "nccl" : "tcp";
+    if (strcmp(tr, "tcp") && strcmp(tr, "nccl"))
+        return pp_errf(e, "--transport: expected tcp or nccl, not \"%s\"", tr);
+#ifndef PPSCHED_HAVE_NCCL
+    if (!strcmp(tr, "nccl"))
+        return pp_errf(e, "--transport nccl: this build has no NCCL (use --transport tcp)");
+#endif
+    if (!strcmp(tr, "nccl") && strcmp(b->name, "cuda"))
+        return pp_errf(e, "--transport nccl needs --backend cuda");
+    *transport = tr;
+    return 0;
+}
+
+/* Meets the other processes and connects the transport (run time, exit 1). */
+int pprun_dist_connect(pprun_dist *d, const pp_schedule *ir, const char *spec,
+                       const char *transport, double timeout_s, pp_err *e)
+{
+    int P = ir->info.stages, rank = d->env.rank;
+    if (pp_store_open(spec, rank, P, timeout_s, &d->store, e) < 0)
+        return -1;
+    int capacity = ir->info.microbatches_per_step + P;
+    if (!strcmp(transport, "tcp"))
+        return pp_transport_tcp_create(d->store, rank, P, capacity, timeout_s, &d->tr, e);
+#ifdef PPSCHED_HAVE_NCCL
+    int nb = pp_nccl_ids_bytes(P);
+    void *ids = calloc(1, (size_t)nb);
+    if (!ids)
+        return pp_errf(e, "out of memory");
+    int rc = rank == 0 ? pp_nccl_make_ids(P, ids, e) : 0;
+    /* rank 0 broadcasts even after a failure, so that nobody waits for it */
+    if (pp_store_bcast(d->store, ids, (size_t)nb, rc < 0 ? &(pp_err){{0}} : e) < 0 && rc == 0)
+        rc = -1;
+    if (rc == 0)
+        rc = pp_transport_nccl_create(ir, rank, ids, capacity, timeout_s, &d->tr, e);
+    free(ids);
+    return rc;
+#else
+    return -1;
+#endif
+}
+
+/* The whole model from every stage's final weights, on rank 0's device. */
+static int evaluate_on_rank0(const pp_run_config *cfg, void **w, size_t *sizes, double *loss,
+                             pp_err *e)
+{
+    int P = cfg->ir->info.stages;
+    const pp_backend_ops *b = cfg->backend;
+    const pp_placement *at = cfg->placement ? &cfg->placement[0] : NULL;
+    void **stages = calloc((size_t)P, sizeof *stages);
+    int rc = stages ? 0 : pp_errf(e, "out of memory");
+    for (int s = 0; rc == 0 && s < P; s++) {
+        if (b->create(&cfg->model, P, s, at, &stages[s], e) < 0)
+            rc = pp_err_prefix(e, "evaluating the final model, stage %d", s);
+        else if (sizes[s] != b->nparams(stages[s]) * sizeof(float))
+            rc = pp_errf(e, "rank %d sent %zu bytes of weights for stage %d, expected %zu", s,
+                         sizes[s], s, b->nparams(stages[s]) * sizeof(float));
+    }
+    if (rc == 0)
+        rc = pp_evaluate(b, &cfg->model, P, stages, w, cfg->val_batch, cfg->data,
+                         cfg->eval_batches, loss, e);
+    for (int s = 0; stages && s < P; s++)
+        if (stages[s])
+            b->destroy(stages[s]);
+    free(stages);
+    return rc;
+}
+
+/* The validation loss of a multi-process run: rank 0 collects every
+ * stage's final weights and evaluates the whole model on its own device. */
+int pprun_dist_evaluate(pprun_dist *d, const pp_run_config *cfg, const pp_run_result *res,
+                        double *loss, pp_err *e)
+{
+    int r = d->env.rank;
+    void **w;
+    size_t *sizes;
+    if (pp_store_gather(d->store, res->final_weights[r], res->final_weight_bytes[r], &w, &sizes,
+                        e) < 0)
+        return -1;
+    int rc = 0;
+    if (r == 0)
+        rc = evaluate_on_rank0(cfg, w, sizes, loss, e);
+    pp_store_free_gathered(d->store, w, sizes);
+    /* the last stage's process writes the log: everyone learns the loss */
+    struct {
+        double loss;
+        int32_t ok, pad;
+    } verdict = {rc == 0 ? *loss : NAN, rc == 0, 0};
+    if (pp_store_bcast(d->store, &verdict, sizeof verdict, rc < 0 ? &(pp_err){{0}} : e) < 0 &&
+        rc == 0)
+        rc = -1;
+    if (rc == 0 && !verdict.ok)
+        rc = pp_errf(e, "rank 0 could not evaluate the final model (see its message)");
+    if (rc == 0)
+        *loss = verdict.loss;
+    return rc;
+}
+
+void pprun_dist_close(pprun_dist *d)
+{
+    if (d->tr)
+        d->tr->destroy(d->tr);
+    pp_store_close(d->store);
+    d->tr = NULL;
+    d->store = NULL;
+}
+

@@ -1,0 +1,40 @@
+/* pprun's side of a multi-process run: one process per stage (rank r runs
+ * stage r), meeting through a rendezvous store, connected by the socket or
+ * the NCCL transport. */
+#ifndef PPRUN_DIST_H
+#define PPRUN_DIST_H
+
+#include "backend.h"
+#include "dist.h"
+#include "ir.h"
+#include "runtime.h"
+#include "store.h"
+#include "transport.h"
+
+typedef struct {
+    pp_dist_env env;
+    pp_store *store;  /* after connect */
+    pp_transport *tr; /* after connect */
+} pprun_dist;
+
+typedef struct {
+    const char *transport; /* --transport, or NULL */
+    int checkpointing;     /* --checkpoint or --resume given */
+    int eval_every;        /* --eval-every */
+} pprun_dist_opts;
+
+/* What can be checked before meeting the others: one process per stage, no
+ * options a multi-process run lacks, a transport the backend can use (the
+ * default: nccl for cuda, tcp for cpu) in *transport. Bad input: exit 2. */
+int pprun_dist_check(const pprun_dist *d, const pp_schedule *ir, const pp_backend_ops *b,
+                     const pprun_dist_opts *o, const char **transport, pp_err *e);
+/* Meets the other processes through `spec` and connects the transport. */
+int pprun_dist_connect(pprun_dist *d, const pp_schedule *ir, const char *spec,
+                       const char *transport, double timeout_s, pp_err *e);
+/* Collective after a run with keep_final_weights: every rank ends with the
+ * final model's validation loss, which rank 0 computes. */
+int pprun_dist_evaluate(pprun_dist *d, const pp_run_config *cfg, const pp_run_result *res,
+                        double *loss, pp_err *e);
+void pprun_dist_close(pprun_dist *d);
+
+#endif
