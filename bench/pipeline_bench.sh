@@ -15,8 +15,9 @@
 #     --micro-batch-size 4" STAGES=4 STEPS=8 bench/pipeline_bench.sh   # CPU smoke run
 #
 # Outputs under $OUT_DIR (default out/pipeline): per run the log, the
-# measured trace, versions and profile, and summary.txt with one line per
-# run. Exit status 1 when a check fails.
+# measured trace (NAME.trace.json) beside the simulated one from the run's
+# profile (NAME.sim-trace.json; open both in Perfetto), versions, profile,
+# and summary.txt with one line per run. Exit status 1 when a check fails.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-cuda}
@@ -66,9 +67,11 @@ for P in $stages_list; do
             fails=$((fails + 1))
             continue
         fi
-        # the simulator's versions for the same IR, compared row by row
+        # the simulator on the same IR fed this run's profile: its timeline
+        # (to open beside the measured trace) and its versions, compared row by row
         "$build/ppsim" run --schedule "$s" --stages "$P" --microbatches "$m" --steps "$steps" \
-            --per-microbatch "$out/$name.sim.csv" >/dev/null 2>"$out/$name.sim.err"
+            --profile "$out/$name.profile.json" --trace "$out/$name.sim-trace.json" \
+            --per-microbatch "$out/$name.sim.csv" >"$out/$name.sim.txt" 2>"$out/$name.sim.err"
         if diff -q <(cut -d, -f1-4 "$out/$name.versions.csv") <(cut -d, -f1-4 "$out/$name.sim.csv") >/dev/null; then
             versions="v_f,v_b equal the simulator's in all $(($(wc -l <"$out/$name.sim.csv") - 1)) rows"
         else
