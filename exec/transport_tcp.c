@@ -12,6 +12,7 @@
 #include "transport_tcp.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +47,7 @@ typedef struct tcp_transport {
     const pp_backend_ops *b;
     void *bk;
     tlink up, down;            /* to s-1, to s+1 */
-    int aborted;
+    atomic_int aborted;       /* set by abort from another thread */
 } tcp_transport;
 
 static tlink *link_to(tcp_transport *t, int peer)
