@@ -47,6 +47,8 @@
 #include "registry.h"
 #include "runtime.h"
 #include "synth_data.h"
+#define PP_TEST_NEEDS_GPU
+#include "test_support.h"
 
 #define TOL 1e-4
 #define TOL_STEPS 5e-4
@@ -514,10 +516,8 @@ END_TEST
 static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_model_desc *m,
                               const pp_placement *at)
 {
-    pp_gen_opts o = {2, 4, 3, 0};
-    pp_schedule ir;
+    pp_schedule ir = test_schedule(sched, 2, 4, 3);
     pp_err e = {{0}};
-    ck_assert_msg(pp_generate_schedule(sched, &o, &ir, &e) == 0, "%s", e.msg);
     pp_run_config c;
     memset(&c, 0, sizeof c);
     c.ir = &ir;
@@ -615,15 +615,8 @@ static Suite *cuda_suite(void)
 
 int main(void)
 {
-    pp_err e = {{0}};
-    if (pp_cuda_available(&e) < 0) {
-        const char *why = e.msg;
-        const char *prefix = "--backend cuda: ";
-        if (strncmp(why, prefix, strlen(prefix)) == 0)
-            why += strlen(prefix);
-        printf("SKIP: no CUDA GPU: %s\n", why);
+    if (skip_without_gpu())
         return EXIT_SUCCESS;
-    }
     const char *math = getenv("PPSCHED_CUDA_MATH");
     if (math && strcmp(math, "fp32") != 0) {
         printf("SKIP: PPSCHED_CUDA_MATH=%s: the parity tolerances are for fp32\n", math);

@@ -29,6 +29,8 @@
 #include "registry.h"
 #include "runtime.h"
 #include "synth_data.h"
+#define PP_TEST_NEEDS_GPU
+#include "test_support.h"
 #include "transport_nccl.h"
 
 #define TIMEOUT_S 2.0
@@ -50,15 +52,6 @@ static pp_model_desc tiny_model(void)
     return m;
 }
 
-static pp_schedule make_ir(const char *sched, int P)
-{
-    pp_gen_opts o = {P, 4, 3, 0};
-    pp_schedule ir;
-    pp_err e = {{0}};
-    ck_assert_msg(pp_generate_schedule(sched, &o, &ir, &e) == 0, "%s", e.msg);
-    ck_assert_msg(pp_schedule_validate(&ir, &e) == 0, "%s", e.msg);
-    return ir;
-}
 
 /* --- the runtime over both transports ---------------------------------- */
 
@@ -97,7 +90,7 @@ START_TEST(test_runtime_parity)
     const char *scheds[] = {"1f1b-flush", "paci"};
     for (int P = 2; P <= 3; P++)
         for (int i = 0; i < 2; i++) {
-            pp_schedule ir = make_ir(scheds[i], P);
+            pp_schedule ir = test_schedule(scheds[i], P, 4, 3);
             pp_run_result a = train(&ir, &m, 0);
             pp_run_result b = train(&ir, &m, 1);
             ck_assert_int_gt(a.steps, 0);
@@ -129,7 +122,7 @@ static void link2_open(link2 *l)
 {
     pp_err e = {{0}};
     memset(l, 0, sizeof *l);
-    l->ir = make_ir("1f1b-flush", 2);
+    l->ir = test_schedule("1f1b-flush", 2, 4, 3);
     l->m = tiny_model();
     l->b = &pp_backend_cuda;
     ck_assert_msg(pp_transport_nccl_loopback_create(&l->ir, 4, TIMEOUT_S, &l->tr, &e) == 0, "%s",
@@ -259,7 +252,7 @@ END_TEST
 START_TEST(test_peer_never_joins)
 {
     pp_err e = {{0}};
-    pp_schedule ir = make_ir("1f1b-flush", 2);
+    pp_schedule ir = test_schedule("1f1b-flush", 2, 4, 3);
     pp_model_desc m = tiny_model();
     int nb = pp_nccl_ids_bytes(2);
     ck_assert_int_eq(nb, 2 * 128);
@@ -299,15 +292,8 @@ static Suite *nccl_suite(void)
 
 int main(void)
 {
-    pp_err e = {{0}};
-    if (pp_cuda_available(&e) < 0) {
-        const char *why = e.msg;
-        const char *prefix = "--backend cuda: ";
-        if (strncmp(why, prefix, strlen(prefix)) == 0)
-            why += strlen(prefix);
-        printf("SKIP: no CUDA GPU: %s\n", why);
+    if (skip_without_gpu())
         return EXIT_SUCCESS;
-    }
     SRunner *sr = srunner_create(nccl_suite());
     /* CUDA is initialised in this process already: a forked child could
      * not use it. */

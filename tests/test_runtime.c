@@ -13,6 +13,7 @@
 #include "cut.h"
 #include "runtime.h"
 #include "synth_data.h"
+#include "test_support.h"
 
 static pp_model_desc small_model(void)
 {
@@ -21,15 +22,6 @@ static pp_model_desc small_model(void)
 }
 
 
-static pp_schedule make_ir(const char *name, int P, int m, int S)
-{
-    pp_gen_opts o = {P, m, S, 0};
-    pp_schedule s;
-    pp_err e;
-    ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s", e.msg);
-    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s", e.msg);
-    return s;
-}
 
 static pp_run_config base_config(const pp_schedule *ir, pp_model_desc *m)
 {
@@ -49,7 +41,7 @@ static pp_run_config base_config(const pp_schedule *ir, pp_model_desc *m)
 static pp_run_result train(const char *name, int P, int m, int S, pp_timeline *tl)
 {
     pp_model_desc md = small_model();
-    pp_schedule ir = make_ir(name, P, m, S);
+    pp_schedule ir = test_schedule(name, P, m, S);
     pp_run_config c = base_config(&ir, &md);
     pp_err e;
     if (tl) {
@@ -95,7 +87,7 @@ static void check_versions_match(const char *name, int P, int m, int S)
     pp_run_result r = train(name, P, m, S, &real);
     pp_run_result_free(&r);
 
-    pp_schedule ir = make_ir(name, P, m, S);
+    pp_schedule ir = test_schedule(name, P, m, S);
     pp_stream *st;
     pp_err e;
     ck_assert(pp_stream_from_schedule(&ir, &st, &e) == 0);
@@ -154,7 +146,7 @@ START_TEST(stash_by_content)
 {
     pp_model_desc md = small_model();
     int P = 4, m = 4, S = 3, N = m * S;
-    pp_schedule ir = make_ir("pipedream-2bw", P, m, S);
+    pp_schedule ir = test_schedule("pipedream-2bw", P, m, S);
     pp_run_config c = base_config(&ir, &md);
     double *sums = calloc((size_t)P * N * 2, sizeof *sums);
     int peak[4];
@@ -173,7 +165,7 @@ START_TEST(stash_by_content)
     pp_run_result_free(&r);
     pp_schedule_free(&ir);
 
-    ir = make_ir("paci", P, 2, 4);
+    ir = test_schedule("paci", P, 2, 4);
     c = base_config(&ir, &md);
     memset(sums, 0, (size_t)P * N * 2 * sizeof *sums);
     c.weight_checksums = sums;
@@ -186,7 +178,7 @@ START_TEST(stash_by_content)
     pp_run_result_free(&r);
     pp_schedule_free(&ir);
 
-    ir = make_ir("pipedream", P, 1, 8);
+    ir = test_schedule("pipedream", P, 1, 8);
     c = base_config(&ir, &md);
     c.peak_weight_copies = peak;
     ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s", e.msg);
@@ -204,7 +196,7 @@ END_TEST
 START_TEST(split_backward_equals_full)
 {
     pp_model_desc md = small_model();
-    pp_schedule full = make_ir("1f1b-flush", 3, 3, 4), split;
+    pp_schedule full = test_schedule("1f1b-flush", 3, 3, 4), split;
     pp_err e;
     ck_assert(pp_schedule_init(&split, &full.info, &e) == 0);
     for (int st = 0; st < 3; st++) {
@@ -270,7 +262,7 @@ static int capture(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
 static void check_resume(const char *name, int P, int m, int S, int K)
 {
     pp_model_desc md = small_model();
-    pp_schedule ir = make_ir(name, P, m, S);
+    pp_schedule ir = test_schedule(name, P, m, S);
     pp_err e;
     pp_run_config c = base_config(&ir, &md);
     pp_run_result full;
@@ -357,7 +349,7 @@ START_TEST(device_clock_times_the_actions)
     clocked.clock_mark = fake_clock_mark;
     clocked.clock_read = fake_clock_read;
     pp_model_desc md = small_model();
-    pp_schedule ir = make_ir("1f1b-flush", 1, 4, 6);
+    pp_schedule ir = test_schedule("1f1b-flush", 1, 4, 6);
     pp_run_config c = base_config(&ir, &md);
     c.backend = &clocked;
     pp_timeline tl;

@@ -28,6 +28,7 @@
 #include "registry.h"
 #include "runtime.h"
 #include "synth_data.h"
+#include "test_support.h"
 #include "transport_nccl.h"
 
 #define RUN_TIMEOUT_S 30.0 /* runs that succeed: never reached */
@@ -52,15 +53,6 @@ static pp_model_desc tiny_model(void)
     return m;
 }
 
-static pp_schedule generated(const char *name, int P)
-{
-    pp_gen_opts o = {P, 4, 3, 0};
-    pp_schedule ir;
-    pp_err e = {{0}};
-    ck_assert_msg(pp_generate_schedule(name, &o, &ir, &e) == 0, "%s", e.msg);
-    ck_assert_msg(pp_schedule_validate(&ir, &e) == 0, "%s", e.msg);
-    return ir;
-}
 
 /* Two stages, two steps of two micro-batches. Stage 0 forwards 0 then 1,
  * stage 1 wants 1 first: activation 0 is parked. Stage 1's backwards send
@@ -266,7 +258,7 @@ static const struct {
 
 START_TEST(test_ranks_match_inprocess)
 {
-    pp_schedule ir = generated(runs[_i].schedule, runs[_i].P);
+    pp_schedule ir = test_schedule(runs[_i].schedule, runs[_i].P, 4, 3);
     assert_ranks_match_inprocess(&ir);
     pp_schedule_free(&ir);
 }
@@ -287,7 +279,7 @@ END_TEST
 
 START_TEST(test_loopback_matches_inprocess)
 {
-    pp_schedule ir = generated(runs[_i].schedule, runs[_i].P);
+    pp_schedule ir = test_schedule(runs[_i].schedule, runs[_i].P, 4, 3);
     pp_run_result want = train(&ir, NULL);
     pp_run_result got = train_loopback(&ir);
     assert_same_losses(&ir, &want, &got, "over loopback NCCL");
@@ -302,7 +294,7 @@ END_TEST
  * go through. */
 START_TEST(test_rank_never_starts)
 {
-    pp_schedule ir = generated("1f1b-flush", 3);
+    pp_schedule ir = test_schedule("1f1b-flush", 3, 4, 3);
     rank_job *jobs = run_ranks(&ir, FAIL_TIMEOUT_S, 2, -1);
     for (int r = 0; r < 2; r++) {
         assert_gave_up(&jobs[r]);
@@ -319,7 +311,7 @@ END_TEST
  * rank 0, rank 2 on rank 1. */
 START_TEST(test_rank_fails_mid_run)
 {
-    pp_schedule ir = generated("1f1b-flush", 3);
+    pp_schedule ir = test_schedule("1f1b-flush", 3, 4, 3);
     rank_job *jobs = run_ranks(&ir, FAIL_TIMEOUT_S, -1, 0);
     ck_assert_msg(jobs[0].rc < 0 && strstr(jobs[0].err.msg, "cannot be read") != NULL,
                   "rank 0: %s", jobs[0].rc < 0 ? jobs[0].err.msg : "succeeded");
@@ -338,7 +330,7 @@ END_TEST
  * wait for it. */
 START_TEST(test_send_out_of_order)
 {
-    pp_schedule ir = generated("1f1b-flush", 2);
+    pp_schedule ir = test_schedule("1f1b-flush", 2, 4, 3);
     pp_model_desc m = tiny_model();
     const pp_backend_ops *b = &pp_backend_cuda;
     pp_err e = {{0}};

@@ -1,0 +1,41 @@
+/* Helpers several Check suites share. */
+#ifndef PP_TEST_SUPPORT_H
+#define PP_TEST_SUPPORT_H
+
+#include <check.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+#include "ir.h"
+#include "registry.h"
+
+/* A generated, validated schedule: P stages, m micro-batches per step, S steps. */
+static inline pp_schedule test_schedule(const char *name, int P, int m, int S)
+{
+    pp_gen_opts o = {P, m, S, 0};
+    pp_schedule s;
+    pp_err e = {{0}};
+    ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s: %s", name, e.msg);
+    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s: %s", name, e.msg);
+    return s;
+}
+
+#ifdef PP_TEST_NEEDS_GPU
+#include "cuda_backend.h"
+/* The GPU suites' start: 1 (after printing "SKIP: no CUDA GPU: why", which
+ * CTest reports as skipped) where no GPU is usable. */
+static inline int skip_without_gpu(void)
+{
+    pp_err e = {{0}};
+    if (pp_cuda_available(&e) == 0)
+        return 0;
+    const char *why = e.msg, *prefix = "--backend cuda: ";
+    if (strncmp(why, prefix, strlen(prefix)) == 0)
+        why += strlen(prefix);
+    printf("SKIP: no CUDA GPU: %s\n", why);
+    return 1;
+}
+#endif
+
+#endif
