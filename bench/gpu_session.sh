@@ -33,7 +33,12 @@ cmake_extra=()
 if ! command -v pkg-config >/dev/null || ! pkg-config --exists libcjson check 2>/dev/null; then
     say "== unpacking .deps/debs (missing pkg-config, cJSON or Check)"
     mkdir -p "$deps"
-    for f in .deps/debs/*.deb; do dpkg -x "$f" "$deps" || say "cannot unpack $f"; done
+    for f in .deps/debs/*.deb; do
+        if command -v dpkg >/dev/null; then dpkg -x "$f" "$deps"
+        else # a .deb is an ar archive holding data.tar.*
+            (d=$(mktemp -d) && cd "$d" && ar x "$root/$f" && tar -xf data.tar.* -C "$deps")
+        fi || say "cannot unpack $f"
+    done
     export PKG_CONFIG_PATH=$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig
     export PKG_CONFIG_SYSROOT_DIR=$deps
     export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
