@@ -518,17 +518,8 @@ static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_mod
 {
     pp_schedule ir = test_schedule(sched, 2, 4, 3);
     pp_err e = {{0}};
-    pp_run_config c;
-    memset(&c, 0, sizeof c);
-    c.ir = &ir;
-    c.model = *m;
-    c.backend = b;
+    pp_run_config c = test_run_config(&ir, m, b, 120);
     c.placement = at;
-    c.seed = 42;
-    c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
-    c.train_batch = synth_batch;
-    c.data = m;
-    c.timeout_s = 120;
     pp_run_result r;
     ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s on %s: %s", sched, b->name, e.msg);
     pp_schedule_free(&ir);

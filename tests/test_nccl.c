@@ -58,16 +58,7 @@ static pp_model_desc tiny_model(void)
 static pp_run_result train(const pp_schedule *ir, pp_model_desc *m, int nccl)
 {
     pp_err e = {{0}};
-    pp_run_config c;
-    memset(&c, 0, sizeof c);
-    c.ir = ir;
-    c.model = *m;
-    c.backend = &pp_backend_cuda;
-    c.seed = 42;
-    c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
-    c.train_batch = synth_batch;
-    c.data = m;
-    c.timeout_s = 120;
+    pp_run_config c = test_run_config(ir, m, &pp_backend_cuda, 120);
     pp_transport *tr = NULL;
     if (nccl) {
         int capacity = ir->info.microbatches_per_step + ir->info.stages; /* as pp_run */

@@ -25,17 +25,7 @@ static pp_model_desc small_model(void)
 
 static pp_run_config base_config(const pp_schedule *ir, pp_model_desc *m)
 {
-    pp_run_config c;
-    memset(&c, 0, sizeof c);
-    c.ir = ir;
-    c.model = *m;
-    c.backend = &pp_backend_cpu;
-    c.seed = 42;
-    c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
-    c.train_batch = synth_batch;
-    c.data = m;
-    c.timeout_s = 60;
-    return c;
+    return test_run_config(ir, m, &pp_backend_cpu, 60);
 }
 
 static pp_run_result train(const char *name, int P, int m, int S, pp_timeline *tl)

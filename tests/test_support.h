@@ -9,6 +9,8 @@
 #include "error.h"
 #include "ir.h"
 #include "registry.h"
+#include "runtime.h"
+#include "synth_data.h"
 
 /* A generated, validated schedule: P stages, m micro-batches per step, S steps. */
 static inline pp_schedule test_schedule(const char *name, int P, int m, int S)
@@ -19,6 +21,25 @@ static inline pp_schedule test_schedule(const char *name, int P, int m, int S)
     ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s: %s", name, e.msg);
     ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s: %s", name, e.msg);
     return s;
+}
+
+/* A training run of ir on `backend` with the synthetic data, seed 42 and a
+ * short warm-up and decay. m is the data's description too: it must
+ * outlive the run. */
+static inline pp_run_config test_run_config(const pp_schedule *ir, pp_model_desc *m,
+                                            const pp_backend_ops *backend, double timeout_s)
+{
+    pp_run_config c;
+    memset(&c, 0, sizeof c);
+    c.ir = ir;
+    c.model = *m;
+    c.backend = backend;
+    c.seed = 42;
+    c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
+    c.train_batch = synth_batch;
+    c.data = m;
+    c.timeout_s = timeout_s;
+    return c;
 }
 
 #ifdef PP_TEST_NEEDS_GPU

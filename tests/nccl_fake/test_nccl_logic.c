@@ -92,17 +92,7 @@ static int capacity(const pp_schedule *ir)
 /* m is the data's description too: it must outlive the run. */
 static pp_run_config run_config(const pp_schedule *ir, pp_model_desc *m, double timeout_s)
 {
-    pp_run_config c;
-    memset(&c, 0, sizeof c);
-    c.ir = ir;
-    c.model = *m;
-    c.backend = &pp_backend_cuda;
-    c.seed = 42;
-    c.lr = (pp_lr_schedule){1e-3f, 1e-4f, 2, 10};
-    c.train_batch = synth_batch;
-    c.data = m;
-    c.timeout_s = timeout_s;
-    return c;
+    return test_run_config(ir, m, &pp_backend_cuda, timeout_s);
 }
 
 /* Every stage in this process, over the in-process transport (tr NULL) or
