@@ -613,14 +613,7 @@ int main(void)
         printf("SKIP: PPSCHED_CUDA_MATH=%s: the parity tolerances are for fp32\n", math);
         return EXIT_SUCCESS;
     }
-    SRunner *sr = srunner_create(cuda_suite());
-    /* CUDA is initialised in this process already: a forked child could
-     * not use it. */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_gpu_suite(cuda_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
 #else /* !PPSCHED_HAVE_CUDA */

@@ -285,14 +285,7 @@ int main(void)
 {
     if (skip_without_gpu())
         return EXIT_SUCCESS;
-    SRunner *sr = srunner_create(nccl_suite());
-    /* CUDA is initialised in this process already: a forked child could
-     * not use it. */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_gpu_suite(nccl_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
 #else /* no CUDA or no NCCL */

@@ -57,6 +57,18 @@ static inline int skip_without_gpu(void)
     printf("SKIP: no CUDA GPU: %s\n", why);
     return 1;
 }
+
+/* Runs a GPU suite in this process: CUDA is initialised here already, and
+ * a forked child could not use it. Returns the exit status. */
+static inline int run_gpu_suite(Suite *suite)
+{
+    SRunner *sr = srunner_create(suite);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
 #endif
 
 #endif
