@@ -20,8 +20,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "cuda_backend.h"
+#include "model/backend.h"
+#include "cuda/cuda_backend.h"
 #include "model.h"
 
 static double now_s(void)

@@ -41,11 +41,11 @@
 
 #ifdef PPSCHED_HAVE_CUDA
 
-#include "backend.h"
-#include "cuda_backend.h"
-#include "gpt_cpu.h"
+#include "model/backend.h"
+#include "cuda/cuda_backend.h"
+#include "model/gpt_cpu.h"
 #include "registry.h"
-#include "runtime.h"
+#include "runtime/runtime.h"
 #include "synth_data.h"
 #define PP_TEST_NEEDS_GPU
 #include "test_support.h"

@@ -9,10 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "dist.h"
-#include "net.h"
-#include "placement.h"
-#include "store.h"
+#include "launch/dist.h"
+#include "launch/net.h"
+#include "runtime/placement.h"
+#include "launch/store.h"
 
 #define WORLD 3
 

@@ -13,9 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "data.h"
-#include "queue.h"
+#include "runtime/checkpoint.h"
+#include "model/data.h"
+#include "transport/queue.h"
 
 /* ------------------------------------------------------------------ */
 /* Helpers.                                                            */

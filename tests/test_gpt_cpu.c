@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "adamw.h"
-#include "cpu_gemm.h"
-#include "gpt_cpu.h"
+#include "model/adamw.h"
+#include "model/cpu_gemm.h"
+#include "model/gpt_cpu.h"
 
 /* ------------------------------------------------------------------ */
 /* Helpers.                                                            */

@@ -24,14 +24,14 @@
 
 #if defined(PPSCHED_HAVE_CUDA) && defined(PPSCHED_HAVE_NCCL)
 
-#include "backend.h"
-#include "cuda_backend.h"
+#include "model/backend.h"
+#include "cuda/cuda_backend.h"
 #include "registry.h"
-#include "runtime.h"
+#include "runtime/runtime.h"
 #include "synth_data.h"
 #define PP_TEST_NEEDS_GPU
 #include "test_support.h"
-#include "transport_nccl.h"
+#include "cuda/transport_nccl.h"
 
 #define TIMEOUT_S 2.0
 /* How late a timed-out call may return: polling, then tearing down. */

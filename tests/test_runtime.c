@@ -10,8 +10,8 @@
 
 #include "engine.h"
 #include "registry.h"
-#include "cut.h"
-#include "runtime.h"
+#include "runtime/cut.h"
+#include "runtime/runtime.h"
 #include "synth_data.h"
 #include "test_support.h"
 

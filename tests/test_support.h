@@ -9,7 +9,7 @@
 #include "error.h"
 #include "ir.h"
 #include "registry.h"
-#include "runtime.h"
+#include "runtime/runtime.h"
 #include "synth_data.h"
 
 /* A generated, validated schedule: P stages, m micro-batches per step, S steps. */
@@ -43,7 +43,7 @@ static inline pp_run_config test_run_config(const pp_schedule *ir, pp_model_desc
 }
 
 #ifdef PP_TEST_NEEDS_GPU
-#include "cuda_backend.h"
+#include "cuda/cuda_backend.h"
 /* The GPU suites' start: 1 (after printing "SKIP: no CUDA GPU: why", which
  * CTest reports as skipped) where no GPU is usable. */
 static inline int skip_without_gpu(void)

@@ -7,17 +7,17 @@
 #include <unistd.h>
 
 #include "atomic_file.h"
-#include "backend.h"
-#include "checkpoint.h"
-#include "cut.h"
+#include "model/backend.h"
+#include "runtime/checkpoint.h"
+#include "runtime/cut.h"
 #include "cli.h"
-#include "data.h"
-#include "dist.h"
+#include "model/data.h"
+#include "launch/dist.h"
 #include "engine.h"
 #include "metrics.h"
-#include "placement.h"
+#include "runtime/placement.h"
 #include "report.h"
-#include "runtime.h"
+#include "runtime/runtime.h"
 #include "pprun_dist.h"
 
 #define EXIT_BAD_INPUT 2

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transport_tcp.h"
+#include "transport/transport_tcp.h"
 #ifdef PPSCHED_HAVE_NCCL
-#include "transport_nccl.h"
+#include "cuda/transport_nccl.h"
 #endif
 
 /* What can be checked before meeting the others (bad input, exit 2). */

@@ -4,12 +4,12 @@
 #ifndef PPRUN_DIST_H
 #define PPRUN_DIST_H
 
-#include "backend.h"
-#include "dist.h"
+#include "model/backend.h"
+#include "launch/dist.h"
 #include "ir.h"
-#include "runtime.h"
-#include "store.h"
-#include "transport.h"
+#include "runtime/runtime.h"
+#include "launch/store.h"
+#include "transport/transport.h"
 
 typedef struct {
     pp_dist_env env;

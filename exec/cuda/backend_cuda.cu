@@ -40,8 +40,8 @@
 #include <vector>
 
 extern "C" {
-#include "backend.h"
-#include "gpt_cpu.h"
+#include "model/backend.h"
+#include "model/gpt_cpu.h"
 }
 #include "cuda_backend.h"
 #include "green_ctx.h"

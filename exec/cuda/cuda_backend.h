@@ -20,7 +20,7 @@
 
 #include <stddef.h>
 
-#include "backend.h"
+#include "model/backend.h"
 #include "error.h"
 
 #ifdef __cplusplus

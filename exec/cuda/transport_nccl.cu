@@ -44,10 +44,10 @@
 #include <vector>
 
 extern "C" {
-#include "backend.h"
+#include "model/backend.h"
 #include "error.h"
 #include "ir.h"
-#include "transport.h"
+#include "transport/transport.h"
 }
 #include "cuda_backend.h"
 #include "transport_nccl.h"

@@ -34,7 +34,7 @@ extern "C" {
 
 #include "error.h"
 #include "ir.h"
-#include "transport.h"
+#include "transport/transport.h"
 
 /* Bytes of the unique-id blob for a P-stage pipeline: 2 (P - 1) NCCL
  * unique ids of 128 bytes (one per link and direction). */

@@ -8,8 +8,8 @@
  * so a stream that is always caught up is the honest one. */
 #include <stddef.h>
 
-#include "backend.h"
-#include "cuda_backend.h"
+#include "model/backend.h"
+#include "cuda/cuda_backend.h"
 
 #define CPU pp_backend_cpu
 

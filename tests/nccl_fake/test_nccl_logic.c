@@ -23,13 +23,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "cuda_backend.h"
+#include "model/backend.h"
+#include "cuda/cuda_backend.h"
 #include "registry.h"
-#include "runtime.h"
+#include "runtime/runtime.h"
 #include "synth_data.h"
 #include "test_support.h"
-#include "transport_nccl.h"
+#include "cuda/transport_nccl.h"
 
 #define RUN_TIMEOUT_S 30.0 /* runs that succeed: never reached */
 #define FAIL_TIMEOUT_S 1.0 /* runs that are meant to fail */

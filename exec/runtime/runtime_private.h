@@ -7,7 +7,7 @@
 
 #include "cut.h"
 #include "runtime.h"
-#include "transport.h"
+#include "transport/transport.h"
 #include "weights.h"
 
 /* --- shared run state ------------------------------------------------ */

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "mailbox.h"
-#include "net.h"
+#include "launch/net.h"
 
 typedef struct {
     int32_t kind, mb;

@@ -5,7 +5,7 @@
 #ifndef PP_TRANSPORT_TCP_H
 #define PP_TRANSPORT_TCP_H
 
-#include "store.h"
+#include "launch/store.h"
 #include "transport.h"
 
 /* Stage `stage` of P (this process); the processes meet through `st`

@@ -7,7 +7,7 @@
 #ifndef PP_WEIGHTS_H
 #define PP_WEIGHTS_H
 
-#include "backend.h"
+#include "model/backend.h"
 
 typedef struct {
     int version;

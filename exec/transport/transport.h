@@ -10,7 +10,7 @@
 
 #include <stddef.h>
 
-#include "backend.h"
+#include "model/backend.h"
 #include "error.h"
 
 enum { PP_MSG_ACT = 0, PP_MSG_GRAD = 1 };

@@ -70,8 +70,8 @@ struct pp_backend_ops {
     double (*clock_read)(void *stage, int slot);
 };
 
-/* "cpu", or "cuda" when built with CUDA; a one-line error otherwise. */
-const pp_backend_ops *pp_backend_find(const char *name, pp_err *e);
+/* The CPU reference (backend_cpu.c); the runtime's pp_backend_find picks
+ * a backend by name. */
 extern const pp_backend_ops pp_backend_cpu;
 
 #endif

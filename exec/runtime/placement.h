@@ -2,7 +2,7 @@
 #ifndef PP_PLACEMENT_H
 #define PP_PLACEMENT_H
 
-#include "backend.h"
+#include "model/backend.h"
 #include "error.h"
 
 /* For P stages from a --devices list ("0" or "0,1,2,3"; NULL: the default).

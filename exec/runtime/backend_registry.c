@@ -1,10 +1,12 @@
+/* Backends by name: the CPU reference always, CUDA when this build has it.
+ * Here rather than in model/, which must not know the CUDA room. */
 #include <string.h>
 
-#include "backend.h"
+#include "model/backend.h"
+#include "runtime.h"
 
 #ifdef PPSCHED_HAVE_CUDA
-extern const pp_backend_ops pp_backend_cuda;
-int pp_cuda_available(pp_err *e);
+#include "cuda/cuda_backend.h"
 #endif
 
 const pp_backend_ops *pp_backend_find(const char *name, pp_err *e)

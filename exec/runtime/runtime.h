@@ -9,12 +9,12 @@
 
 #include <stdint.h>
 
-#include "adamw.h"
-#include "backend.h"
+#include "model/adamw.h"
+#include "model/backend.h"
 #include "ir.h"
 #include "model.h"
 #include "timeline.h"
-#include "transport.h"
+#include "transport/transport.h"
 
 struct pp_cut;
 
@@ -88,6 +88,9 @@ typedef struct {
     void **final_weights;        /* [P] with keep_final_weights: local stages', else NULL */
     size_t *final_weight_bytes;  /* [P] */
 } pp_run_result;
+
+/* "cpu", or "cuda" when built with CUDA; a one-line error otherwise. */
+const pp_backend_ops *pp_backend_find(const char *name, pp_err *e);
 
 /* CLOCK_MONOTONIC in seconds: the clock of the measured timelines. */
 double pp_now_s(void);
