@@ -3,6 +3,7 @@
  * micro-batches in flight (activations, forward version, loss), and the
  * outbox messages its neighbours will need. Native byte order: checkpoints
  * resume on the same kind of machine. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -246,5 +247,53 @@ int pp_stage_resend(stage_rt *s, pp_err *e)
         *m = s->outbox[--s->noutbox];
         i--;
     }
+    return 0;
+}
+
+/* A message this stage just sent that a checkpoint cut will need. */
+int pp_stage_keep_for_checkpoint(stage_rt *s, size_t idx, pp_err *e)
+{
+    const pp_run_config *c = s->r->cfg;
+    const pp_action *a = &c->ir->stage[s->s].items[idx];
+    for (int j = 0; j < c->ncuts; j++) {
+        if (!c->cuts[j].keep[s->s][idx] || idx >= c->cuts[j].pos[s->s])
+            continue;
+        int grad = a->op != PP_OP_F;
+        size_t bytes = c->backend->boundary_floats(s->bk) * sizeof(float);
+        pp_outbox_msg m = {j, grad ? PP_MSG_GRAD : PP_MSG_ACT, grad ? s->s - 1 : s->s + 1, a->mb,
+                           malloc(bytes), bytes};
+        pp_outbox_msg *x = realloc(s->outbox, (size_t)(s->noutbox + 1) * sizeof *x);
+        if (!m.buf || !x) {
+            free(m.buf);
+            if (x)
+                s->outbox = x;
+            return pp_errf(e, "out of memory");
+        }
+        s->outbox = x;
+        c->backend->to_host(s->bk, m.buf, grad ? s->dx_in : s->x_out, bytes);
+        s->outbox[s->noutbox++] = m;
+    }
+    return 0;
+}
+
+/* After the stage's K-th OPT: serialise its state for cut j. */
+int pp_stage_reach_cut(stage_rt *s, int j, pp_err *e)
+{
+    run *r = s->r;
+    void *b;
+    size_t n;
+    if (pp_stage_save(s, j, &b, &n, e) < 0)
+        return -1;
+    for (int i = 0; i < s->noutbox; i++) /* saved: no longer needed */
+        if (s->outbox[i].cut == j) {
+            free(s->outbox[i].buf);
+            s->outbox[i--] = s->outbox[--s->noutbox];
+        }
+    pthread_mutex_lock(&r->mu);
+    r->cut_blobs[j][s->s] = b;
+    r->cut_sizes[j][s->s] = n;
+    r->cut_have[j]++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
     return 0;
 }

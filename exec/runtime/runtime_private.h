@@ -1,5 +1,7 @@
-/* Types shared by the runtime's files (runtime.c: threads and actions;
- * runtime_ckpt.c: stage state at a checkpoint cut). Not a public API. */
+/* What the runtime's files share; not a public API. runtime.c runs the
+ * whole (pp_run), stage.c is one stage's thread, supervise.c the main
+ * thread's reports, evaluate.c validation snapshots, collect.c the result,
+ * runtime_ckpt.c a stage's state at a checkpoint cut. */
 #ifndef PP_RUNTIME_PRIVATE_H
 #define PP_RUNTIME_PRIVATE_H
 
@@ -82,6 +84,47 @@ typedef struct pp_outbox_msg {
     void *buf;     /* host copy */
     size_t bytes;
 } pp_outbox_msg;
+
+/* runtime.c: marks the run aborted and wakes every waiting stage. */
+void pp_run_abort(run *r);
+
+/* Evaluation needs the whole model: only a process that runs every stage. */
+static inline int pp_run_evaluates(const run *r)
+{
+    return r->cfg->val_batch && r->nloc == r->P;
+}
+
+/* stage.c: a stage's buffers and state before its thread starts (and
+ * restored from a checkpoint blob on resume); freed by release. */
+int pp_stage_prepare(stage_rt *s, pp_err *e);
+void pp_stage_release(stage_rt *s);
+/* The thread of stage `arg` (a stage_rt *): runs its action list. */
+void *pp_stage_main(void *arg);
+
+/* supervise.c: the main thread's reports. The last stage records each
+ * update; pp_supervise emits the records in order and writes complete
+ * checkpoint cuts until every local stage is done. */
+typedef struct {
+    void **eval_stages;       /* [P] evaluator stages, or NULL */
+    int emitted;              /* records handed to on_step */
+} reporter;
+int pp_report_update(stage_rt *s, pp_err *e);
+int pp_supervise(run *r, reporter *rep, pp_err *e);
+
+/* evaluate.c: snapshots (under r->mu) and the final evaluation. */
+snapshot *pp_snapshot_find(run *r, int k);
+int pp_snapshot_deposit(stage_rt *s, int k, pp_err *e);
+void pp_snapshot_free(run *r, snapshot *sn);
+int pp_run_final_evaluation(run *r, void **eval_stages, pp_run_result *res, pp_err *e);
+
+/* collect.c: the result of a finished run. */
+int pp_run_collect(run *r, pp_run_result *res, pp_err *e);
+int pp_run_keep_final_weights(run *r, pp_run_result *res, pp_err *e);
+
+/* runtime_ckpt.c: a message just sent that a cut will need; the stage's
+ * state at cut j, handed to the main thread. */
+int pp_stage_keep_for_checkpoint(stage_rt *s, size_t idx, pp_err *e);
+int pp_stage_reach_cut(stage_rt *s, int j, pp_err *e);
 
 /* Serialises stage s's state at cut j into a fresh host blob. */
 int pp_stage_save(stage_rt *s, int j, void **blob, size_t *bytes, pp_err *e);

@@ -1,0 +1,340 @@
+/* A stage's thread, top to bottom: prepare the stage (buffers, weight
+ * versions, what it must know ahead), run each action of its IR list
+ * (receive the input, compute, send, log the times), and report updates
+ * and snapshots to the main thread (supervise.c, evaluate.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime_private.h"
+
+/* --- per-stage preparation ------------------------------------------- */
+
+int pp_stage_prepare(stage_rt *s, pp_err *e)
+{
+    run *r = s->r;
+    const pp_backend_ops *b = r->cfg->backend;
+    const pp_action_list *l = &r->cfg->ir->stage[s->s];
+    size_t N = (size_t)r->N;
+    s->acts = calloc(N ? N : 1, sizeof *s->acts);
+    s->v_f = calloc(N ? N : 1, sizeof *s->v_f);
+    s->stash = calloc(N ? N : 1, 1);
+    s->loss = calloc(N ? N : 1, sizeof *s->loss);
+    s->next_fv = malloc((l->count ? l->count : 1) * sizeof *s->next_fv);
+    size_t BT = (size_t)r->cfg->model.micro_batch * r->cfg->model.seq_len;
+    s->tokens = malloc(BT * sizeof(int));
+    s->targets = malloc(BT * sizeof(int));
+    if (!s->acts || !s->v_f || !s->stash || !s->loss || !s->next_fv || !s->tokens || !s->targets)
+        return pp_errf(e, "out of memory");
+    /* What the stage must know ahead: which backwards read the stash, and
+     * which version the next explicit-version forward names. */
+    int32_t next = -1;
+    for (size_t i = l->count; i-- > 0;) {
+        const pp_action *a = &l->items[i];
+        s->next_fv[i] = next;
+        if (a->op == PP_OP_F)
+            next = a->sel == PP_SEL_VERSION ? a->version : -1;
+        if ((a->op == PP_OP_B || a->op == PP_OP_I) && a->sel == PP_SEL_STASH)
+            s->stash[a->mb] = 1;
+    }
+    if (pp_weights_init(&s->ws, b, s->bk, r->cfg->seed, e) < 0)
+        return -1;
+    size_t nb = b->boundary_floats(s->bk) * sizeof(float);
+    s->grad = b->alloc(s->bk, s->ws.bytes);
+    s->x_in = b->alloc(s->bk, nb);
+    s->x_out = b->alloc(s->bk, nb);
+    s->dx_in = b->alloc(s->bk, nb);
+    s->dx_out = b->alloc(s->bk, nb);
+    if (!s->grad || !s->x_in || !s->x_out || !s->dx_in || !s->dx_out)
+        return pp_errf(e, "out of memory for stage %d buffers", s->s);
+    const pp_run_config *c = r->cfg;
+    if (c->resume_blobs)
+        return pp_stage_restore(s, c->resume_blobs[s->s], c->resume_sizes[s->s], &s->start_pos, e);
+    return 0;
+}
+
+void pp_stage_release(stage_rt *s)
+{
+    if (!s->bk) /* not created, or another process's stage */
+        return;
+    const pp_backend_ops *b = s->r->cfg->backend;
+    for (int i = 0; s->acts && i < s->r->N; i++)
+        if (s->acts[i])
+            b->release(s->bk, s->acts[i]);
+    void *bufs[] = {s->grad, s->x_in, s->x_out, s->dx_in, s->dx_out};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            b->release(s->bk, bufs[i]);
+    if (s->ws.v)
+        pp_weights_free(&s->ws);
+    free(s->acts);
+    free(s->v_f);
+    free(s->stash);
+    free(s->loss);
+    free(s->next_fv);
+    free(s->tokens);
+    free(s->targets);
+    free(s->log.items);
+    for (int i = 0; i < s->noutbox; i++)
+        free(s->outbox[i].buf);
+    free(s->outbox);
+    b->destroy(s->bk);
+    s->bk = NULL;
+}
+
+/* --- checksums (test hook) ------------------------------------------- */
+
+static void record_checksum(stage_rt *s, const void *w, int mb, int which)
+{
+    double *dst = s->r->cfg->weight_checksums;
+    if (!dst)
+        return;
+    const pp_backend_ops *b = s->r->cfg->backend;
+    size_t n = s->ws.bytes / sizeof(float);
+    float *h = malloc(s->ws.bytes);
+    if (!h)
+        return;
+    b->to_host(s->bk, h, w, s->ws.bytes);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += h[i] * (double)((i % 97) + 1);
+    free(h);
+    dst[((size_t)s->s * s->r->N + mb) * 2 + which] = sum;
+}
+
+/* --- actions --------------------------------------------------------- */
+
+static int do_forward(stage_rt *s, const pp_action *a, int *version, pp_err *e)
+{
+    run *r = s->r;
+    const pp_backend_ops *b = r->cfg->backend;
+    int mb = a->mb, first = s->s == 0, last = s->s == r->P - 1;
+    int v = a->sel == PP_SEL_VERSION ? a->version : s->ws.current;
+    void *w = pp_weights_get(&s->ws, v);
+    if (!w)
+        return pp_errf(e, "F%d: weight version %d is not alive", mb, v);
+    size_t nb = b->boundary_floats(s->bk) * sizeof(float);
+    if ((first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0) ||
+        (last && !first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0))
+        return -1;
+    if (!s->acts[mb] && !(s->acts[mb] = b->alloc(s->bk, b->acts_bytes(s->bk))))
+        return pp_errf(e, "out of memory for the activations of micro-batch %d", mb);
+    if (b->forward(s->bk, w, first ? s->tokens : NULL, first ? NULL : s->x_in,
+                   last ? s->targets : NULL, s->acts[mb], last ? NULL : s->x_out,
+                   last ? &s->loss[mb] : NULL, e) < 0)
+        return -1;
+    s->v_f[mb] = v;
+    if (s->stash[mb])
+        pp_weights_ref(&s->ws, v, 1);
+    record_checksum(s, w, mb, 0);
+    *version = v;
+    if (!last)
+        return r->tr->send(r->tr, s->s, s->s + 1, PP_MSG_ACT, mb, s->x_out, nb, e);
+    return 0;
+}
+
+/* B or I: the input gradient, sent upstream. */
+static int do_backward_input(stage_rt *s, const pp_action *a, int *version, pp_err *e)
+{
+    run *r = s->r;
+    const pp_backend_ops *b = r->cfg->backend;
+    int mb = a->mb, first = s->s == 0, last = s->s == r->P - 1;
+    int v = s->stash[mb] ? s->v_f[mb] : s->ws.current;
+    void *w = pp_weights_get(&s->ws, v);
+    if (!w || !s->acts[mb])
+        return pp_errf(e, "%s%d: no forward state", pp_op_name(a->op), mb);
+    size_t nb = b->boundary_floats(s->bk) * sizeof(float);
+    float scale = 1.0f / (float)r->cfg->ir->info.microbatches_per_step;
+    b->backward_input(s->bk, w, s->acts[mb], last ? NULL : s->dx_out, first ? NULL : s->dx_in,
+                      scale);
+    record_checksum(s, w, mb, 1);
+    *version = v;
+    if (!first)
+        return r->tr->send(r->tr, s->s, s->s - 1, PP_MSG_GRAD, mb, s->dx_in, nb, e);
+    return 0;
+}
+
+/* B or W: the weight gradient, then the micro-batch is done here. */
+static void do_backward_weight(stage_rt *s, const pp_action *a)
+{
+    run *r = s->r;
+    const pp_backend_ops *b = r->cfg->backend;
+    int mb = a->mb;
+    b->backward_weight(s->bk, s->acts[mb], s->grad);
+    b->release(s->bk, s->acts[mb]);
+    s->acts[mb] = NULL;
+    if (s->stash[mb])
+        pp_weights_ref(&s->ws, s->v_f[mb], -1);
+    if (s->s == r->P - 1) {
+        s->loss_sum += s->loss[mb];
+        s->loss_n++;
+    }
+}
+
+static int do_opt(stage_rt *s, int *version, pp_err *e)
+{
+    run *r = s->r;
+    const pp_backend_ops *b = r->cfg->backend;
+    float lr = pp_lr_at(&r->cfg->lr, s->updates);
+    void *w = pp_weights_begin_update(&s->ws, e);
+    if (!w)
+        return -1;
+    b->optimizer_step(s->bk, w, s->grad, lr);
+    pp_weights_commit_update(&s->ws);
+    s->updates++;
+    *version = s->ws.current;
+    if (s->s == r->P - 1 && pp_report_update(s, e) < 0)
+        return -1;
+    int every = r->cfg->eval_every;
+    if (pp_run_evaluates(r) && every > 0 && s->updates % every == 0)
+        return pp_snapshot_deposit(s, s->updates, e);
+    return 0;
+}
+
+/* A barrier that an aborted run releases with an error. */
+static int run_barrier(run *r, pp_err *e)
+{
+    pthread_mutex_lock(&r->mu);
+    int gen = r->bar_gen;
+    if (++r->bar_count == r->nloc) {
+        r->bar_count = 0;
+        r->bar_gen++;
+        pthread_cond_broadcast(&r->cv);
+    }
+    while (gen == r->bar_gen && !r->aborted)
+        pthread_cond_wait(&r->cv, &r->mu);
+    int rc = gen == r->bar_gen ? pp_errf(e, "run aborted while waiting at a barrier") : 0;
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+/* --- the loop: each action in IR order -------------------------------- */
+
+/* Waits for the action's input from a neighbour, before the action's clock
+ * starts: waiting is idle time, not work. */
+static int receive_input(stage_rt *s, const pp_action *a, pp_err *e)
+{
+    run *r = s->r;
+    size_t nb = r->cfg->backend->boundary_floats(s->bk) * sizeof(float);
+    if (a->op == PP_OP_F && s->s > 0)
+        return r->tr->recv(r->tr, s->s, s->s - 1, PP_MSG_ACT, a->mb, s->x_in, nb, e);
+    if ((a->op == PP_OP_B || a->op == PP_OP_I) && s->s < r->P - 1)
+        return r->tr->recv(r->tr, s->s, s->s + 1, PP_MSG_GRAD, a->mb, s->dx_out, nb, e);
+    return 0;
+}
+
+/* The device clock's origin, now, on the host's time line. */
+static void clock_restart(stage_rt *s)
+{
+    s->r->cfg->backend->clock_origin(s->bk);
+    s->clock0 = pp_now_s() - s->r->t0;
+}
+
+static int run_action(stage_rt *s, size_t idx, pp_err *e)
+{
+    const pp_action *a = &s->r->cfg->ir->stage[s->s].items[idx];
+    const pp_backend_ops *b = s->r->cfg->backend;
+    int rc = receive_input(s, a, e), v = 0;
+    pp_timed_action ta = {*a, 0, 0, -1, pp_now_s() - s->r->t0, 0};
+    if (b->clock_mark)
+        b->clock_mark(s->bk, 0);
+    switch (rc < 0 ? -1 : a->op) {
+    case PP_OP_F:
+        rc = do_forward(s, a, &v, e);
+        break;
+    case PP_OP_B:
+        rc = do_backward_input(s, a, &v, e);
+        if (rc == 0)
+            do_backward_weight(s, a);
+        break;
+    case PP_OP_I:
+        rc = do_backward_input(s, a, &v, e);
+        break;
+    case PP_OP_W:
+        v = s->stash[a->mb] ? s->v_f[a->mb] : s->ws.current;
+        do_backward_weight(s, a);
+        break;
+    case PP_OP_OPT:
+        rc = do_opt(s, &v, e);
+        break;
+    case PP_OP_BARRIER:
+        rc = run_barrier(s->r, e);
+        v = s->ws.current;
+        break;
+    }
+    int sent = (a->op == PP_OP_F && s->s < s->r->P - 1) ||
+               ((a->op == PP_OP_B || a->op == PP_OP_I) && s->s > 0);
+    if (rc == 0 && sent && s->r->cfg->ncuts)
+        rc = pp_stage_keep_for_checkpoint(s, idx, e);
+    if (rc < 0) {
+        char buf[32];
+        return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
+                             pp_action_format(*a, buf, sizeof buf));
+    }
+    if (pp_weights_pin(&s->ws, s->next_fv[idx]) < 0)
+        return pp_errf(e, "stage %d: version %d is not alive", s->s, s->next_fv[idx]);
+    if (b->clock_mark)
+        b->clock_mark(s->bk, 1);
+    b->sync(s->bk);
+    ta.version = v;
+    ta.end = pp_now_s() - s->r->t0;
+    if (b->clock_read) { /* the device's own times of the work, on the host's time line */
+        double t0 = b->clock_read(s->bk, 0), t1 = b->clock_read(s->bk, 1);
+        if (t0 >= 0 && t1 >= t0) {
+            ta.start = s->clock0 + t0;
+            ta.end = s->clock0 + t1;
+        }
+        /* event times are float milliseconds from the origin: a recent
+         * origin keeps them to microseconds */
+        if (t1 > 10.0)
+            clock_restart(s);
+    }
+    if (s->log.count == s->log.cap) {
+        size_t cap = s->log.cap ? s->log.cap * 2 : 256;
+        pp_timed_action *items = realloc(s->log.items, cap * sizeof *items);
+        if (!items)
+            return pp_errf(e, "out of memory");
+        s->log.items = items;
+        s->log.cap = cap;
+    }
+    s->log.items[s->log.count++] = ta;
+    return 0;
+}
+
+/* Runs one action and, at a checkpoint cut, saves the stage; returns 1
+ * when the run stops at this cut. */
+static int step(stage_rt *s, size_t i, pp_err *e)
+{
+    const pp_run_config *c = s->r->cfg;
+    if (run_action(s, i, e) < 0)
+        return -1;
+    for (int j = 0; j < c->ncuts; j++)
+        if (c->cuts[j].pos[s->s] == i + 1) {
+            if (pp_stage_reach_cut(s, j, e) < 0)
+                return -1;
+            if (j == c->stop_cut)
+                return 1;
+        }
+    return 0;
+}
+
+void *pp_stage_main(void *arg)
+{
+    stage_rt *s = arg;
+    const pp_action_list *l = &s->r->cfg->ir->stage[s->s];
+    if (s->r->cfg->backend->clock_origin)
+        clock_restart(s);
+    int rc = pp_stage_resend(s, &s->err);
+    for (size_t i = s->start_pos; rc == 0 && i < l->count; i++)
+        rc = step(s, i, &s->err);
+    if (rc < 0) {
+        s->failed = 1;
+        pp_run_abort(s->r);
+    }
+    if (s->r->cfg->peak_weight_copies)
+        s->r->cfg->peak_weight_copies[s->s] = s->ws.peak_copies;
+    pthread_mutex_lock(&s->r->mu);
+    s->r->stages_done++;
+    pthread_cond_broadcast(&s->r->cv);
+    pthread_mutex_unlock(&s->r->mu);
+    return NULL;
+}
