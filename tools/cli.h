@@ -1,9 +1,14 @@
-/* Command-line options shared by ppsim and pprun: the schedule (generated or
- * from a file), the cost model and the model description (DESIGN §7). */
+/* The command lines of ppsim and pprun (DESIGN §7): one table of every
+ * option (cli_options.c) that knows which tool takes it, so each tool's
+ * --help lists its own options and each refuses the other's by name; and
+ * the helpers both tools build their inputs with (the schedule from a
+ * generator or a file, the model description, the simulator's cost
+ * model, the timeline files). */
 #ifndef PP_CLI_H
 #define PP_CLI_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "cost.h"
 #include "error.h"
@@ -12,30 +17,53 @@
 #include "registry.h"
 #include "timeline.h"
 
+typedef enum { PP_TOOL_SIM = 1, PP_TOOL_RUN = 2, PP_TOOL_BOTH = 3 } pp_tool;
+
+typedef enum { PP_FORMAT_TABLE, PP_FORMAT_JSON, PP_FORMAT_CSV } pp_format;
+
+/* ppsim only: the cost model and the report. */
+typedef struct {
+    const char *fwd, *bwd, *opt, *straggler;
+    double jitter;
+    pp_format format;
+    const char *per_mb, *output, *schedules;
+} pp_sim_opts;
+
+/* pprun only: training, placement, multi-process runs, checkpoints, logs. */
+typedef struct {
+    const char *backend, *data, *data_bin, *val_bin, *log, *versions;
+    const char *devices, *checkpoint, *resume, *rendezvous, *transport, *sm_partitions;
+    double lr, min_lr, timeout;
+    int warmup, eval_every, eval_batches, checkpoint_every, stop_after;
+} pp_run_opts;
+
 typedef struct {
     /* schedule */
     const char *schedule, *ir_file, *csv_file;
     pp_gen_opts gen;
-    /* cost model */
-    const char *fwd, *bwd, *opt, *profile, *straggler;
-    double comm_latency, comm_bandwidth, jitter;
-    uint64_t seed;
+    uint64_t seed;  /* ppsim: jitter; pprun: weight initialisation */
     /* model */
     const char *model, *precision;
     int layers, dim, heads, vocab, seq_len, micro_batch;
+    /* link between stages: time units (ppsim) or seconds (pprun's model) */
+    double comm_latency, comm_bandwidth;
+    /* timeline outputs; --profile is ppsim's input and pprun's output */
+    const char *trace, *svg, *profile;
+    pp_sim_opts sim;
+    pp_run_opts run;
 } pp_cli_opts;
 
-void pp_cli_defaults(pp_cli_opts *o, const char *default_model);
+/* The defaults of `tool` (DESIGN §7). */
+void pp_cli_defaults(pp_cli_opts *o, pp_tool tool);
 
-/* Splits "--flag=value"; for "--flag value" takes argv[*i+1]. Returns the
- * value or NULL (error set) when missing. */
-const char *pp_cli_value(int argc, char **argv, int *i, const char *flag, pp_err *e);
-/* Matches argv[i] against flag, with or without "=value". */
-int pp_cli_is(const char *arg, const char *flag);
+/* If argv[*i] is an option of `tool`, consumes it (and its value) and
+ * returns 1; returns 0 for an argument that is not an option (a word, or
+ * "-"); -1 with one line in e for an unknown option, the other tool's
+ * option, or a bad value. */
+int pp_cli_option(pp_cli_opts *o, pp_tool tool, int argc, char **argv, int *i, pp_err *e);
 
-/* If argv[*i] is one of the shared options, consumes it (and its value):
- * returns 1; 0 if not ours; -1 on a bad value. */
-int pp_cli_shared_option(pp_cli_opts *o, int argc, char **argv, int *i, pp_err *e);
+/* The option part of `tool`'s --help, section by section. */
+void pp_cli_help(FILE *f, pp_tool tool);
 
 int pp_cli_parse_int(const char *flag, const char *v, long min, long max, int *out, pp_err *e);
 int pp_cli_parse_double(const char *flag, const char *v, double min, double *out, pp_err *e);
@@ -56,8 +84,5 @@ int pp_cli_load_ir(const pp_cli_opts *o, pp_schedule *s, pp_err *e);
  * CSV were asked for (NULL paths are skipped). */
 int pp_cli_write_timeline(const pp_timeline *tl, const char *trace, const char *svg,
                           const char *per_mb, pp_err *e);
-
-/* Usage text of the shared options. */
-extern const char pp_cli_shared_help[];
 
 #endif

@@ -18,29 +18,15 @@ static const char usage[] =
     "  list                          one line per schedule: name, description\n"
     "  run --schedule NAME [opts]    simulate one schedule and print its report\n"
     "  run --ir FILE | --pytorch-csv FILE   simulate a schedule from a file\n"
-    "  compare [--schedules a,b,..]  one row per schedule (default 1f1b-flush,pipedream-2bw,paci)\n"
-    "  export --schedule NAME -o FILE   write the IR as JSON (also converts --pytorch-csv)\n"
+    "  compare [--schedules a,b,..]  one row per schedule, side by side\n"
+    "  export --schedule NAME -o FILE   write the IR as JSON (or a --pytorch-csv's)\n"
     "  validate FILE | --pytorch-csv FILE   check a schedule file\n"
-    "\n"
-    "output:\n"
-    "  --format table|json|csv       report format (default table)\n"
-    "  --trace FILE.json             Chrome trace (Perfetto, chrome://tracing)\n"
-    "  --svg FILE.svg                timeline picture\n"
-    "  --per-microbatch FILE.csv     stage,microbatch,v_f,v_b,drift,f_start,f_end,b_start,b_end\n"
     "\n";
-
-typedef enum { FMT_TABLE, FMT_JSON, FMT_CSV } out_format;
-
-typedef struct {
-    pp_cli_opts cli;
-    out_format format;
-    const char *trace, *svg, *per_mb, *output, *schedules;
-} ppsim_opts;
 
 static void print_usage(FILE *f)
 {
     fputs(usage, f);
-    fputs(pp_cli_shared_help, f);
+    pp_cli_help(f, PP_TOOL_SIM);
     fputs("\nDefaults: P=8, M=8, S=16, gpt2-medium memory model, F=1 B=2 time units.\n", f);
 }
 
@@ -51,45 +37,18 @@ static int fail(const pp_err *e)
 }
 
 /* Parses the options of a command; -1 on error. */
-static int parse_options(ppsim_opts *o, int argc, char **argv, int first, const char **positional,
+static int parse_options(pp_cli_opts *o, int argc, char **argv, int first, const char **positional,
                          pp_err *e)
 {
     for (int i = first; i < argc; i++) {
-        const char *a = argv[i];
-        int r = pp_cli_shared_option(&o->cli, argc, argv, &i, e);
+        int r = pp_cli_option(o, PP_TOOL_SIM, argc, argv, &i, e);
         if (r < 0)
             return -1;
         if (r > 0)
             continue;
-        const char **slot = NULL;
-        const char *flag = NULL;
-        if (pp_cli_is(a, "--trace")) slot = &o->trace, flag = "--trace";
-        else if (pp_cli_is(a, "--svg")) slot = &o->svg, flag = "--svg";
-        else if (pp_cli_is(a, "--per-microbatch")) slot = &o->per_mb, flag = "--per-microbatch";
-        else if (pp_cli_is(a, "--schedules")) slot = &o->schedules, flag = "--schedules";
-        else if (pp_cli_is(a, "--output") || strcmp(a, "-o") == 0) slot = &o->output, flag = "-o";
-        if (slot) {
-            if (!(*slot = pp_cli_value(argc, argv, &i, flag, e)))
-                return -1;
-            if (!**slot)
-                return pp_errf(e, "%s: empty value", flag);
-            continue;
-        }
-        if (pp_cli_is(a, "--format")) {
-            const char *v = pp_cli_value(argc, argv, &i, "--format", e);
-            if (!v)
-                return -1;
-            if (strcmp(v, "table") == 0) o->format = FMT_TABLE;
-            else if (strcmp(v, "json") == 0) o->format = FMT_JSON;
-            else if (strcmp(v, "csv") == 0) o->format = FMT_CSV;
-            else return pp_errf(e, "--format: \"%s\" is not table, json or csv", v);
-            continue;
-        }
-        if (a[0] == '-' && a[1])
-            return pp_errf(e, "unknown option \"%s\" (see ppsim --help)", a);
         if (!positional || *positional)
-            return pp_errf(e, "unexpected argument \"%s\"", a);
-        *positional = a;
+            return pp_errf(e, "unexpected argument \"%s\"", argv[i]);
+        *positional = argv[i];
     }
     return 0;
 }
@@ -97,11 +56,11 @@ static int parse_options(ppsim_opts *o, int argc, char **argv, int first, const 
 /* The schedule to simulate, as a stream. Full mode (or a file) keeps the
  * whole IR in *held and validates it first; summary mode streams the
  * generator and lets the engine check it as it runs. */
-static int open_schedule(const ppsim_opts *o, const char *name, int full, pp_schedule *held,
+static int open_schedule(const pp_cli_opts *o, const char *name, int full, pp_schedule *held,
                          int *have_held, pp_stream **st, pp_err *e)
 {
     *have_held = 0;
-    int r = pp_cli_load_ir(&o->cli, held, e);
+    int r = pp_cli_load_ir(o, held, e);
     if (r < 0)
         return -1;
     if (r == 0) {
@@ -112,8 +71,8 @@ static int open_schedule(const ppsim_opts *o, const char *name, int full, pp_sch
         return pp_errf(e, "give --schedule NAME (%s), --ir FILE or --pytorch-csv FILE",
                        pp_generator_names());
     if (!full)
-        return pp_generate(name, &o->cli.gen, st, e);
-    if (pp_generate_schedule(name, &o->cli.gen, held, e) < 0)
+        return pp_generate(name, &o->gen, st, e);
+    if (pp_generate_schedule(name, &o->gen, held, e) < 0)
         return -1;
     *have_held = 1;
     if (pp_schedule_validate(held, e) < 0)
@@ -122,7 +81,7 @@ static int open_schedule(const ppsim_opts *o, const char *name, int full, pp_sch
 }
 
 /* Simulates one schedule; fills *m (and *tl when tl is not NULL). */
-static int simulate(const ppsim_opts *o, const char *name, pp_model_desc *model, pp_metrics *m,
+static int simulate(const pp_cli_opts *o, const char *name, pp_model_desc *model, pp_metrics *m,
                     pp_timeline *tl, pp_err *e)
 {
     pp_schedule held;
@@ -133,11 +92,11 @@ static int simulate(const ppsim_opts *o, const char *name, pp_model_desc *model,
     if (open_schedule(o, name, tl != NULL, &held, &have_held, &st, e) < 0)
         goto out;
     int P = st->info.stages;
-    if (pp_cli_model(&o->cli, P, model, e) < 0 || pp_cli_cost(&o->cli, P, model, &cost, e) < 0)
+    if (pp_cli_model(o, P, model, e) < 0 || pp_cli_cost(o, P, model, &cost, e) < 0)
         goto out;
     have_cost = 1;
     const char *rc_param = pp_info_get_param(&st->info, "recompute");
-    int recompute = o->cli.gen.recompute || (rc_param && strcmp(rc_param, "1") == 0);
+    int recompute = o->gen.recompute || (rc_param && strcmp(rc_param, "1") == 0);
     if (tl) {
         if (pp_timeline_init(tl, &st->info, e) < 0)
             goto out;
@@ -159,12 +118,12 @@ out:
     return rc;
 }
 
-static void print_report(const ppsim_opts *o, const pp_metrics *ms, int n, int compare,
+static void print_report(const pp_cli_opts *o, const pp_metrics *ms, int n, int compare,
                          const pp_model_desc *model)
 {
-    if (o->format == FMT_JSON)
+    if (o->sim.format == PP_FORMAT_JSON)
         pp_report_json(stdout, ms, n, compare);
-    else if (o->format == FMT_CSV)
+    else if (o->sim.format == PP_FORMAT_CSV)
         pp_report_csv(stdout, ms, n);
     else if (compare)
         pp_report_compare_table(stdout, ms, n, model);
@@ -172,15 +131,15 @@ static void print_report(const ppsim_opts *o, const pp_metrics *ms, int n, int c
         pp_report_table(stdout, ms, model);
 }
 
-static int cmd_run(ppsim_opts *o, pp_err *e)
+static int cmd_run(pp_cli_opts *o, pp_err *e)
 {
-    int full = o->trace || o->svg || o->per_mb;
+    int full = o->trace || o->svg || o->sim.per_mb;
     pp_model_desc model;
     pp_metrics m;
     pp_timeline tl;
-    if (simulate(o, o->cli.schedule, &model, &m, full ? &tl : NULL, e) < 0)
+    if (simulate(o, o->schedule, &model, &m, full ? &tl : NULL, e) < 0)
         return -1;
-    int rc = full ? pp_cli_write_timeline(&tl, o->trace, o->svg, o->per_mb, e) : 0;
+    int rc = full ? pp_cli_write_timeline(&tl, o->trace, o->svg, o->sim.per_mb, e) : 0;
     if (rc == 0)
         print_report(o, &m, 1, 0, &model);
     if (full)
@@ -189,14 +148,14 @@ static int cmd_run(ppsim_opts *o, pp_err *e)
     return rc;
 }
 
-static int cmd_compare(ppsim_opts *o, pp_err *e)
+static int cmd_compare(pp_cli_opts *o, pp_err *e)
 {
-    if (o->cli.ir_file || o->cli.csv_file || o->cli.schedule)
+    if (o->ir_file || o->csv_file || o->schedule)
         return pp_errf(e, "compare takes --schedules a,b,...; use run for one schedule or a file");
-    if (o->trace || o->svg || o->per_mb)
+    if (o->trace || o->svg || o->sim.per_mb)
         return pp_errf(e, "--trace, --svg and --per-microbatch go with run, one schedule at a time");
     char list[1024];
-    snprintf(list, sizeof list, "%s", o->schedules ? o->schedules : "1f1b-flush,pipedream-2bw,paci");
+    snprintf(list, sizeof list, "%s", o->sim.schedules ? o->sim.schedules : "1f1b-flush,pipedream-2bw,paci");
     pp_metrics ms[16];
     pp_model_desc model;
     int n = 0, rc = 0;
@@ -221,47 +180,47 @@ static int cmd_compare(ppsim_opts *o, pp_err *e)
     return rc;
 }
 
-static int cmd_export(ppsim_opts *o, pp_err *e)
+static int cmd_export(pp_cli_opts *o, pp_err *e)
 {
-    if (!o->output)
+    if (!o->sim.output)
         return pp_errf(e, "export needs -o FILE");
     pp_schedule s;
-    int r = pp_cli_load_ir(&o->cli, &s, e);
+    int r = pp_cli_load_ir(o, &s, e);
     if (r < 0)
         return -1;
     if (r == 1) {
-        if (!o->cli.schedule)
+        if (!o->schedule)
             return pp_errf(e, "export needs --schedule NAME (%s) or a file to convert",
                            pp_generator_names());
-        if (pp_generate_schedule(o->cli.schedule, &o->cli.gen, &s, e) < 0)
+        if (pp_generate_schedule(o->schedule, &o->gen, &s, e) < 0)
             return -1;
         if (pp_schedule_validate(&s, e) < 0) {
             pp_schedule_free(&s);
             return -1;
         }
     }
-    int rc = pp_schedule_save_json(&s, o->output, e);
+    int rc = pp_schedule_save_json(&s, o->sim.output, e);
     if (rc == 0)
-        fprintf(stderr, "ppsim: wrote %s (%s, %d stages, %zu actions)\n", o->output, s.info.name,
+        fprintf(stderr, "ppsim: wrote %s (%s, %d stages, %zu actions)\n", o->sim.output, s.info.name,
                 s.info.stages, pp_schedule_action_count(&s));
     pp_schedule_free(&s);
     return rc;
 }
 
-static int cmd_validate(ppsim_opts *o, const char *file, pp_err *e)
+static int cmd_validate(pp_cli_opts *o, const char *file, pp_err *e)
 {
-    if (file && !o->cli.ir_file && !o->cli.csv_file)
-        o->cli.ir_file = file;
+    if (file && !o->ir_file && !o->csv_file)
+        o->ir_file = file;
     else if (file)
         return pp_errf(e, "validate takes one file");
     pp_schedule s;
-    int r = pp_cli_load_ir(&o->cli, &s, e);
+    int r = pp_cli_load_ir(o, &s, e);
     if (r < 0)
         return -1;
     if (r == 1)
         return pp_errf(e, "validate needs a FILE (or --pytorch-csv FILE)");
     printf("%s: valid %s schedule: %d stages, m=%d, %d steps, %d micro-batches, %zu actions\n",
-           o->cli.ir_file ? o->cli.ir_file : o->cli.csv_file, s.info.name, s.info.stages,
+           o->ir_file ? o->ir_file : o->csv_file, s.info.name, s.info.stages,
            s.info.microbatches_per_step, s.info.steps, s.info.total_microbatches,
            pp_schedule_action_count(&s));
     pp_schedule_free(&s);
@@ -292,9 +251,8 @@ int main(int argc, char **argv)
             print_usage(stdout);
             return 0;
         }
-    ppsim_opts o;
-    memset(&o, 0, sizeof o);
-    pp_cli_defaults(&o.cli, "gpt2-medium");
+    pp_cli_opts o;
+    pp_cli_defaults(&o, PP_TOOL_SIM);
     pp_err e = {{0}};
     const char *positional = NULL;
     int is_validate = !strcmp(cmd, "validate");

@@ -1,0 +1,131 @@
+/* pprun's checkpoints: DIR/checkpoint.ckpt holds a run record and one
+ * state blob per stage (the runtime serialises the stages at consistent
+ * cuts, runtime/cut.h); a resume must run the very same IR and model. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pprun.h"
+
+/* FNV-1a over the action lists: a resume must run the very same IR. */
+uint64_t pprun_ir_hash(const pp_schedule *ir)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (int s = 0; s < ir->info.stages; s++)
+        for (size_t i = 0; i < ir->stage[s].count; i++) {
+            const pp_action *a = &ir->stage[s].items[i];
+            int32_t v[4] = {a->op, a->sel, a->mb, a->version};
+            const unsigned char *p = (const unsigned char *)v;
+            for (size_t k = 0; k < sizeof v; k++)
+                h = (h ^ p[k]) * 1099511628211ULL;
+        }
+    return h;
+}
+
+int pprun_write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
+                           pp_err *e)
+{
+    ckpt_ctx *c = ctx;
+    pp_ckpt_writer w;
+    if (pp_ckpt_writer_open(&w, c->dir, PPRUN_CKPT_NAME, &c->shape, e) < 0)
+        return -1;
+    char run[512];
+    int n = snprintf(run, sizeof run,
+                     "{\"schedule\": \"%s\", \"stages\": %d, \"microbatches_per_step\": %d, "
+                     "\"steps\": %d, \"update\": %d, \"tokens\": %.0f, \"ir_hash\": \"%016llx\"}",
+                     c->ir->info.name, c->ir->info.stages, c->ir->info.microbatches_per_step,
+                     c->ir->info.steps, K, tokens, (unsigned long long)c->ir_hash);
+    if (pp_ckpt_writer_add(&w, "run.json", run, (size_t)n, e) < 0)
+        goto fail;
+    for (int s = 0; s < c->ir->info.stages; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "stage%d", s);
+        if (pp_ckpt_writer_add(&w, name, blobs[s], sizes[s], e) < 0)
+            goto fail;
+    }
+    if (pp_ckpt_writer_commit(&w, e) < 0)
+        return -1;
+    fprintf(stderr, "%spprun: checkpoint after update %d in %s/%s\n", isatty(2) ? "\n" : "", K,
+            c->dir, PPRUN_CKPT_NAME);
+    return 0;
+fail:
+    pp_ckpt_writer_abort(&w);
+    return -1;
+}
+
+/* Reads --resume DIR: checks model shape and IR, returns per-stage blobs. */
+int pprun_read_checkpoint(const char *dir, const ckpt_ctx *want, void ***blobs, size_t **sizes,
+                          double *tokens, int *update, pp_err *e)
+{
+    pp_ckpt_reader r;
+    if (pp_ckpt_open(&r, dir, PPRUN_CKPT_NAME, e) < 0)
+        return -1;
+    int P = want->ir->info.stages, rc = pp_ckpt_check_shape(&r, &want->shape, e);
+    char *run = NULL;
+    size_t n;
+    if (rc == 0)
+        rc = pp_ckpt_read_alloc(&r, "run.json", (void **)&run, &n, e);
+    char hash[32];
+    snprintf(hash, sizeof hash, "\"%016llx\"", (unsigned long long)want->ir_hash);
+    if (rc == 0 && !strstr(run, hash))
+        rc = pp_errf(e, "%s: checkpoint was written by another schedule (%s); resume with the "
+                        "same --schedule/--stages/--microbatches/--steps", dir, run);
+    const char *u = rc == 0 ? strstr(run, "\"update\": ") : NULL;
+    const char *t = rc == 0 ? strstr(run, "\"tokens\": ") : NULL;
+    if (rc == 0 && (!u || !t))
+        rc = pp_errf(e, "%s: checkpoint run record is damaged", dir);
+    if (rc == 0) {
+        *update = atoi(u + 10);
+        *tokens = atof(t + 10);
+        *blobs = calloc((size_t)P, sizeof **blobs);
+        *sizes = calloc((size_t)P, sizeof **sizes);
+        if (!*blobs || !*sizes)
+            rc = pp_errf(e, "out of memory");
+    }
+    for (int s = 0; rc == 0 && s < P; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "stage%d", s);
+        rc = pp_ckpt_read_alloc(&r, name, &(*blobs)[s], &(*sizes)[s], e);
+    }
+    free(run);
+    pp_ckpt_close(&r);
+    return rc;
+}
+
+/* Cuts at every K-th update and at --stop-after. */
+int pprun_plan_cuts(const pp_cli_opts *o, const pp_schedule *ir, int first_update,
+                    pp_cut **cuts, int *ncuts, int *stop_cut, pp_err *e)
+{
+    *cuts = NULL;
+    *ncuts = 0;
+    *stop_cut = -1;
+    if (!o->run.checkpoint) {
+        if (o->run.checkpoint_every || o->run.stop_after)
+            return pp_errf(e, "--checkpoint-every and --stop-after need --checkpoint DIR");
+        return 0;
+    }
+    int S = ir->info.steps, cap = 0;
+    for (int K = first_update + 1; K < S; K++) {
+        int every = o->run.checkpoint_every && K % o->run.checkpoint_every == 0;
+        if (!every && K != o->run.stop_after)
+            continue;
+        if (*ncuts == cap) {
+            cap = cap ? cap * 2 : 8;
+            pp_cut *x = realloc(*cuts, (size_t)cap * sizeof *x);
+            if (!x)
+                return pp_errf(e, "out of memory");
+            *cuts = x;
+        }
+        if (pp_cut_plan(ir, K, &(*cuts)[*ncuts], e) < 0)
+            return -1;
+        if (K == o->run.stop_after)
+            *stop_cut = *ncuts;
+        (*ncuts)++;
+    }
+    if (o->run.stop_after && *stop_cut < 0)
+        return pp_errf(e, "--stop-after %d: must be between %d and %d updates", o->run.stop_after,
+                       first_update + 1, S - 1);
+    if (!*ncuts)
+        return pp_errf(e, "--checkpoint: give --checkpoint-every K or --stop-after K (below %d)", S);
+    return 0;
+}

@@ -1,0 +1,134 @@
+/* What pprun writes: the --log line per update and the progress line, the
+ * measured timeline's files and profile, the summary of the measured run
+ * and the simulator's prediction from this run's own op times. */
+#include <math.h>
+#include <stdio.h>
+
+#include "engine.h"
+#include "pprun.h"
+#include "report.h"
+
+void pprun_on_step(void *ctx, const pp_step_record *r)
+{
+    run_ctx *c = ctx;
+    double tps = r->elapsed_s > 0 ? r->tokens / r->elapsed_s : 0;
+    if (c->log) {
+        fprintf(c->log, "{\"step\": %d, \"loss\": %.6f", r->step, r->loss);
+        if (r->has_val)
+            fprintf(c->log, ", \"val_loss\": %.6f", r->val_loss);
+        fprintf(c->log, ", \"tokens_per_s\": %.1f, \"lr\": %.6g, \"elapsed_s\": %.3f}\n", tps,
+                r->lr, r->elapsed_s);
+    }
+    if (c->tty && (r->elapsed_s - c->last_print > 0.2 || r->step == c->total_steps)) {
+        double eta = r->step > 0 ? r->elapsed_s / r->step * (c->total_steps - r->step) : 0;
+        fprintf(stderr, "\rstep %d/%d  loss %.4f%s  %.0f tok/s  ETA %.0f s   ", r->step,
+                c->total_steps, r->loss, r->has_val ? " (val)" : "", tps, eta);
+        c->last_print = r->elapsed_s;
+    }
+}
+
+/* Measured mean op durations per stage: the simulator's cost model. */
+static int profile_from_timeline(const pp_timeline *tl, double link_s, pp_cost *c, pp_err *e)
+{
+    int P = tl->info.stages;
+    if (pp_cost_init(c, P, e) < 0)
+        return -1;
+    snprintf(c->unit, sizeof c->unit, "s");
+    c->comm_latency = link_s; /* the modelled link, when there is one */
+    for (int s = 0; s < P; s++) {
+        double sum[PP_OP_COUNT] = {0};
+        int n[PP_OP_COUNT] = {0};
+        for (size_t i = 0; i < tl->stage[s].count; i++) {
+            const pp_timed_action *a = &tl->stage[s].items[i];
+            sum[a->act.op] += a->end - a->start;
+            n[a->act.op]++;
+        }
+        double *dst[] = {c->fwd, c->bwd, c->inp, c->wgt, c->opt};
+        for (int op = 0; op <= PP_OP_OPT; op++)
+            dst[op][s] = n[op] ? sum[op] / n[op] : 0.0;
+        if (!n[PP_OP_I]) {
+            c->inp[s] = c->bwd[s] / 2;
+            c->wgt[s] = c->bwd[s] / 2;
+        }
+        if (!n[PP_OP_B])
+            c->bwd[s] = c->inp[s] + c->wgt[s];
+    }
+    return 0;
+}
+
+static int save_profile(const char *path, const pp_timeline *tl, double link_s, pp_err *e)
+{
+    pp_cost c;
+    if (profile_from_timeline(tl, link_s, &c, e) < 0)
+        return -1;
+    int rc = pp_cost_save_profile(&c, path, e);
+    pp_cost_free(&c);
+    return rc;
+}
+
+int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, double link_s, pp_err *e)
+{
+    if (pp_cli_write_timeline(tl, o->trace, o->svg, o->run.versions, e) < 0)
+        return -1;
+    if (o->profile && save_profile(o->profile, tl, link_s, e) < 0)
+        return -1;
+    return 0;
+}
+
+/* What the summary needs of the run, from pp_run's result or, in a
+ * multi-process run, from the last stage's report. */
+void pprun_print_summary(const pp_metrics *met, const pp_dist_summary *sum, double val_loss,
+                         const pp_model_desc *m)
+{
+    printf("\nmeasured run (times in seconds):\n");
+    pp_report_table(stdout, met, m);
+    printf("\ntrained %d updates, %.0f tokens in %.1f s (%.0f tokens/s)\n", sum->steps,
+           sum->tokens, sum->elapsed_s, sum->elapsed_s > 0 ? sum->tokens / sum->elapsed_s : 0);
+    if (sum->steps > 0 && !isnan(val_loss))
+        printf("final training loss %.4f, validation loss %.4f (nats; uniform over %d symbols: "
+               "%.4f)\n", sum->last_loss, val_loss, m->vocab, log((double)m->vocab));
+    else if (sum->steps > 0)
+        printf("final training loss %.4f (nats; uniform over %d symbols: %.4f)\n",
+               sum->last_loss, m->vocab, log((double)m->vocab));
+}
+
+/* What the simulator predicts for this very IR from this run's own op
+ * times (exactly what `ppsim run --profile` computes from the saved
+ * profile), printed against the measured figures. */
+int pprun_print_prediction(const pp_schedule *ir, const pp_timeline *tl, double link_s,
+                           const pp_metrics *met, const pp_model_desc *m, pp_err *e)
+{
+    pp_cost cost;
+    pp_stream *st = NULL;
+    pp_metrics pred;
+    if (profile_from_timeline(tl, link_s, &cost, e) < 0)
+        return -1;
+    pp_sim_config cfg = {&cost, m, 0, NULL};
+    int rc = pp_stream_from_schedule(ir, &st, e);
+    if (rc == 0)
+        rc = pp_simulate(st, &cfg, &pred, e);
+    if (st)
+        pp_stream_free(st);
+    pp_cost_free(&cost);
+    if (rc < 0)
+        return -1;
+    double S = ir->info.steps > 0 ? ir->info.steps : 1;
+    double err = met->makespan > 0 ? (pred.makespan - met->makespan) / met->makespan : 0;
+    printf("\nsimulator fed this run's op times (ppsim run --profile):\n");
+    printf("  step time        predicted %.6g s, measured %.6g s, error %+.1f%%\n",
+           pred.makespan / S, met->makespan / S, 100.0 * err);
+    printf("  bubble           predicted %.1f%%, measured %.1f%%\n",
+           100.0 * pred.bubble_fraction, 100.0 * met->bubble_fraction);
+    if (pred.has_steady && met->has_steady)
+        printf("  steady bubble    predicted %.1f%%, measured %.1f%%\n",
+               100.0 * pred.steady_bubble_fraction, 100.0 * met->steady_bubble_fraction);
+    printf("PREDICTION schedule=%s stages=%d m=%d steps=%d measured_step_s=%.6g "
+           "predicted_step_s=%.6g error=%.4f measured_bubble=%.4f predicted_bubble=%.4f "
+           "measured_steady_bubble=%.4f predicted_steady_bubble=%.4f tokens_per_s=%.1f\n",
+           ir->info.name, ir->info.stages, ir->info.microbatches_per_step, ir->info.steps,
+           met->makespan / S, pred.makespan / S, err, met->bubble_fraction, pred.bubble_fraction,
+           met->has_steady ? met->steady_bubble_fraction : -1.0,
+           pred.has_steady ? pred.steady_bubble_fraction : -1.0, met->throughput_tokens);
+    pp_metrics_free(&pred);
+    return 0;
+}
