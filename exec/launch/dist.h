@@ -1,4 +1,11 @@
-/* Multi-process runs (one process per stage): who this process is, how the
+/* exec/launch/: how the processes of a multi-process run find and reach
+ * each other: the launcher's environment (this header), the rendezvous
+ * store over TCP, a shared directory or MPI (store.h), and blocking TCP
+ * sockets with deadlines (net.h) that the socket transport also uses.
+ * Includes only common/ headers: it knows nothing of the model, the
+ * runtime or the transports.
+ *
+ * Multi-process runs (one process per stage): who this process is, how the
  * processes meet, and how rank 0 collects what every stage measured. */
 #ifndef PP_DIST_H
 #define PP_DIST_H

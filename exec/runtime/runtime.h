@@ -1,4 +1,10 @@
-/* The stage runtime (DESIGN §6): one thread per stage walks that stage's
+/* exec/runtime/: the stage runtime that interprets the schedule IR: the
+ * run (this header), each stage's action loop, weight versions, checkpoint
+ * cuts and files, the placement of stages on devices, and the backends by
+ * name. May include model/, transport/, launch/ and cuda/'s C headers: the
+ * runtime sits above every other room, and no room includes it.
+ *
+ * The stage runtime (DESIGN §6): one thread per stage walks that stage's
  * action list from the IR and honours its weight selectors. Each stage owns
  * its weight versions (the current one, versions stashed for in-flight
  * backwards, a version a later F@vK names), its gradient buffer and

@@ -1,4 +1,12 @@
-/* Moving activations (forward, stage s -> s+1) and gradients (backward,
+/* exec/transport/: moving activations and gradients between stages: the
+ * transport table (this header), the in-process transport between stage
+ * threads, the socket transport between processes (transport_tcp.h), and
+ * the bounded mailbox and queue both use. May include model/ (buffers
+ * belong to a backend) and launch/ (the socket transport meets its peers
+ * through the rendezvous store); never runtime/. The NCCL transport lives
+ * with the CUDA code in exec/cuda/.
+ *
+ * Moving activations (forward, stage s -> s+1) and gradients (backward,
  * s -> s-1) between stages. The in-process transport passes them between
  * stage threads through bounded queues; the socket transport
  * (transport_tcp.c) and the NCCL transport (cuda/transport_nccl.cu) connect
