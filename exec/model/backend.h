@@ -1,4 +1,9 @@
-/* What a stage's compute needs from a device, as a table of functions: the
+/* exec/model/: the model and its compute: GPT on the CPU (the numerical
+ * reference), the GEMM, AdamW, data loading, and the backend table (this
+ * header) that the runtime calls and the CUDA backend implements. Includes
+ * only common/ headers, never another room.
+ *
+ * What a stage's compute needs from a device, as a table of functions: the
  * CPU reference implements it in backend_cpu.c, the CUDA backend in
  * backend_cuda.cu behind the same table. Buffers are opaque device
  * pointers; the runtime never touches their contents except through

@@ -67,7 +67,7 @@ typedef struct {
     double *weight_checksums;
     /* Test hook: peak number of weight copies alive per stage (P ints). */
     int *peak_weight_copies;
-    /* Checkpoints: consistent cuts (exec/cut.h) at which every stage
+    /* Checkpoints: consistent cuts (runtime/cut.h) at which every stage
      * serialises its state; on_checkpoint gets the P blobs of a cut once
      * all arrived. stop_cut >= 0 ends the run at that cut. */
     const struct pp_cut *cuts;

@@ -1,5 +1,5 @@
 /* The in-process transport: stages are threads of one process. Each link
- * and direction is a bounded queue (exec/queue.h) of (micro-batch, buffer)
+ * and direction is a bounded queue (queue.h) of (micro-batch, buffer)
  * messages; a sender blocks while its link is full, so a fast stage cannot
  * run unboundedly ahead. A receiver takes messages in arrival order and
  * parks those it does not want yet, so stages may consume in whatever order
