@@ -1,4 +1,9 @@
-/* The CUDA backend seen from C (DESIGN §6). No CUDA type crosses this
+/* exec/cuda/: the CUDA backend (kernels, cuBLAS, green contexts) and the
+ * NCCL transport. May include model/ and transport/ headers (by room:
+ * "model/backend.h") and common/; never runtime/ or launch/. C code sees
+ * only this header and transport_nccl.h.
+ *
+ * The CUDA backend seen from C (DESIGN §6). No CUDA type crosses this
  * header: C code (pprun, the tests, the benchmark) includes it and calls
  * the backend through the pp_backend_ops table of backend.h.
  *
@@ -20,12 +25,13 @@
 
 #include <stddef.h>
 
-#include "model/backend.h"
-#include "error.h"
-
+/* C headers: C linkage also when a .cu file includes them first */
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "model/backend.h"
+#include "error.h"
 
 extern const pp_backend_ops pp_backend_cuda;
 

@@ -1,6 +1,6 @@
 /* Softmax kernels of the CUDA backend: the causal attention softmax and its
  * backward, and the output layer's softmax + cross-entropy. The score and
- * value products themselves are cuBLAS batched GEMMs (backend_cuda.cu). */
+ * value products themselves are cuBLAS batched GEMMs (cuda_attention.cu). */
 #include "kernels.cuh"
 
 #include <cmath>

@@ -1,0 +1,178 @@
+/* Private to exec/cuda/: the CUDA backend's stage (struct cuda_stage) and the
+ * helpers that its .cu files share. C code, and the NCCL transport, see the
+ * backend through cuda_backend.h only. */
+#ifndef PP_CUDA_STAGE_CUH
+#define PP_CUDA_STAGE_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <vector>
+
+extern "C" {
+#include "model/backend.h"
+#include "model/gpt_cpu.h"
+}
+#include "green_ctx.h"
+
+namespace pp_cuda {
+
+enum mem_kind { MK_WEIGHTS, MK_GRADS, MK_OPT, MK_ACTS, MK_MSG, MK_WS, MK_N };
+
+struct alloc_rec {
+    void *p;
+    size_t bytes;
+    int kind;
+};
+
+/* Offsets (in 4-byte elements) of one micro-batch's buffer. res[l] is the
+ * input of block l; res[nblocks] the stage output on the last stage. */
+struct block_layout {
+    size_t res_in, ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_mid, ln2, ln2_mean, ln2_rstd,
+        fc, fcg;
+    /* gradients */
+    size_t d_ln1, d_qkv, d_res_mid, d_ln2, d_fc;
+};
+
+struct acts_layout {
+    size_t tokens, perm, seg_start, seg_token, nseg; /* ints, stage 0 */
+    size_t targets;                                  /* ints, last stage */
+    std::vector<block_layout> blk;
+    size_t res_last, lnf, lnf_mean, lnf_rstd, logits, losses; /* last stage */
+    std::vector<size_t> d_res; /* nblocks + 1 */
+    size_t d_lnf;
+    size_t total;
+};
+
+struct cuda_stage {
+    pp_gpt_stage g; /* tensor table and sizes; its host scratch is freed */
+    int device;
+    pp_green part; /* its SM partition; zero: the whole device */
+    int sms;       /* SMs the stage may use */
+    int B, T, C, H, V, N;
+    cudaStream_t stream;
+    cudaEvent_t clk_origin, clk_mark[2]; /* device clocks */
+    cublasHandle_t blas;
+    cublasComputeType_t compute;
+    const char *math;
+    void *workspace;
+    size_t workspace_bytes;
+    acts_layout L;
+    /* AdamW */
+    pp_adamw_hparams hp;
+    float *m, *v;
+    long t;
+    unsigned long long *d_tstart;
+    unsigned char *d_tdecay;
+    /* scratch (one micro-batch at a time: the stream serializes) */
+    float *ones; /* N */
+    float *tmp;  /* 4 N C */
+    float *datt; /* H T T */
+    float *d_loss;
+    /* host scratch for the embedding-gradient segments */
+    std::vector<int> h_counts, h_head;
+    /* device memory accounting; release() may come from another thread */
+    std::mutex mu;
+    std::vector<alloc_rec> allocs;
+    std::vector<void *> freed; /* released, to be freed on the stage's thread */
+    size_t bytes[MK_N];
+    size_t total, peak;
+    /* sticky error */
+    bool failed;
+    char err[400];
+};
+
+/* --- errors (backend_cuda.cu) ------------------------------------------ */
+
+void fail(cuda_stage *c, const char *what, const char *detail);
+bool ck(cuda_stage *c, cudaError_t rc, const char *what);
+bool ckb(cuda_stage *c, cublasStatus_t rc, const char *what);
+void check_launch(cuda_stage *c, const char *what);
+
+/* --- memory and the activation layout (cuda_memory.cu) ----------------- */
+
+void drain_frees(cuda_stage *c);
+void *dev_alloc(cuda_stage *c, size_t bytes, int kind);
+void reclassify(cuda_stage *c, void *p, int kind);
+void build_layout(cuda_stage *c);
+
+/* Held for the duration of every entry point (but release): it may run on a
+ * thread that has not selected the device. A stage on an SM partition makes
+ * its green context current for the call and gives the thread its previous
+ * context back on return, because a green context must be current to one
+ * thread at a time and the main thread enters stages (create, destroy,
+ * evaluation twins) while the stage threads run. */
+class stage_scope {
+  public:
+    explicit stage_scope(cuda_stage *c)
+    {
+        if (c->part.ctx) {
+            prev_ = pp_green_current();
+            switched_ = prev_ != c->part.ctx;
+            if (switched_)
+                pp_green_make_current(c->part.ctx);
+        } else {
+            cudaSetDevice(c->device);
+        }
+        drain_frees(c);
+    }
+    ~stage_scope()
+    {
+        if (switched_)
+            pp_green_make_current(prev_);
+    }
+    stage_scope(const stage_scope &) = delete;
+    stage_scope &operator=(const stage_scope &) = delete;
+
+  private:
+    CUcontext prev_ = nullptr;
+    bool switched_ = false;
+};
+
+inline float *F(void *acts, size_t off)
+{
+    return (float *)acts + off;
+}
+inline int *I(void *acts, size_t off)
+{
+    return (int *)acts + off;
+}
+
+inline cuda_stage *S(void *p)
+{
+    return (cuda_stage *)p;
+}
+
+/* --- matrix products (cuda_layers.cu) and attention (cuda_attention.cu) - */
+
+void gemm_batched(cuda_stage *c, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                  float alpha, const float *A, int lda, long long sa, const float *B, int ldb,
+                  long long sb, float beta, float *Cm, int ldc, long long sc, int batch);
+void attention_forward(cuda_stage *c, float *y, float *att, const float *qkv);
+void attention_backward(cuda_stage *c, float *dqkv, const float *dy, const float *qkv,
+                        const float *att);
+
+/* --- entries of the pp_backend_ops table, by file ---------------------- */
+
+/* backend_cuda.cu (also used by pp_cuda_gemm_tflops) */
+const char *math_from_env(cublasComputeType_t *ct);
+/* cuda_memory.cu */
+size_t cuda_acts_bytes(void *stage);
+void *cuda_alloc(void *stage, size_t bytes);
+void cuda_release(void *stage, void *p);
+/* cuda_layers.cu */
+int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_in,
+                 const int *targets, void *acts, void *x_out, float *loss, pp_err *e);
+void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_out,
+                         void *dx_in, float loss_scale);
+void cuda_backward_weight(void *stage, void *acts, void *gradv);
+/* cuda_optimizer.cu */
+void cuda_optimizer_step(void *stage, void *w, void *grad, float lr);
+size_t cuda_opt_state_bytes(void *stage);
+void cuda_opt_state_get(void *stage, void *host);
+void cuda_opt_state_put(void *stage, const void *host);
+
+} // namespace pp_cuda
+
+#endif
