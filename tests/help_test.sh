@@ -15,7 +15,7 @@ bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 "$PPSIM" --help >"$tmp/sim.help" || bad "ppsim --help failed"
 "$PPRUN" --help >"$tmp/run.help" || bad "pprun --help failed"
 # the option lines: "  --flag ..." or "  -o, --flag ..."
-flags() { grep -oE '^  (-[a-z], )?--[a-z-]+' "$1" | grep -oE -- '--[a-z-]+' | sort -u; }
+flags() { grep -oE '^  (-[a-z], )?--[a-z0-9-]+' "$1" | grep -oE -- '--[a-z0-9-]+' | sort -u; }
 flags "$tmp/sim.help" >"$tmp/sim.flags"
 flags "$tmp/run.help" >"$tmp/run.flags"
 [ "$(wc -l <"$tmp/sim.flags")" -ge 20 ] || bad "ppsim --help lists too few options"

@@ -46,6 +46,74 @@ grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2 >"$tmp/full.txt"
 cat "$tmp/a.jsonl" "$tmp/b.jsonl" | grep '"step"' | cut -d, -f1,2 >"$tmp/ab.txt"
 cmp -s "$tmp/full.txt" "$tmp/ab.txt" && ok || bad "resumed losses differ: $(diff "$tmp/full.txt" "$tmp/ab.txt")"
 
+# --- random-offset batches (the default) are a function of (--seed, micro-batch):
+# stopped after update 2 and resumed, a run continues bit for bit: the same
+# losses and, at update 4, the same checkpoint bytes (run record, weights,
+# optimizer state, in-flight activations) as the uninterrupted run; a run
+# that writes checkpoints still logs every update
+rnd=("${common[@]}" --data-order random --seed 5)
+"$PPRUN" "${rnd[@]}" --log "$tmp/r-full.jsonl" >/dev/null 2>&1 || bad "random order run"
+"$PPRUN" "${rnd[@]}" --checkpoint "$tmp/r-full" --checkpoint-every 2 --log "$tmp/r-ckevery.jsonl" \
+    >/dev/null 2>&1 || bad "random order checkpoint"
+cmp -s <(grep '"step"' "$tmp/r-full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/r-ckevery.jsonl" | cut -d, -f1,2) &&
+    ok || bad "a run with --checkpoint-every logs other losses or misses updates: $(cat "$tmp/r-ckevery.jsonl")"
+"$PPRUN" "${rnd[@]}" --checkpoint "$tmp/r-ck" --stop-after 2 --log "$tmp/r-a.jsonl" >/dev/null 2>&1 || bad "random order stop-after"
+"$PPRUN" "${rnd[@]}" --resume "$tmp/r-ck" --log "$tmp/r-b.jsonl" >/dev/null 2>&1 || bad "random order resume"
+"$PPRUN" "${rnd[@]}" --resume "$tmp/r-ck" --checkpoint "$tmp/r-ck4" --stop-after 4 >/dev/null 2>&1 ||
+    bad "random order resume and checkpoint"
+grep '"step"' "$tmp/r-full.jsonl" | cut -d, -f1,2 >"$tmp/r-full.txt"
+cat "$tmp/r-a.jsonl" "$tmp/r-b.jsonl" | grep '"step"' | cut -d, -f1,2 >"$tmp/r-ab.txt"
+[ "$(wc -l <"$tmp/r-full.txt")" -eq 6 ] && cmp -s "$tmp/r-full.txt" "$tmp/r-ab.txt" && ok ||
+    bad "random order: resumed losses differ: $(diff "$tmp/r-full.txt" "$tmp/r-ab.txt")"
+"$PPRUN" "${rnd[@]}" --checkpoint "$tmp/r-full4" --stop-after 4 >/dev/null 2>&1 || bad "random order stop at 4"
+cmp -s "$tmp/r-full4/checkpoint.ckpt" "$tmp/r-ck4/checkpoint.ckpt" && ok ||
+    bad "random order: the resumed run's state at update 4 differs from the uninterrupted run's"
+grep -q '"data_order": "random"' "$tmp/r-ck/checkpoint.ckpt" && ok || bad "run record lacks the data order"
+"$PPRUN" "${common[@]}" --data-order sequential --seed 5 --log "$tmp/s-full.jsonl" >/dev/null 2>&1 || bad "sequential order run"
+grep '"step"' "$tmp/s-full.jsonl" | cut -d, -f1,2 >"$tmp/s-full.txt"
+cmp -s "$tmp/r-full.txt" "$tmp/s-full.txt" && bad "random and sequential orders trained the same losses" || ok
+expect_error 'written with --seed 5, this run has --seed 6' \
+    "${common[@]}" --data-order random --seed 6 --resume "$tmp/r-ck"
+expect_error 'written with --data-order random, this run has --data-order sequential' \
+    "${common[@]}" --data-order sequential --seed 5 --resume "$tmp/r-ck"
+expect_error '--data-order: expected random or sequential, not "shuffled"' "${common[@]}" --data-order shuffled
+# a run record from before the data order was recorded: sequential order
+"$PPRUN" "${common[@]}" --data-order sequential --checkpoint "$tmp/old" --stop-after 2 >/dev/null 2>&1 || bad "sequential stop-after"
+python3 - "$tmp/old/checkpoint.ckpt" <<'PY' || bad "rewriting the run record"
+import re, struct, sys, zlib
+path = sys.argv[1]
+b = open(path, "rb").read()
+nshape = struct.unpack_from("<I", b, 12)[0]
+pos = 16 + 4 * nshape + 4
+out, nsec = bytearray(b[:pos]), 0
+while True:
+    (n,) = struct.unpack_from("<I", b, pos)
+    if n == 0:
+        break
+    name = b[pos + 4:pos + 4 + n]
+    (size,) = struct.unpack_from("<Q", b, pos + 4 + n)
+    data = b[pos + 20 + n:pos + 20 + n + size]
+    pos += 20 + n + size
+    if name == b"run.json":
+        data = re.sub(rb', "seed": [^}]*', b"", data)
+        assert b"data_order" not in data and b"seed" not in data
+    h = struct.pack("<I", n) + name + struct.pack("<QI", len(data), zlib.crc32(data))
+    out += h + struct.pack("<I", zlib.crc32(h)) + data
+    nsec += 1
+end = struct.pack("<II", 0, nsec)
+open(path, "wb").write(out + end + struct.pack("<I", zlib.crc32(end)))
+PY
+expect_error 'written with --data-order sequential (a record from before the option)' \
+    "${common[@]}" --resume "$tmp/old"
+if "$PPRUN" "${common[@]}" --data-order sequential --seed 9 --resume "$tmp/old" >/dev/null 2>"$tmp/err"; then ok
+else bad "resume from a record without the data order: $(cat "$tmp/err")"; fi
+# what the validation loss covers
+"$PPRUN" "${common[@]}" >"$tmp/out" 2>&1
+grep -q 'validation loss [0-9.]* (2 random batches of 2 sequences)' "$tmp/out" && ok || bad "summary: sampled validation: $(grep 'final training' "$tmp/out")"
+"$PPRUN" "${common[@]}" --eval-batches 0 >"$tmp/out" 2>&1
+grep -q 'validation loss [0-9.]* (whole validation split: 6971 sequences, 1 of them twice to fill the last batch of 2)' "$tmp/out" && ok ||
+    bad "summary: whole validation split: $(grep 'final training' "$tmp/out")"
+
 # --- bad input
 printf '' >"$tmp/empty.txt"
 printf 'short text' >"$tmp/short.txt"

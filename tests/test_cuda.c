@@ -118,7 +118,7 @@ static void pipe_open_at(pipe *p, const pp_backend_ops *b, const pp_model_desc *
     p->b = b;
     p->P = P;
     for (int s = 0; s < P; s++) {
-        pp_placement at = partitions > 0 ? (pp_placement){0, s, partitions} : PP_PLACEMENT_WHOLE(0);
+        pp_placement at = partitions > 0 ? (pp_placement){0, s, partitions, 1} : PP_PLACEMENT_WHOLE(0);
         ck_assert_msg(b->create(m, P, s, &at, &p->st[s], &e) == 0, "%s", e.msg);
         ck_assert_msg(pp_gpt_stage_init(&p->tab[s], m, P, s, &e) == 0, "%s", e.msg);
         size_t wb = b->nparams(p->st[s]) * sizeof(float);
@@ -313,7 +313,7 @@ END_TEST
 static void *open_stage_at(int partition, int partitions)
 {
     pp_model_desc m = tiny_model();
-    pp_placement at = {0, partition, partitions};
+    pp_placement at = {0, partition, partitions, 1};
     pp_err e = {{0}};
     void *st = NULL;
     ck_assert_msg(pp_backend_cuda.create(&m, 1, 0, &at, &st, &e) == 0, "%s", e.msg);
@@ -348,7 +348,7 @@ END_TEST
 START_TEST(test_partition_too_many)
 {
     pp_model_desc m = tiny_model();
-    pp_placement at = {0, 0, 1000};
+    pp_placement at = {0, 0, 1000, 1};
     pp_err e = {{0}};
     void *st = NULL;
     ck_assert(pp_backend_cuda.create(&m, 2, 0, &at, &st, &e) < 0);
@@ -551,7 +551,7 @@ END_TEST
 START_TEST(test_runtime_partitions)
 {
     pp_model_desc m = tiny_model();
-    pp_placement at[2] = {{0, 0, 2}, {0, 1, 2}};
+    pp_placement at[2] = {{0, 0, 2, 1}, {0, 1, 2, 1}};
     pp_run_result g = run_with(&pp_backend_cuda, "1f1b-flush", &m, at);
     pp_run_result c = run_with(&pp_backend_cpu, "1f1b-flush", &m, NULL);
     ck_assert_int_eq(g.steps, c.steps);

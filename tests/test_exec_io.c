@@ -237,14 +237,19 @@ START_TEST(position_save_restore)
 }
 END_TEST
 
-START_TEST(tinyshakespeare)
+static void load_tinyshakespeare(pp_data *d, int T)
 {
     const char *src = getenv("PPSCHED_SOURCE_DIR");
     char path[4096];
     snprintf(path, sizeof path, "%s/data/tinyshakespeare.txt", src ? src : ".");
-    pp_data d;
     pp_err e;
-    ck_assert_msg(pp_data_load_text(&d, path, 64, &e) == 0, "%s", e.msg);
+    ck_assert_msg(pp_data_load_text(d, path, T, &e) == 0, "%s", e.msg);
+}
+
+START_TEST(tinyshakespeare)
+{
+    pp_data d;
+    load_tinyshakespeare(&d, 64);
     ck_assert_int_eq(d.vocab, 65);
     ck_assert_int_eq(d.symbols[0], '\n');
     ck_assert_int_eq(d.symbols[1], ' ');
@@ -253,6 +258,45 @@ START_TEST(tinyshakespeare)
     /* "First Citizen" */
     ck_assert_int_eq(d.symbols[d.train[0]], 'F');
     ck_assert_int_eq(d.symbols[d.train[6]], 'C');
+    pp_data_free(&d);
+}
+END_TEST
+
+/* Whether tokens p[0..64] are the inputs x[0..63], then the last target. */
+static int is_sequence_at(const uint16_t *p, const int *x, const int *y)
+{
+    for (int t = 0; t < 64; t++)
+        if (p[t] != x[t] || p[t + 1] != y[t])
+            return 0;
+    return 1;
+}
+
+/* nanoGPT's CPU run: micro-batches of 12 sequences of 64 characters. */
+START_TEST(tinyshakespeare_batches)
+{
+    pp_data d;
+    load_tinyshakespeare(&d, 64);
+    pp_sampler s;
+    pp_sampler_init(&s, &d, 12, 1, PP_ORDER_RANDOM, 0);
+    ck_assert_uint_eq(pp_data_val_sequences(&d), 1742);
+    ck_assert_int_eq(pp_sampler_val_batches(&s), 146); /* ceil(1742 / 12) */
+    /* every sampled sequence is the text at some offset of the training
+     * split, and most such offsets are not multiples of T */
+    static int in[12 * 64], tg[12 * 64];
+    int unaligned = 0;
+    for (int mb = 0; mb < 4; mb++) {
+        pp_sampler_batch(&s, mb, in, tg);
+        for (int b = 0; b < 12; b++) {
+            const int *x = in + b * 64, *y = tg + b * 64;
+            size_t off = 0;
+            while (off + 64 < d.n_train && !is_sequence_at(d.train + off, x, y))
+                off++;
+            ck_assert_msg(off + 64 < d.n_train, "micro-batch %d sequence %d is not in the text",
+                          mb, b);
+            unaligned += off % 64 != 0;
+        }
+    }
+    ck_assert_int_gt(unaligned, 24);
     pp_data_free(&d);
 }
 END_TEST
@@ -322,6 +366,41 @@ START_TEST(bin_loads)
     ck_assert_uint_eq(d.n_train, 100);
     ck_assert_uint_eq(d.n_val, 20);
     ck_assert_int_eq(d.val[19], 50237);
+    pp_data_free(&d);
+    remove_tmpdir();
+}
+END_TEST
+
+/* A shard's training split is sampled like text: random token offsets. */
+START_TEST(bin_random_offsets)
+{
+    make_tmpdir();
+    uint16_t tok[100];
+    for (int i = 0; i < 100; i++)
+        tok[i] = (uint16_t)(i * 503 % 50257); /* distinct: a token names its offset */
+    write_shard(tmp("train.bin"), PP_BIN_MAGIC, 1, 100, tok, 100);
+    pp_data d;
+    pp_err e;
+    ck_assert_msg(pp_data_load_bin(&d, tmp("train.bin"), NULL, 50257, 8, &e) == 0, "%s",
+                  e.msg);
+    pp_sampler s;
+    pp_sampler_init(&s, &d, 2, 3, PP_ORDER_RANDOM, 0);
+    int in[16], tg[16], unaligned = 0;
+    for (int mb = 0; mb < 20; mb++) {
+        pp_sampler_batch(&s, mb, in, tg);
+        for (int b = 0; b < 2; b++) {
+            int off = 0;
+            while (off < 90 && tok[off] != in[b * 8])
+                off++;
+            ck_assert_msg(off <= 90 - 8 - 1, "offset %d is past the training split's end", off);
+            for (int t = 0; t < 8; t++) {
+                ck_assert_int_eq(in[b * 8 + t], tok[off + t]);
+                ck_assert_int_eq(tg[b * 8 + t], tok[off + t + 1]);
+            }
+            unaligned += off % 8 != 0;
+        }
+    }
+    ck_assert_int_gt(unaligned, 0);
     pp_data_free(&d);
     remove_tmpdir();
 }
@@ -787,8 +866,10 @@ static Suite *exec_io_suite(void)
     tcase_add_test(data, batches_and_wrap_around);
     tcase_add_test(data, position_save_restore);
     tcase_add_test(data, tinyshakespeare);
+    tcase_add_test(data, tinyshakespeare_batches);
     tcase_add_test(data, text_errors);
     tcase_add_test(data, bin_loads);
+    tcase_add_test(data, bin_random_offsets);
     tcase_add_test(data, bin_errors);
     suite_add_tcase(s, data);
     TCase *ckpt = tcase_create("checkpoint");

@@ -33,8 +33,11 @@ typedef struct {
 typedef struct {
     const char *backend, *data, *data_bin, *val_bin, *log, *versions;
     const char *devices, *checkpoint, *resume, *rendezvous, *transport, *sm_partitions;
+    const char *data_order;  /* random (default) or sequential */
     double lr, min_lr, timeout;
+    double beta1, beta2, eps, weight_decay, grad_clip; /* AdamW; grad_clip 0: off */
     int warmup, eval_every, eval_batches, checkpoint_every, stop_after;
+    int threads;             /* per stage on the CPU; 0: cores / stages here */
 } pp_run_opts;
 
 typedef struct {

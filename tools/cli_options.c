@@ -18,6 +18,7 @@ typedef enum {
     SEC_COST,
     SEC_MODEL,
     SEC_TRAINING,
+    SEC_OPTIMIZER,
     SEC_MULTI,
     SEC_CHECKPOINT,
     SEC_OUTPUT,
@@ -30,6 +31,7 @@ static const char *const section_title[SEC_COUNT][2] = {
     [SEC_COST] = {"cost model (time units; seconds with --profile):", NULL},
     [SEC_MODEL] = {"model (memory and message sizes):", "model:"},
     [SEC_TRAINING] = {NULL, "training:"},
+    [SEC_OPTIMIZER] = {NULL, "optimizer (AdamW, per stage):"},
     [SEC_MULTI] = {NULL, "multi-process runs (one process per stage; rank and world size from "
                          "mpirun,\nsrun or RANK/WORLD_SIZE):"},
     [SEC_CHECKPOINT] = {NULL, "checkpoints:"},
@@ -128,11 +130,18 @@ static const option options[] = {
     {"--warmup", NULL, "N", RUN, SEC_TRAINING, V_INT, AT(run.warmup), 0, 1 << 30,
      "warm-up updates (default 10)"},
     {"--seed", NULL, "N", RUN, SEC_TRAINING, V_SEED, AT(seed), 0, 0,
-     "weight initialisation (default 1)"},
+     "weight initialisation and data order (default 1)"},
     {"--eval-every", NULL, "N", RUN, SEC_TRAINING, V_INT, AT(run.eval_every), 0, 1 << 30,
      "validation loss every N updates (default 0: at the end)"},
-    {"--eval-batches", NULL, "N", RUN, SEC_TRAINING, V_INT, AT(run.eval_batches), 1, 1 << 30,
-     "validation batches per evaluation (default 8)"},
+    {"--eval-batches", NULL, "N", RUN, SEC_TRAINING, V_INT, AT(run.eval_batches), 0, 1 << 30,
+     "validate on a fixed, seeded random sample of N batches\n(default 0: the whole validation "
+     "split)"},
+    {"--data-order", NULL, "random|sequential", RUN, SEC_TRAINING, V_STR, AT(run.data_order), 0,
+     0, "training sequences at seeded random offsets (default,\nnanoGPT's way) or consecutive "
+     "aligned ones"},
+    {"--threads", NULL, "N", RUN, SEC_TRAINING, V_INT, AT(run.threads), 0, 1024,
+     "CPU threads per stage (default: the cores divided by\nthe stages this process runs, at "
+     "least 1)"},
     {"--devices", NULL, "LIST", RUN, SEC_TRAINING, V_STR, AT(run.devices), 0, 0,
      "GPU ids, e.g. 0 or 0,1,2,3 (cuda backend; default 0, or\nthe local rank in a "
      "multi-process run)"},
@@ -145,6 +154,18 @@ static const option options[] = {
      "one at a time per link\n(as ppsim does)"},
     {"--comm-bandwidth", NULL, "B/S", RUN, SEC_TRAINING, V_DOUBLE, AT(comm_bandwidth), 0, 0,
      "... and its bytes over B/S bytes per second"},
+
+    /* pprun's optimizer */
+    {"--beta1", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.beta1), 0, 0,
+     "first-moment decay (default 0.9)"},
+    {"--beta2", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.beta2), 0, 0,
+     "second-moment decay (default 0.95)"},
+    {"--eps", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.eps), 0, 0,
+     "added to the root of the second moment (default 1e-8)"},
+    {"--weight-decay", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.weight_decay), 0, 0,
+     "decoupled, on matrices only (default 0.1)"},
+    {"--grad-clip", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.grad_clip), 0, 0,
+     "clip the gradient's global norm to X (default 0: off)"},
 
     /* pprun's multi-process runs */
     {"--rendezvous", NULL, "SPEC", RUN, SEC_MULTI, V_STR, AT(run.rendezvous), 0, 0,
@@ -202,7 +223,12 @@ void pp_cli_defaults(pp_cli_opts *o, pp_tool tool)
     o->run.lr = 1e-3;
     o->run.min_lr = -1; /* lr/10 */
     o->run.warmup = 10;
-    o->run.eval_batches = 8;
+    o->run.eval_batches = 0; /* the whole validation split */
+    o->run.data_order = "random";
+    o->run.beta1 = 0.9;
+    o->run.beta2 = 0.95;
+    o->run.eps = 1e-8;
+    o->run.weight_decay = 0.1;
     o->run.timeout = 600;
 }
 

@@ -1,6 +1,6 @@
 # Sourced by tools/demo and tools/test: installs what a fresh Debian/Ubuntu
 # machine lacks to build ppsched (C compiler, CMake, pkg-config, cJSON,
-# Check). CUDA, NCCL and MPI are optional and never installed here.
+# Check, OpenBLAS). CUDA, NCCL and MPI are optional and never installed here.
 pp_install_deps() {
     local missing=()
     command -v cc >/dev/null 2>&1 || missing+=(gcc)
@@ -10,8 +10,9 @@ pp_install_deps() {
     if command -v pkg-config >/dev/null 2>&1; then
         pkg-config --exists libcjson || missing+=(libcjson-dev)
         pkg-config --exists check || missing+=(check)
+        pkg-config --exists openblas || missing+=(libopenblas-dev)
     else
-        missing+=(libcjson-dev check)
+        missing+=(libcjson-dev check libopenblas-dev)
     fi
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "ppsched: installing ${missing[*]}" >&2

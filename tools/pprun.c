@@ -3,6 +3,7 @@
  * (options, schedule, model, data, checkpoint), run the stages (pp_run),
  * then write what happened (log, timeline files, summary, prediction).
  * The multi-process side is in pprun_dist.c. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "atomic_file.h"
+#include "model/cpu_gemm.h"
 #include "pprun.h"
 #include "pprun_dist.h"
 
@@ -43,11 +45,13 @@ static int fail(int code, const pp_err *e)
     return code;
 }
 
+/* Stage 0 and the last stage call these from their own threads: the
+ * sampler is read-only, every batch a function of its index. */
 static int train_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e)
 {
     (void)e;
     run_ctx *c = ctx;
-    pp_loader_peek(&c->base, index, tokens, targets);
+    pp_sampler_batch(&c->sampler, index, tokens, targets);
     return 0;
 }
 
@@ -55,12 +59,16 @@ static int val_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e
 {
     (void)e;
     run_ctx *c = ctx;
-    pp_data_val_batch(&c->data, c->B, index, tokens, targets);
+    pp_sampler_val_batch(&c->sampler, index, tokens, targets);
     return 0;
 }
 
 static int load_data(const pp_cli_opts *o, run_ctx *c, pp_model_desc *m, pp_err *e)
 {
+    pp_data_order order;
+    if (pp_data_order_parse(o->run.data_order, &order) < 0)
+        return pp_errf(e, "--data-order: expected random or sequential, not \"%s\"",
+                       o->run.data_order);
     if (!!o->run.data == !!o->run.data_bin)
         return pp_errf(e, "give one of --data FILE (text) or --data-bin FILE (tokens)");
     if (o->run.data) {
@@ -71,8 +79,11 @@ static int load_data(const pp_cli_opts *o, run_ctx *c, pp_model_desc *m, pp_err 
                                 e) < 0) {
         return -1;
     }
-    c->B = m->micro_batch;
-    pp_loader_init(&c->base, &c->data, c->B);
+    pp_sampler_init(&c->sampler, &c->data, m->micro_batch, o->seed, order, o->run.eval_batches);
+    if (pp_sampler_val_batches(&c->sampler) > INT_MAX)
+        return pp_errf(e, "%s: %zu validation sequences make too many batches of %d: give "
+                          "--eval-batches N", c->data.path, pp_data_val_sequences(&c->data),
+                       m->micro_batch);
     return 0;
 }
 
@@ -106,7 +117,7 @@ static int prepare(pprun *p, pp_err *e)
     const pp_model_desc *m = &p->m;
     p->ck = (ckpt_ctx){o->run.checkpoint ? o->run.checkpoint : o->run.resume,
                        {m->layers, m->dim, m->heads, m->seq_len, m->vocab, p->P}, &p->ir,
-                       pprun_ir_hash(&p->ir)};
+                       pprun_ir_hash(&p->ir), o->seed, &p->c.sampler};
     if (o->run.resume && pprun_read_checkpoint(o->run.resume, &p->ck, &p->blobs, &p->sizes,
                                                &p->tokens0, &p->first_update, e) < 0)
         return -1;
@@ -137,8 +148,9 @@ static int configure(pprun *p, pp_run_config *cfg, pp_err *e)
     cfg->val_batch = val_batch;
     cfg->data = &p->c;
     cfg->eval_every = o->run.eval_every;
-    cfg->eval_batches = o->run.eval_batches;
+    cfg->eval_batches = (int)pp_sampler_val_batches(&p->c.sampler);
     cfg->timeout_s = o->run.timeout;
+    cfg->threads = o->run.threads;
     cfg->on_step = pprun_on_step;
     cfg->on_step_ctx = &p->c;
     /* the modelled link: latency plus one fp32 boundary tensor over the bandwidth */
@@ -164,11 +176,15 @@ static int configure(pprun *p, pp_run_config *cfg, pp_err *e)
 static void print_banner(const pprun *p)
 {
     const pp_model_desc *m = &p->m;
+    char cpu[96] = "";
+    if (!strcmp(p->backend->name, "cpu"))
+        snprintf(cpu, sizeof cpu, " (%d threads per stage, %s)",
+                 pp_run_stage_threads(p->o.run.threads, p->multi ? 1 : p->P), pp_mm_engine());
     fprintf(stderr, "pprun: %s, P=%d, m=%d, %d updates; model %d layers x %d, %d heads, "
-                    "seq %d, vocab %d, micro-batch %d; %.2fM parameters; backend %s%s\n",
+                    "seq %d, vocab %d, micro-batch %d; %.2fM parameters; backend %s%s%s\n",
             p->ir.info.name, p->P, p->ir.info.microbatches_per_step, p->ir.info.steps, m->layers,
             m->dim, m->heads, m->seq_len, m->vocab, m->micro_batch,
-            pp_model_total_params(m) / 1e6, p->backend->name,
+            pp_model_total_params(m) / 1e6, p->backend->name, cpu,
             p->multi ? ", one process per stage" : "");
 }
 
@@ -221,7 +237,9 @@ static int finish(pprun *p, const pp_run_config *cfg, pp_run_result *res, pp_err
                p->ir.info.steps, sum.tokens - p->tokens0, sum.elapsed_s);
         return 0;
     }
-    pprun_print_summary(&met, &sum, val_loss, &p->m);
+    char val_what[128];
+    pprun_val_coverage(&p->c.sampler, val_what, sizeof val_what);
+    pprun_print_summary(&met, &sum, val_loss, val_what, &p->m);
     int prc = pprun_print_prediction(&p->ir, &p->tl, cfg->link_s, &met, &p->m, e);
     pp_metrics_free(&met);
     return prc < 0 ? rc : 0;

@@ -25,8 +25,7 @@
  * callbacks. */
 typedef struct {
     pp_data data;
-    pp_loader base;   /* training batches: micro-batch mb = base + mb */
-    int B;
+    pp_sampler sampler; /* training micro-batch mb and validation batch i */
     FILE *log;
     int total_steps;
     int tty;
@@ -45,19 +44,24 @@ int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, int P, const 
                     pp_placement **out, pp_err *e);
 
 /* pprun_checkpoint.c: DIR/checkpoint.ckpt holds a run record (schedule,
- * update, tokens, the IR's hash) and one blob per stage. */
+ * update, tokens, the IR's hash, --seed, the data order and data seed) and
+ * one blob per stage. */
 typedef struct {
     const char *dir;
     pp_ckpt_shape shape;
     const pp_schedule *ir;
     uint64_t ir_hash;
+    uint64_t seed;            /* --seed, for the messages */
+    const pp_sampler *data;   /* its order and seed: a resume draws the same batches */
 } ckpt_ctx;
 #define PPRUN_CKPT_NAME "checkpoint.ckpt"
 uint64_t pprun_ir_hash(const pp_schedule *ir);
 /* pp_run's on_checkpoint: ctx is a ckpt_ctx. */
 int pprun_write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
                            pp_err *e);
-/* --resume DIR: checks the model shape and the IR, returns the stage blobs. */
+/* --resume DIR: checks the model shape, the IR and the data order and seed
+ * (a record without them was written in the sequential order), returns the
+ * stage blobs. */
 int pprun_read_checkpoint(const char *dir, const ckpt_ctx *want, void ***blobs, size_t **sizes,
                           double *tokens, int *update, pp_err *e);
 /* Cuts after every --checkpoint-every K-th update and at --stop-after. */
@@ -69,10 +73,14 @@ int pprun_plan_cuts(const pp_cli_opts *o, const pp_schedule *ir, int first_updat
 void pprun_on_step(void *ctx, const pp_step_record *r);
 /* The timeline files and --profile, after the run. */
 int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, double link_s, pp_err *e);
+/* What the validation loss covers, e.g. "whole validation split: 1742
+ * sequences" or "48 random batches of 8 sequences". */
+void pprun_val_coverage(const pp_sampler *s, char *buf, size_t n);
 /* What the summary needs of the run, from pp_run's result or, in a
- * multi-process run, from the last stage's report. */
+ * multi-process run, from the last stage's report; val_what is what the
+ * validation loss covers. */
 void pprun_print_summary(const pp_metrics *met, const pp_dist_summary *sum, double val_loss,
-                         const pp_model_desc *m);
+                         const char *val_what, const pp_model_desc *m);
 /* The simulator's prediction for this IR from this run's own op times,
  * against the measured figures. */
 int pprun_print_prediction(const pp_schedule *ir, const pp_timeline *tl, double link_s,

@@ -1,6 +1,7 @@
 /* pprun's checkpoints: DIR/checkpoint.ckpt holds a run record and one
  * state blob per stage (the runtime serialises the stages at consistent
  * cuts, runtime/cut.h); a resume must run the very same IR and model. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,12 +30,15 @@ int pprun_write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double
     pp_ckpt_writer w;
     if (pp_ckpt_writer_open(&w, c->dir, PPRUN_CKPT_NAME, &c->shape, e) < 0)
         return -1;
-    char run[512];
+    char run[768];
     int n = snprintf(run, sizeof run,
                      "{\"schedule\": \"%s\", \"stages\": %d, \"microbatches_per_step\": %d, "
-                     "\"steps\": %d, \"update\": %d, \"tokens\": %.0f, \"ir_hash\": \"%016llx\"}",
+                     "\"steps\": %d, \"update\": %d, \"tokens\": %.0f, \"ir_hash\": \"%016llx\", "
+                     "\"seed\": %llu, \"data_order\": \"%s\", \"data_seed\": \"%016llx\"}",
                      c->ir->info.name, c->ir->info.stages, c->ir->info.microbatches_per_step,
-                     c->ir->info.steps, K, tokens, (unsigned long long)c->ir_hash);
+                     c->ir->info.steps, K, tokens, (unsigned long long)c->ir_hash,
+                     (unsigned long long)c->seed, pp_data_order_name(c->data->order),
+                     (unsigned long long)c->data->seed);
     if (pp_ckpt_writer_add(&w, "run.json", run, (size_t)n, e) < 0)
         goto fail;
     for (int s = 0; s < c->ir->info.stages; s++) {
@@ -53,7 +57,42 @@ fail:
     return -1;
 }
 
-/* Reads --resume DIR: checks model shape and IR, returns per-stage blobs. */
+/* The value after "key": in the run record, or NULL. */
+static const char *field(const char *run, const char *key)
+{
+    char pat[40];
+    int n = snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(run, pat);
+    return p ? p + n : NULL;
+}
+
+/* The resumed run must draw the batches the checkpointed one would have:
+ * the same data order and data seed. A record without them was written
+ * before they were recorded, when the order was sequential; its seed is
+ * not compared. */
+static int check_data(const char *dir, const char *run, const ckpt_ctx *want, pp_err *e)
+{
+    char order[16] = "sequential", seed[24] = "?";
+    const char *o = field(run, "data_order"), *ds = field(run, "data_seed");
+    const char *sd = field(run, "seed");
+    if (o)
+        sscanf(o, "\"%15[^\"]", order);
+    if (sd)
+        sscanf(sd, "%23[0-9]", seed);
+    const char *mine = pp_data_order_name(want->data->order);
+    if (strcmp(order, mine))
+        return pp_errf(e, "%s: checkpoint was written with --data-order %s%s, this run has "
+                          "--data-order %s; resume with the same order", dir, order,
+                       o ? "" : " (a record from before the option)", mine);
+    if (ds && strtoull(ds + 1, NULL, 16) != want->data->seed)
+        return pp_errf(e, "%s: checkpoint was written with --seed %s, this run has --seed %llu; "
+                          "resume with the same --seed (it draws the data)", dir, seed,
+                       (unsigned long long)want->seed);
+    return 0;
+}
+
+/* Reads --resume DIR: checks model shape, IR and data order and seed,
+ * returns per-stage blobs. */
 int pprun_read_checkpoint(const char *dir, const ckpt_ctx *want, void ***blobs, size_t **sizes,
                           double *tokens, int *update, pp_err *e)
 {
@@ -70,13 +109,15 @@ int pprun_read_checkpoint(const char *dir, const ckpt_ctx *want, void ***blobs, 
     if (rc == 0 && !strstr(run, hash))
         rc = pp_errf(e, "%s: checkpoint was written by another schedule (%s); resume with the "
                         "same --schedule/--stages/--microbatches/--steps", dir, run);
-    const char *u = rc == 0 ? strstr(run, "\"update\": ") : NULL;
-    const char *t = rc == 0 ? strstr(run, "\"tokens\": ") : NULL;
+    if (rc == 0)
+        rc = check_data(dir, run, want, e);
+    const char *u = rc == 0 ? field(run, "update") : NULL;
+    const char *t = rc == 0 ? field(run, "tokens") : NULL;
     if (rc == 0 && (!u || !t))
         rc = pp_errf(e, "%s: checkpoint run record is damaged", dir);
     if (rc == 0) {
-        *update = atoi(u + 10);
-        *tokens = atof(t + 10);
+        *update = atoi(u);
+        *tokens = atof(t);
         *blobs = calloc((size_t)P, sizeof **blobs);
         *sizes = calloc((size_t)P, sizeof **sizes);
         if (!*blobs || !*sizes)

@@ -75,18 +75,32 @@ int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, double link
     return 0;
 }
 
+void pprun_val_coverage(const pp_sampler *s, char *buf, size_t n)
+{
+    if (s->val_sample > 0) {
+        snprintf(buf, n, "%d random batches of %d sequences", s->val_sample, s->B);
+        return;
+    }
+    size_t nseq = pp_data_val_sequences(s->d), B = (size_t)s->B, r = nseq % B;
+    int k = snprintf(buf, n, "whole validation split: %zu sequences", nseq);
+    if (r && k >= 0 && (size_t)k < n) /* see pp_sampler: the last batch wraps around */
+        snprintf(buf + k, n - (size_t)k, ", %zu of them twice to fill the last batch of %zu",
+                 B - r, B);
+}
+
 /* What the summary needs of the run, from pp_run's result or, in a
  * multi-process run, from the last stage's report. */
 void pprun_print_summary(const pp_metrics *met, const pp_dist_summary *sum, double val_loss,
-                         const pp_model_desc *m)
+                         const char *val_what, const pp_model_desc *m)
 {
     printf("\nmeasured run (times in seconds):\n");
     pp_report_table(stdout, met, m);
     printf("\ntrained %d updates, %.0f tokens in %.1f s (%.0f tokens/s)\n", sum->steps,
            sum->tokens, sum->elapsed_s, sum->elapsed_s > 0 ? sum->tokens / sum->elapsed_s : 0);
     if (sum->steps > 0 && !isnan(val_loss))
-        printf("final training loss %.4f, validation loss %.4f (nats; uniform over %d symbols: "
-               "%.4f)\n", sum->last_loss, val_loss, m->vocab, log((double)m->vocab));
+        printf("final training loss %.4f, validation loss %.4f (%s) (nats; uniform over %d "
+               "symbols: %.4f)\n", sum->last_loss, val_loss, val_what, m->vocab,
+               log((double)m->vocab));
     else if (sum->steps > 0)
         printf("final training loss %.4f (nats; uniform over %d symbols: %.4f)\n",
                sum->last_loss, m->vocab, log((double)m->vocab));

@@ -28,9 +28,10 @@ typedef struct {
     int device;     /* GPU id (the CPU backend ignores it) */
     int partition;  /* this stage's SM partition, 0..partitions-1; -1: the whole GPU */
     int partitions; /* stages sharing the device with SM partitions */
+    int threads;    /* CPU threads of the stage (CPU backend); 0 or 1: one */
 } pp_placement;
 
-#define PP_PLACEMENT_WHOLE(dev) ((pp_placement){(dev), -1, 0})
+#define PP_PLACEMENT_WHOLE(dev) ((pp_placement){(dev), -1, 0, 1})
 
 struct pp_backend_ops {
     const char *name;

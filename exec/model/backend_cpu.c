@@ -14,11 +14,15 @@ typedef struct {
 static int cpu_create(const pp_model_desc *m, int P, int s, const pp_placement *at, void **out,
                       pp_err *e)
 {
-    (void)at;
     cpu_stage *c = calloc(1, sizeof *c);
     if (!c)
         return pp_errf(e, "out of memory");
     if (pp_gpt_stage_init(&c->g, m, P, s, e) < 0) {
+        free(c);
+        return -1;
+    }
+    if (pp_gpt_stage_set_threads(&c->g, at ? at->threads : 1, e) < 0) {
+        pp_gpt_stage_free(&c->g);
         free(c);
         return -1;
     }

@@ -267,18 +267,22 @@ size_t pp_data_val_sequences(const pp_data *d)
     return sequences(d->n_val, d->seq_len);
 }
 
+/* Copies the sequence at token offset off of split s. */
+static void copy_sequence(const uint16_t *s, size_t off, int T, int *inputs, int *targets)
+{
+    for (int t = 0; t < T; t++) {
+        inputs[t] = s[off + (size_t)t];
+        targets[t] = s[off + (size_t)t + 1];
+    }
+}
+
 /* Copies B sequences starting at sequence `first` (mod nseq) of split s. */
 static void fill(const uint16_t *s, size_t nseq, int T, int B, size_t first, int *inputs,
                  int *targets)
 {
-    for (int b = 0; b < B; b++) {
-        const uint16_t *p = s + (first + (size_t)b) % nseq * (size_t)T;
-        int *in = inputs + (size_t)b * T, *tg = targets + (size_t)b * T;
-        for (int t = 0; t < T; t++) {
-            in[t] = p[t];
-            tg[t] = p[t + 1];
-        }
-    }
+    for (int b = 0; b < B; b++)
+        copy_sequence(s, (first + (size_t)b) % nseq * (size_t)T, T, inputs + (size_t)b * T,
+                      targets + (size_t)b * T);
 }
 
 /* (a * b) mod m for non-negative a and b, without overflow for m < 2^32. */
@@ -338,4 +342,103 @@ int pp_loader_set_pos(pp_loader *l, size_t pos, pp_err *e)
                        l->d->path, pos, T, nseq);
     l->pos = pos;
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Batches by index.                                                   */
+/* ------------------------------------------------------------------ */
+
+int pp_data_order_parse(const char *name, pp_data_order *order)
+{
+    if (!strcmp(name, "random"))
+        *order = PP_ORDER_RANDOM;
+    else if (!strcmp(name, "sequential"))
+        *order = PP_ORDER_SEQUENTIAL;
+    else
+        return -1;
+    return 0;
+}
+
+const char *pp_data_order_name(pp_data_order order)
+{
+    return order == PP_ORDER_RANDOM ? "random" : "sequential";
+}
+
+#define GOLDEN_GAMMA 0x9E3779B97F4A7C15ull
+
+/* SplitMix64's output function (Steele, Lea and Flood, "Fast splittable
+ * pseudorandom number generators", 2014): a bijection of 64-bit words in
+ * which every input bit flips every output bit with probability ~1/2. */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The counter-based generator: the key of draw (what, i, b) hashes the
+ * tuple with mix64, and the draw is the SplitMix64 stream seeded with that
+ * key. Uniform in [0, n), n >= 1, without bias: of 2^64 outputs the lowest
+ * 2^64 mod n are rejected so that the rest hold every residue equally
+ * often (a rejection has probability below n / 2^64, so one output almost
+ * always suffices). */
+enum { DRAW_TRAIN = 1, DRAW_VAL = 2 };
+
+static uint64_t draw_below(uint64_t seed, int what, long i, int b, uint64_t n)
+{
+    uint64_t key = mix64(mix64(mix64(seed ^ (uint64_t)what) + (uint64_t)i) + (uint64_t)b);
+    uint64_t reject_below = -n % n; /* 2^64 mod n */
+    for (uint64_t k = 1;; k++) {
+        uint64_t x = mix64(key + k * GOLDEN_GAMMA);
+        if (x >= reject_below)
+            return x % n;
+    }
+}
+
+void pp_sampler_init(pp_sampler *s, const pp_data *d, int B, uint64_t run_seed,
+                     pp_data_order order, int val_sample)
+{
+    s->d = d;
+    s->B = B;
+    s->order = order;
+    /* "data" in ASCII: a domain of its own, so the hash is not one of the
+     * weight streams (gpt_cpu.c keys those by run_seed ^ FNV-1a(name)) */
+    s->seed = mix64(run_seed ^ 0x64617461ull);
+    s->val_sample = val_sample > 0 ? val_sample : 0;
+}
+
+void pp_sampler_batch(const pp_sampler *s, long mb, int *inputs, int *targets)
+{
+    const pp_data *d = s->d;
+    size_t nseq = pp_data_train_sequences(d);
+    if (s->order == PP_ORDER_SEQUENTIAL) {
+        size_t first = mulmod((size_t)(mb < 0 ? 0 : mb), (size_t)s->B, nseq);
+        fill(d->train, nseq, d->seq_len, s->B, first, inputs, targets);
+        return;
+    }
+    uint64_t starts = d->n_train - (size_t)d->seq_len; /* offsets 0 .. n_train - T - 1 */
+    for (int b = 0; b < s->B; b++)
+        copy_sequence(d->train, draw_below(s->seed, DRAW_TRAIN, mb, b, starts), d->seq_len,
+                      inputs + (size_t)b * d->seq_len, targets + (size_t)b * d->seq_len);
+}
+
+long pp_sampler_val_batches(const pp_sampler *s)
+{
+    if (s->val_sample > 0)
+        return s->val_sample;
+    size_t nseq = pp_data_val_sequences(s->d);
+    return (long)((nseq + (size_t)s->B - 1) / (size_t)s->B);
+}
+
+void pp_sampler_val_batch(const pp_sampler *s, long i, int *inputs, int *targets)
+{
+    const pp_data *d = s->d;
+    if (s->val_sample == 0) {
+        pp_data_val_batch(d, s->B, i, inputs, targets);
+        return;
+    }
+    size_t nseq = pp_data_val_sequences(d), T = (size_t)d->seq_len;
+    for (int b = 0; b < s->B; b++)
+        copy_sequence(d->val, draw_below(s->seed, DRAW_VAL, i, b, nseq) * T, d->seq_len,
+                      inputs + (size_t)b * T, targets + (size_t)b * T);
 }

@@ -55,7 +55,58 @@ size_t pp_data_val_sequences(const pp_data *d);
  * Writes inputs[B*T] and targets[B*T]. */
 void pp_data_val_batch(const pp_data *d, int B, long index, int *inputs, int *targets);
 
-/* Sequential reader of the training split. Its position is a token offset
+/* Batches by index, as a run fetches them: stage 0 and the last stage each
+ * fetch micro-batch mb on their own thread, in any order, so a batch is a
+ * pure function of (data, B, seed, order, index) and the sampler is read
+ * only after pp_sampler_init (nothing to free: it borrows d).
+ *
+ * Training micro-batch mb, sequence b < B:
+ * - random (nanoGPT's get_batch): inputs tokens[off, off + T), targets
+ *   shifted by one, off uniform over every token offset in
+ *   [0, n_train - T - 1], drawn independently for each (mb, b);
+ * - sequential: the aligned sequences (mb * B + b) mod train_sequences, what
+ *   pp_loader_peek(mb) returns from position 0, byte for byte.
+ * Validation, val_sample = 0: the whole split, every sequence in order in
+ * n = ceil(val_sequences / B) batches (pp_data_val_batch). With
+ * val_sequences = qB + r, r > 0, the last batch is completed with sequences
+ * 0 .. B - r - 1, which so count twice: as the evaluation averages batch
+ * means, the figure is the mean over the nB slots, exact when r = 0, else
+ * off the mean over the sequences by (B - r) / (nB) times the difference
+ * between those B - r sequences' mean loss and the split's (tinyshakespeare
+ * at T = 64, B = 12: 10 of 1752 slots). An exact mean needs the evaluation
+ * to weigh a partial batch by its sequences.
+ * val_sample = N > 0: N batches of aligned validation sequences drawn
+ * uniformly (with replacement) for each (batch, b): the same N batches in
+ * every evaluation and every run with this seed, and an unbiased estimate
+ * of the mean over the whole split. */
+typedef enum { PP_ORDER_RANDOM, PP_ORDER_SEQUENTIAL } pp_data_order;
+
+typedef struct {
+    const pp_data *d;
+    int B;
+    pp_data_order order;
+    uint64_t seed;   /* the data seed, derived from the run's seed */
+    int val_sample;  /* validation batches drawn at random; 0: the whole split */
+} pp_sampler;
+
+/* "random" / "sequential" -> *order; -1 for anything else. */
+int pp_data_order_parse(const char *name, pp_data_order *order);
+const char *pp_data_order_name(pp_data_order order);
+
+/* run_seed is the run's one seed (pprun --seed), which also initialises
+ * the weights: the data seed is a hash of it, so the data's random stream
+ * is not the weights'. */
+void pp_sampler_init(pp_sampler *s, const pp_data *d, int B, uint64_t run_seed,
+                     pp_data_order order, int val_sample);
+/* Writes micro-batch mb's inputs[B*T] and targets[B*T]. */
+void pp_sampler_batch(const pp_sampler *s, long mb, int *inputs, int *targets);
+/* Validation batches per evaluation: val_sample, or ceil(val_sequences / B). */
+long pp_sampler_val_batches(const pp_sampler *s);
+/* Writes validation batch i (0 <= i < pp_sampler_val_batches). */
+void pp_sampler_val_batch(const pp_sampler *s, long i, int *inputs, int *targets);
+
+/* Sequential reader of the training split (a run fetches by index through
+ * pp_sampler, whose sequential order is this reader's). Its position is a token offset
  * (a multiple of T below train_sequences * T): save it in a checkpoint and
  * restore it to get the same next batches. Past the last whole sequence it
  * wraps to offset 0. */

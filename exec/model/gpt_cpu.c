@@ -121,8 +121,23 @@ oom:
     return pp_errf(e, "out of memory setting up stage %d of %d", s, P);
 }
 
+int pp_gpt_stage_set_threads(pp_gpt_stage *g, int threads, pp_err *e)
+{
+    pp_pool_free(g->pool);
+    g->pool = NULL;
+    if (threads > 1 && pp_pool_create(threads, &g->pool, e) < 0)
+        return -1;
+    /* each team member has its own attention scratch */
+    float *scratch = realloc(g->scratch, pp_gpt_layout_scratch_floats(g) * sizeof *scratch);
+    if (!scratch)
+        return pp_errf(e, "out of memory for the scratch of %d threads", threads);
+    g->scratch = scratch;
+    return 0;
+}
+
 void pp_gpt_stage_free(pp_gpt_stage *g)
 {
+    pp_pool_free(g->pool);
     free(g->tensors);
     free(g->blocks);
     free(g->scratch);

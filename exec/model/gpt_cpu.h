@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "adamw.h"
+#include "cpu_pool.h"
 #include "error.h"
 #include "model.h"
 
@@ -82,6 +83,7 @@ typedef struct {
     pp_gpt_block_offsets *blocks; /* nblocks entries */
     size_t wte, wpe, lnf_w, lnf_b, head_w; /* offsets (where present) */
     size_t acts_floats, gacts_floats;
+    pp_pool *pool;            /* the stage's thread team (NULL: its own thread) */
     float *scratch;           /* transposed weights, temporary gradients */
     float *gacts_scratch;     /* activation gradients for pp_gpt_backward */
 } pp_gpt_stage;
@@ -90,6 +92,11 @@ typedef struct {
  * Returns -1 with e filled on bad sizes or out of memory. */
 int pp_gpt_stage_init(pp_gpt_stage *g, const pp_model_desc *m, int P, int s, pp_err *e);
 void pp_gpt_stage_free(pp_gpt_stage *g);
+
+/* Runs the stage's work on `threads` threads from now on (its own thread
+ * and threads-1 workers); a stage starts with 1. Results are deterministic
+ * for a fixed count. */
+int pp_gpt_stage_set_threads(pp_gpt_stage *g, int threads, pp_err *e);
 
 /* The tensor called name ("h3.fc_w"), or NULL when this stage lacks it. */
 const pp_gpt_tensor *pp_gpt_stage_find(const pp_gpt_stage *g, const char *name);

@@ -4,37 +4,32 @@
 #include "gpt_cpu_layers.h"
 
 #include "cpu_gemm.h"
+#include "cpu_vmath.h"
 
 #include <math.h>
 #include <string.h>
 
 #define LN_EPS 1e-5f
 
-void pp_cpu_linear_forward(float *out, const float *in, const float *W, const float *bias,
-                           float *wt, int N, int IC, int OC)
+void pp_cpu_linear_forward(pp_pool *pool, float *out, const float *in, const float *W,
+                           const float *bias, float *wt, int N, int IC, int OC)
 {
-    for (int n = 0; n < N; n++) {
-        float *o = out + (size_t)n * OC;
-        if (bias)
-            memcpy(o, bias, (size_t)OC * sizeof *o);
-        else
-            memset(o, 0, (size_t)OC * sizeof *o);
-    }
-    pp_transpose(wt, W, OC, IC);
-    pp_gemm_acc(out, in, IC, 1, wt, N, OC, IC);
+    if (bias)
+        for (int n = 0; n < N; n++)
+            memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof *out);
+    pp_mm_abt(pool, out, in, W, wt, N, OC, IC, bias != NULL);
 }
 
-void pp_cpu_linear_backward_input(float *din, const float *dout, const float *W, int N, int IC,
-                                  int OC)
+void pp_cpu_linear_backward_input(pp_pool *pool, float *din, const float *dout, const float *W,
+                                  int N, int IC, int OC)
 {
-    memset(din, 0, (size_t)N * IC * sizeof *din);
-    pp_gemm_acc(din, dout, OC, 1, W, N, IC, OC);
+    pp_mm_ab(pool, din, dout, W, N, IC, OC, 0);
 }
 
-void pp_cpu_linear_backward_weight(float *dW, float *dbias, const float *dout, const float *in,
-                                   int N, int IC, int OC)
+void pp_cpu_linear_backward_weight(pp_pool *pool, float *dW, float *dbias, const float *dout,
+                                   const float *in, int N, int IC, int OC)
 {
-    pp_gemm_acc(dW, dout, 1, OC, in, OC, IC, N);
+    pp_mm_atb(pool, dW, dout, in, OC, IC, N, 1);
     if (!dbias)
         return;
     for (int n = 0; n < N; n++) {
@@ -101,31 +96,79 @@ void pp_cpu_layernorm_backward_weight(float *dw, float *db, const float *dout, c
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
+#define GELU_BLOCK 1024 /* elements per unit of work: a multiple of PP_VW */
 
-/* tanh through expf, several times faster than tanhf. Its absolute error
- * (~1e-7) is what GELU sees: 0.5 x (1 + tanh) is insensitive to the
- * relative error near 0. Saturates to +-1 correctly when expf overflows. */
-static inline float fast_tanh(float u)
+typedef struct {
+    float *out;
+    const float *x, *dout;
+    size_t n;
+} gelu_job;
+
+/* GELU and its derivative on PP_VW lanes: tanh through pp_vexp, whose
+ * absolute error is what GELU sees (0.5 x (1 + tanh) is insensitive to the
+ * relative error of tanh near 0). */
+static inline pp_vf gelu_v(pp_vf x)
 {
-    return 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+    pp_vf t = pp_vtanh(GELU_K * (x + GELU_A * x * x * x));
+    return 0.5f * x * (1.0f + t);
 }
 
-void pp_cpu_gelu_forward(float *out, const float *x, size_t n)
+static inline pp_vf gelu_grad_v(pp_vf x, pp_vf dout)
 {
-    for (size_t i = 0; i < n; i++) {
-        float u = GELU_K * (x[i] + GELU_A * x[i] * x[i] * x[i]);
-        out[i] = 0.5f * x[i] * (1.0f + fast_tanh(u));
+    pp_vf t = pp_vtanh(GELU_K * (x + GELU_A * x * x * x));
+    pp_vf du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+    return dout * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
+}
+
+/* Elements [lo, hi) blocks of the job; a ragged end goes through a padded
+ * vector, so every element gets the same arithmetic wherever it falls. */
+static void gelu_part(void *ctx, int lo, int hi, int part, int backward)
+{
+    (void)part;
+    const gelu_job *j = ctx;
+    size_t i = (size_t)lo * GELU_BLOCK, end = (size_t)hi * GELU_BLOCK;
+    if (end > j->n)
+        end = j->n;
+    for (; i + PP_VW <= end; i += PP_VW) {
+        pp_vf x = pp_vload(j->x + i);
+        pp_vstore(j->out + i, backward ? gelu_grad_v(x, pp_vload(j->dout + i)) : gelu_v(x));
+    }
+    if (i < end) {
+        float xb[PP_VW] = {0}, db[PP_VW] = {0}, ob[PP_VW];
+        memcpy(xb, j->x + i, (end - i) * sizeof *xb);
+        if (backward)
+            memcpy(db, j->dout + i, (end - i) * sizeof *db);
+        pp_vf x = pp_vload(xb);
+        pp_vstore(ob, backward ? gelu_grad_v(x, pp_vload(db)) : gelu_v(x));
+        memcpy(j->out + i, ob, (end - i) * sizeof *ob);
     }
 }
 
-void pp_cpu_gelu_backward(float *dx, const float *x, const float *dout, size_t n)
+static void gelu_forward_part(void *ctx, int lo, int hi, int part)
 {
-    for (size_t i = 0; i < n; i++) {
-        float xi = x[i];
-        float t = fast_tanh(GELU_K * (xi + GELU_A * xi * xi * xi));
-        float du = GELU_K * (1.0f + 3.0f * GELU_A * xi * xi);
-        dx[i] = dout[i] * (0.5f * (1.0f + t) + 0.5f * xi * (1.0f - t * t) * du);
-    }
+    gelu_part(ctx, lo, hi, part, 0);
+}
+
+static void gelu_backward_part(void *ctx, int lo, int hi, int part)
+{
+    gelu_part(ctx, lo, hi, part, 1);
+}
+
+static int gelu_blocks(size_t n)
+{
+    return (int)((n + GELU_BLOCK - 1) / GELU_BLOCK);
+}
+
+void pp_cpu_gelu_forward(pp_pool *pool, float *out, const float *x, size_t n)
+{
+    gelu_job j = {out, x, NULL, n};
+    pp_pool_run(pool, gelu_blocks(n), gelu_forward_part, &j);
+}
+
+void pp_cpu_gelu_backward(pp_pool *pool, float *dx, const float *x, const float *dout, size_t n)
+{
+    gelu_job j = {dx, x, dout, n};
+    pp_pool_run(pool, gelu_blocks(n), gelu_backward_part, &j);
 }
 
 /* dst[hs][T] = one head's keys or values of one sequence (src points at
@@ -153,77 +196,110 @@ static void softmax_row(float *row, int n)
         row[j] /= sum;
 }
 
-void pp_cpu_attention_forward(float *restrict y, float *restrict att, const float *restrict qkv,
-                              float *restrict kt, pp_cpu_att_dims d)
+typedef struct {
+    float *y, *att, *dqkv, *scratch;
+    const float *qkv, *dy, *att_in;
+    size_t scratch_part; /* floats of scratch per part */
+    pp_cpu_att_dims d;
+} attn_job;
+
+/* Heads [lo, hi) of the B*H (sequence, head) pairs, each independent. */
+static void attention_forward_part(void *ctx, int lo, int hi, int part)
 {
+    const attn_job *j = ctx;
+    pp_cpu_att_dims d = j->d;
     int hs = d.C / d.H, T = d.T;
     size_t ld = 3 * (size_t)d.C;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < d.B; b++)
-        for (int h = 0; h < d.H; h++) {
-            const float *seq = qkv + (size_t)b * T * ld + h * hs;
-            head_transpose(kt, seq + d.C, ld, T, hs);
-            for (int t = 0; t < T; t++) {
-                const float *q = seq + (size_t)t * ld;
-                float *row = att + (((size_t)b * d.H + h) * T + t) * T;
-                memset(row, 0, (size_t)T * sizeof *row);
+    float *restrict kt = j->scratch + (size_t)part * j->scratch_part;
+    float *restrict att = j->att, *restrict y = j->y;
+    for (int bh = lo; bh < hi; bh++) {
+        int b = bh / d.H, h = bh % d.H;
+        const float *restrict seq = j->qkv + (size_t)b * T * ld + h * hs;
+        head_transpose(kt, seq + d.C, ld, T, hs);
+        for (int t = 0; t < T; t++) {
+            const float *q = seq + (size_t)t * ld;
+            float *row = att + ((size_t)bh * T + t) * T;
+            memset(row, 0, (size_t)T * sizeof *row);
+            for (int i = 0; i < hs; i++)
+                for (int k = 0; k <= t; k++)
+                    row[k] += q[i] * kt[(size_t)i * T + k];
+            for (int k = 0; k <= t; k++)
+                row[k] *= scale;
+            softmax_row(row, t + 1);
+            float *yo = y + ((size_t)b * T + t) * d.C + h * hs;
+            memset(yo, 0, (size_t)hs * sizeof *yo);
+            for (int k = 0; k <= t; k++) {
+                const float *v = seq + (size_t)k * ld + 2 * d.C;
                 for (int i = 0; i < hs; i++)
-                    for (int j = 0; j <= t; j++)
-                        row[j] += q[i] * kt[(size_t)i * T + j];
-                for (int j = 0; j <= t; j++)
-                    row[j] *= scale;
-                softmax_row(row, t + 1);
-                float *yo = y + ((size_t)b * T + t) * d.C + h * hs;
-                memset(yo, 0, (size_t)hs * sizeof *yo);
-                for (int j = 0; j <= t; j++) {
-                    const float *v = seq + (size_t)j * ld + 2 * d.C;
-                    for (int i = 0; i < hs; i++)
-                        yo[i] += row[j] * v[i];
-                }
+                    yo[i] += row[k] * v[i];
             }
         }
+    }
 }
 
-void pp_cpu_attention_backward(float *restrict dqkv, float *restrict datt, float *restrict vt,
-                               const float *restrict dy, const float *restrict qkv,
-                               const float *restrict att, pp_cpu_att_dims d)
+size_t pp_cpu_attention_scratch(pp_cpu_att_dims d)
 {
+    return (size_t)(d.C / d.H) * d.T + (size_t)d.T;
+}
+
+void pp_cpu_attention_forward(pp_pool *pool, float *y, float *att, const float *qkv,
+                              float *scratch, pp_cpu_att_dims d)
+{
+    attn_job j = {y, att, NULL, scratch, qkv, NULL, NULL, pp_cpu_attention_scratch(d), d};
+    pp_pool_run(pool, d.B * d.H, attention_forward_part, &j);
+}
+
+static void attention_backward_part(void *ctx, int lo, int hi, int part)
+{
+    const attn_job *j = ctx;
+    pp_cpu_att_dims d = j->d;
     int hs = d.C / d.H, T = d.T;
     size_t ld = 3 * (size_t)d.C;
     float scale = 1.0f / sqrtf((float)hs);
-    memset(dqkv, 0, (size_t)d.B * T * ld * sizeof *dqkv);
-    for (int b = 0; b < d.B; b++)
-        for (int h = 0; h < d.H; h++) {
-            size_t base = (size_t)b * T * ld + h * hs;
-            const float *seq = qkv + base;
-            float *dseq = dqkv + base;
-            head_transpose(vt, seq + 2 * d.C, ld, T, hs);
-            for (int t = 0; t < T; t++) {
-                const float *row = att + (((size_t)b * d.H + h) * T + t) * T;
-                const float *dyo = dy + ((size_t)b * T + t) * d.C + h * hs;
-                const float *q = seq + (size_t)t * ld;
-                float *dq = dseq + (size_t)t * ld;
-                memset(datt, 0, (size_t)(t + 1) * sizeof *datt);
-                for (int i = 0; i < hs; i++)
-                    for (int j = 0; j <= t; j++)
-                        datt[j] += dyo[i] * vt[(size_t)i * T + j];
-                float dot = 0.0f;
-                for (int j = 0; j <= t; j++)
-                    dot += row[j] * datt[j];
-                for (int j = 0; j <= t; j++) {
-                    /* Softmax backward, then the 1/sqrt(hs) of the scores. */
-                    float ds = row[j] * (datt[j] - dot) * scale;
-                    const float *k = seq + (size_t)j * ld + d.C;
-                    float *dk = dseq + (size_t)j * ld + d.C;
-                    float *dv = dseq + (size_t)j * ld + 2 * d.C;
-                    for (int i = 0; i < hs; i++) {
-                        dv[i] += row[j] * dyo[i];
-                        dq[i] += ds * k[i];
-                        dk[i] += ds * q[i];
-                    }
+    float *restrict vt = j->scratch + (size_t)part * j->scratch_part;
+    float *restrict datt = vt + (size_t)hs * T;
+    const float *restrict att = j->att_in, *restrict dy = j->dy;
+    for (int bh = lo; bh < hi; bh++) {
+        int b = bh / d.H, h = bh % d.H;
+        size_t base = (size_t)b * T * ld + h * hs;
+        const float *restrict seq = j->qkv + base;
+        float *restrict dseq = j->dqkv + base;
+        head_transpose(vt, seq + 2 * d.C, ld, T, hs);
+        for (int t = 0; t < T; t++) {
+            const float *row = att + ((size_t)bh * T + t) * T;
+            const float *dyo = dy + ((size_t)b * T + t) * d.C + h * hs;
+            const float *q = seq + (size_t)t * ld;
+            float *dq = dseq + (size_t)t * ld;
+            memset(datt, 0, (size_t)(t + 1) * sizeof *datt);
+            for (int i = 0; i < hs; i++)
+                for (int k = 0; k <= t; k++)
+                    datt[k] += dyo[i] * vt[(size_t)i * T + k];
+            float dot = 0.0f;
+            for (int k = 0; k <= t; k++)
+                dot += row[k] * datt[k];
+            for (int k = 0; k <= t; k++) {
+                /* Softmax backward, then the 1/sqrt(hs) of the scores. */
+                float ds = row[k] * (datt[k] - dot) * scale;
+                const float *kk = seq + (size_t)k * ld + d.C;
+                float *dk = dseq + (size_t)k * ld + d.C;
+                float *dv = dseq + (size_t)k * ld + 2 * d.C;
+                for (int i = 0; i < hs; i++) {
+                    dv[i] += row[k] * dyo[i];
+                    dq[i] += ds * kk[i];
+                    dk[i] += ds * q[i];
                 }
             }
         }
+    }
+}
+
+void pp_cpu_attention_backward(pp_pool *pool, float *dqkv, float *scratch, const float *dy,
+                               const float *qkv, const float *att, pp_cpu_att_dims d)
+{
+    memset(dqkv, 0, (size_t)d.B * d.T * 3 * d.C * sizeof *dqkv);
+    attn_job j = {NULL, NULL, dqkv, scratch, qkv, dy, att, pp_cpu_attention_scratch(d), d};
+    pp_pool_run(pool, d.B * d.H, attention_backward_part, &j);
 }
 
 float pp_cpu_softmax_xent(float *probs, const float *targets, int N, int V)

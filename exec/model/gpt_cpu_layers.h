@@ -9,15 +9,19 @@
 
 #include <stddef.h>
 
-/* out[N][OC] = in[N][IC] W^T + bias (bias may be NULL). wt: OC*IC scratch. */
-void pp_cpu_linear_forward(float *out, const float *in, const float *W, const float *bias,
-                           float *wt, int N, int IC, int OC);
+#include "cpu_pool.h"
+
+/* The matrix products run on the stage's team `pool` (NULL: this thread). */
+/* out[N][OC] = in[N][IC] W^T + bias (bias may be NULL). wt: OC*IC scratch
+ * (the own GEMM's transposed W; unused with OpenBLAS). */
+void pp_cpu_linear_forward(pp_pool *pool, float *out, const float *in, const float *W,
+                           const float *bias, float *wt, int N, int IC, int OC);
 /* din[N][IC] = dout[N][OC] W (overwrites din). */
-void pp_cpu_linear_backward_input(float *din, const float *dout, const float *W, int N, int IC,
-                                  int OC);
+void pp_cpu_linear_backward_input(pp_pool *pool, float *din, const float *dout, const float *W,
+                                  int N, int IC, int OC);
 /* dW[OC][IC] += dout^T in; dbias[OC] += column sums of dout (if dbias). */
-void pp_cpu_linear_backward_weight(float *dW, float *dbias, const float *dout, const float *in,
-                                   int N, int IC, int OC);
+void pp_cpu_linear_backward_weight(pp_pool *pool, float *dW, float *dbias, const float *dout,
+                                   const float *in, int N, int IC, int OC);
 
 /* out = LayerNorm(x) w + b per row; saves each row's mean and 1/std. */
 void pp_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w,
@@ -30,23 +34,24 @@ void pp_cpu_layernorm_backward_weight(float *dw, float *db, const float *dout, c
                                       const float *mean, const float *rstd, int N, int C);
 
 /* GELU, tanh approximation, over n elements. */
-void pp_cpu_gelu_forward(float *out, const float *x, size_t n);
-/* dx = dout * gelu'(x). */
-void pp_cpu_gelu_backward(float *dx, const float *x, const float *dout, size_t n);
+void pp_cpu_gelu_forward(pp_pool *pool, float *out, const float *x, size_t n);
+/* dx = dout * gelu'(x) (overwrites dx). */
+void pp_cpu_gelu_backward(pp_pool *pool, float *dx, const float *x, const float *dout, size_t n);
 
 typedef struct {
     int B, T, C, H;
 } pp_cpu_att_dims;
 
-/* Causal self-attention. qkv[B*T][3C] holds q, k, v; att[B][H][T][T] gets
- * the softmax probabilities (zero above the diagonal); y[B*T][C] the
- * per-head outputs side by side. kt: (C/H)*T floats of scratch. */
-void pp_cpu_attention_forward(float *restrict y, float *restrict att, const float *restrict qkv,
-                              float *restrict kt, pp_cpu_att_dims d);
-/* dqkv (overwritten) from dy. Scratch: datt T floats, vt (C/H)*T. */
-void pp_cpu_attention_backward(float *restrict dqkv, float *restrict datt, float *restrict vt,
-                               const float *restrict dy, const float *restrict qkv,
-                               const float *restrict att, pp_cpu_att_dims d);
+/* Causal self-attention on the team, one (sequence, head) pair at a time.
+ * qkv[B*T][3C] holds q, k, v; att[B][H][T][T] gets the softmax
+ * probabilities (zero above the diagonal); y[B*T][C] the per-head outputs
+ * side by side. scratch: pp_cpu_attention_scratch floats per team member. */
+size_t pp_cpu_attention_scratch(pp_cpu_att_dims d);
+void pp_cpu_attention_forward(pp_pool *pool, float *y, float *att, const float *qkv,
+                              float *scratch, pp_cpu_att_dims d);
+/* dqkv (overwritten) from dy; scratch as for the forward. */
+void pp_cpu_attention_backward(pp_pool *pool, float *dqkv, float *scratch, const float *dy,
+                               const float *qkv, const float *att, pp_cpu_att_dims d);
 
 /* Softmax of the logits probs[N][V] in place, returning the mean
  * cross-entropy against targets (token ids stored as floats). */

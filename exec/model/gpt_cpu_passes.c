@@ -118,10 +118,16 @@ static stage_gacts stage_gacts_of(const pp_gpt_stage *g)
     return a;
 }
 
+static pp_cpu_att_dims dims_of(const pp_gpt_stage *g)
+{
+    pp_cpu_att_dims d = {g->B, g->T, g->C, g->H};
+    return d;
+}
+
 /* Scratch, one region after the other: the largest transposed weight, one
- * [N][4C] activation gradient, one attention row, one transposed head. */
+ * [N][4C] activation gradient, the attention scratch of each team member. */
 typedef struct {
-    float *wt, *tmp, *datt, *head;
+    float *wt, *tmp, *attn;
 } scratch_parts;
 
 static size_t wt_floats(const pp_gpt_stage *g)
@@ -134,7 +140,8 @@ static size_t wt_floats(const pp_gpt_stage *g)
 
 static size_t scratch_floats(const pp_gpt_stage *g)
 {
-    return wt_floats(g) + 4 * nc(g) + (size_t)g->T + (size_t)(g->C / g->H) * g->T;
+    size_t attn = pp_cpu_attention_scratch(dims_of(g)) * (size_t)pp_pool_threads(g->pool);
+    return wt_floats(g) + 4 * nc(g) + attn;
 }
 
 static scratch_parts scratch_of(const pp_gpt_stage *g)
@@ -142,8 +149,7 @@ static scratch_parts scratch_of(const pp_gpt_stage *g)
     scratch_parts p;
     p.wt = g->scratch;
     p.tmp = p.wt + wt_floats(g);
-    p.datt = p.tmp + 4 * nc(g);
-    p.head = p.datt + g->T;
+    p.attn = p.tmp + 4 * nc(g);
     return p;
 }
 
@@ -200,11 +206,6 @@ static void add_inplace(float *x, const float *y, size_t n)
         x[i] += y[i];
 }
 
-static pp_cpu_att_dims dims_of(const pp_gpt_stage *g)
-{
-    pp_cpu_att_dims d = {g->B, g->T, g->C, g->H};
-    return d;
-}
 
 /* One block: x + attn(ln1(x)), then + mlp(ln2(.)), into out. */
 static void block_forward(pp_gpt_stage *g, const float *w, float *acts, int l, float *out)
@@ -216,16 +217,17 @@ static void block_forward(pp_gpt_stage *g, const float *w, float *acts, int l, f
     float *wt = sp.wt;
     pp_cpu_layernorm_forward(acts + a.ln1, acts + a.ln1_mean, acts + a.ln1_rstd, acts + a.res_in,
                              w + p->ln1_w, w + p->ln1_b, N, C);
-    pp_cpu_linear_forward(acts + a.qkv, acts + a.ln1, w + p->qkv_w, w + p->qkv_b, wt, N, C, 3 * C);
-    pp_cpu_attention_forward(acts + a.atty, acts + a.att, acts + a.qkv, sp.head, dims_of(g));
-    pp_cpu_linear_forward(acts + a.res_mid, acts + a.atty, w + p->attn_w, w + p->attn_b, wt, N, C,
+    pp_cpu_linear_forward(g->pool, acts + a.qkv, acts + a.ln1, w + p->qkv_w, w + p->qkv_b, wt, N, C, 3 * C);
+    pp_cpu_attention_forward(g->pool, acts + a.atty, acts + a.att, acts + a.qkv, sp.attn,
+                             dims_of(g));
+    pp_cpu_linear_forward(g->pool, acts + a.res_mid, acts + a.atty, w + p->attn_w, w + p->attn_b, wt, N, C,
                           C);
     add_inplace(acts + a.res_mid, acts + a.res_in, nc(g));
     pp_cpu_layernorm_forward(acts + a.ln2, acts + a.ln2_mean, acts + a.ln2_rstd, acts + a.res_mid,
                              w + p->ln2_w, w + p->ln2_b, N, C);
-    pp_cpu_linear_forward(acts + a.fc, acts + a.ln2, w + p->fc_w, w + p->fc_b, wt, N, C, 4 * C);
-    pp_cpu_gelu_forward(acts + a.fcg, acts + a.fc, 4 * nc(g));
-    pp_cpu_linear_forward(out, acts + a.fcg, w + p->proj_w, w + p->proj_b, wt, N, 4 * C, C);
+    pp_cpu_linear_forward(g->pool, acts + a.fc, acts + a.ln2, w + p->fc_w, w + p->fc_b, wt, N, C, 4 * C);
+    pp_cpu_gelu_forward(g->pool, acts + a.fcg, acts + a.fc, 4 * nc(g));
+    pp_cpu_linear_forward(g->pool, out, acts + a.fcg, w + p->proj_w, w + p->proj_b, wt, N, 4 * C, C);
     add_inplace(out, acts + a.res_mid, nc(g));
 }
 
@@ -235,7 +237,7 @@ static void head_forward(pp_gpt_stage *g, const float *w, float *acts, float *lo
     int N = (int)ntok(g), C = g->C;
     pp_cpu_layernorm_forward(acts + a.lnf, acts + a.lnf_mean, acts + a.lnf_rstd, acts + a.res_last,
                              w + g->lnf_w, w + g->lnf_b, N, C);
-    pp_cpu_linear_forward(acts + a.probs, acts + a.lnf, w + g->head_w, NULL, scratch_of(g).wt, N, C,
+    pp_cpu_linear_forward(g->pool, acts + a.probs, acts + a.lnf, w + g->head_w, NULL, scratch_of(g).wt, N, C,
                           g->V);
     *loss = pp_cpu_softmax_xent(acts + a.probs, acts + a.targets, N, g->V);
 }
@@ -280,7 +282,7 @@ static void head_backward_input(pp_gpt_stage *g, const float *w, const float *ac
     int N = (int)ntok(g), C = g->C;
     pp_cpu_xent_backward(gacts + ga.d_logits, acts + a.probs, acts + a.targets, N, g->V,
                          loss_scale);
-    pp_cpu_linear_backward_input(gacts + ga.d_lnf, gacts + ga.d_logits, w + g->head_w, N, C, g->V);
+    pp_cpu_linear_backward_input(g->pool, gacts + ga.d_lnf, gacts + ga.d_logits, w + g->head_w, N, C, g->V);
     memset(gacts + ga.d_res_last, 0, nc(g) * sizeof *gacts);
     pp_cpu_layernorm_backward_input(gacts + ga.d_res_last, gacts + ga.d_lnf, acts + a.res_last,
                                     acts + a.lnf_mean, acts + a.lnf_rstd, w + g->lnf_w, N, C);
@@ -297,17 +299,17 @@ static void block_backward_input(pp_gpt_stage *g, const float *w, const float *a
     scratch_parts sp = scratch_of(g);
     float *tmp = sp.tmp;
     /* MLP branch. */
-    pp_cpu_linear_backward_input(tmp, gacts + d.d_res_out, w + p->proj_w, N, 4 * C, C);
-    pp_cpu_gelu_backward(gacts + d.d_fc, acts + a.fc, tmp, 4 * NC);
-    pp_cpu_linear_backward_input(gacts + d.d_ln2, gacts + d.d_fc, w + p->fc_w, N, C, 4 * C);
+    pp_cpu_linear_backward_input(g->pool, tmp, gacts + d.d_res_out, w + p->proj_w, N, 4 * C, C);
+    pp_cpu_gelu_backward(g->pool, gacts + d.d_fc, acts + a.fc, tmp, 4 * NC);
+    pp_cpu_linear_backward_input(g->pool, gacts + d.d_ln2, gacts + d.d_fc, w + p->fc_w, N, C, 4 * C);
     memcpy(gacts + d.d_res_mid, gacts + d.d_res_out, NC * sizeof *gacts);
     pp_cpu_layernorm_backward_input(gacts + d.d_res_mid, gacts + d.d_ln2, acts + a.res_mid,
                                     acts + a.ln2_mean, acts + a.ln2_rstd, w + p->ln2_w, N, C);
     /* Attention branch. */
-    pp_cpu_linear_backward_input(tmp, gacts + d.d_res_mid, w + p->attn_w, N, C, C);
-    pp_cpu_attention_backward(gacts + d.d_qkv, sp.datt, sp.head, tmp, acts + a.qkv, acts + a.att,
-                              dims_of(g));
-    pp_cpu_linear_backward_input(gacts + d.d_ln1, gacts + d.d_qkv, w + p->qkv_w, N, C, 3 * C);
+    pp_cpu_linear_backward_input(g->pool, tmp, gacts + d.d_res_mid, w + p->attn_w, N, C, C);
+    pp_cpu_attention_backward(g->pool, gacts + d.d_qkv, sp.attn, tmp, acts + a.qkv,
+                              acts + a.att, dims_of(g));
+    pp_cpu_linear_backward_input(g->pool, gacts + d.d_ln1, gacts + d.d_qkv, w + p->qkv_w, N, C, 3 * C);
     memcpy(gacts + d.d_res_in, gacts + d.d_res_mid, NC * sizeof *gacts);
     pp_cpu_layernorm_backward_input(gacts + d.d_res_in, gacts + d.d_ln1, acts + a.res_in,
                                     acts + a.ln1_mean, acts + a.ln1_rstd, w + p->ln1_w, N, C);
@@ -337,7 +339,7 @@ static void head_backward_weight(pp_gpt_stage *g, const float *acts, const float
     stage_acts a = stage_acts_of(g);
     stage_gacts ga = stage_gacts_of(g);
     int N = (int)ntok(g), C = g->C;
-    pp_cpu_linear_backward_weight(grad + g->head_w, NULL, gacts + ga.d_logits, acts + a.lnf, N, C,
+    pp_cpu_linear_backward_weight(g->pool, grad + g->head_w, NULL, gacts + ga.d_logits, acts + a.lnf, N, C,
                                   g->V);
     pp_cpu_layernorm_backward_weight(grad + g->lnf_w, grad + g->lnf_b, gacts + ga.d_lnf,
                                      acts + a.res_last, acts + a.lnf_mean, acts + a.lnf_rstd, N, C);
@@ -350,15 +352,15 @@ static void block_backward_weight(pp_gpt_stage *g, const float *acts, const floa
     block_acts a = block_acts_at(g, l);
     block_gacts d = block_gacts_at(g, l);
     int N = (int)ntok(g), C = g->C;
-    pp_cpu_linear_backward_weight(grad + p->proj_w, grad + p->proj_b, gacts + d.d_res_out,
+    pp_cpu_linear_backward_weight(g->pool, grad + p->proj_w, grad + p->proj_b, gacts + d.d_res_out,
                                   acts + a.fcg, N, 4 * C, C);
-    pp_cpu_linear_backward_weight(grad + p->fc_w, grad + p->fc_b, gacts + d.d_fc, acts + a.ln2, N,
+    pp_cpu_linear_backward_weight(g->pool, grad + p->fc_w, grad + p->fc_b, gacts + d.d_fc, acts + a.ln2, N,
                                   C, 4 * C);
     pp_cpu_layernorm_backward_weight(grad + p->ln2_w, grad + p->ln2_b, gacts + d.d_ln2,
                                      acts + a.res_mid, acts + a.ln2_mean, acts + a.ln2_rstd, N, C);
-    pp_cpu_linear_backward_weight(grad + p->attn_w, grad + p->attn_b, gacts + d.d_res_mid,
+    pp_cpu_linear_backward_weight(g->pool, grad + p->attn_w, grad + p->attn_b, gacts + d.d_res_mid,
                                   acts + a.atty, N, C, C);
-    pp_cpu_linear_backward_weight(grad + p->qkv_w, grad + p->qkv_b, gacts + d.d_qkv, acts + a.ln1,
+    pp_cpu_linear_backward_weight(g->pool, grad + p->qkv_w, grad + p->qkv_b, gacts + d.d_qkv, acts + a.ln1,
                                   N, C, 3 * C);
     pp_cpu_layernorm_backward_weight(grad + p->ln1_w, grad + p->ln1_b, gacts + d.d_ln1,
                                      acts + a.res_in, acts + a.ln1_mean, acts + a.ln1_rstd, N, C);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "model/cpu_pool.h"
 #include "runtime_private.h"
 
 double pp_now_s(void)
@@ -27,10 +28,14 @@ void pp_run_abort(run *r)
     r->tr->abort(r->tr);
 }
 
-static const pp_placement *placement_of(const pp_run_config *c, int s)
+/* Where stage s runs: the configured placement (default: GPU 0, whole),
+ * with the CPU threads each stage gets. */
+static pp_placement placement_of(const run *r, int s)
 {
-    static const pp_placement whole = {0, -1, 0};
-    return c->placement ? &c->placement[s] : &whole;
+    const pp_run_config *c = r->cfg;
+    pp_placement at = c->placement ? c->placement[s] : PP_PLACEMENT_WHOLE(0);
+    at.threads = pp_run_stage_threads(c->threads, r->nloc);
+    return at;
 }
 
 static int create_stages(run *r, void ***eval_stages, pp_err *e)
@@ -39,7 +44,8 @@ static int create_stages(run *r, void ***eval_stages, pp_err *e)
     for (int s = r->lo; s < r->lo + r->nloc; s++) {
         r->st[s].r = r;
         r->st[s].s = s;
-        if (c->backend->create(&c->model, r->P, s, placement_of(c, s), &r->st[s].bk, e) < 0)
+        pp_placement at = placement_of(r, s);
+        if (c->backend->create(&c->model, r->P, s, &at, &r->st[s].bk, e) < 0)
             return pp_err_prefix(e, "stage %d", s);
         if (pp_stage_prepare(&r->st[s], e) < 0)
             return pp_err_prefix(e, "stage %d", s);
@@ -49,10 +55,20 @@ static int create_stages(run *r, void ***eval_stages, pp_err *e)
     *eval_stages = calloc((size_t)(unsigned)r->P, sizeof **eval_stages);
     if (!*eval_stages)
         return pp_errf(e, "out of memory");
-    for (int s = 0; s < r->P; s++)
-        if (c->backend->create(&c->model, r->P, s, placement_of(c, s), &(*eval_stages)[s], e) < 0)
+    for (int s = 0; s < r->P; s++) {
+        pp_placement at = placement_of(r, s);
+        if (c->backend->create(&c->model, r->P, s, &at, &(*eval_stages)[s], e) < 0)
             return pp_err_prefix(e, "evaluator stage %d", s);
+    }
     return 0;
+}
+
+int pp_run_stage_threads(int threads, int local_stages)
+{
+    if (threads > 0)
+        return threads;
+    int per = pp_cpu_cores() / (local_stages > 0 ? local_stages : 1);
+    return per > 1 ? per : 1;
 }
 
 /* Configuration errors, found before anything is allocated. */

@@ -59,6 +59,7 @@ typedef struct {
     int eval_batches;            /* validation batches per evaluation */
     double timeout_s;            /* a stage waiting longer than this fails the run */
     double link_s;               /* in-process transport: seconds per message on a link */
+    int threads;                 /* CPU threads per stage; 0: the cores / local stages */
     pp_timeline *timeline;       /* measured actions (optional), seconds */
     void (*on_step)(void *ctx, const pp_step_record *r);
     void *on_step_ctx;
@@ -97,6 +98,10 @@ typedef struct {
 
 /* "cpu", or "cuda" when built with CUDA; a one-line error otherwise. */
 const pp_backend_ops *pp_backend_find(const char *name, pp_err *e);
+
+/* Threads per stage: `threads` if set, else the cores this process may
+ * use divided among its local stages, at least 1. */
+int pp_run_stage_threads(int threads, int local_stages);
 
 /* CLOCK_MONOTONIC in seconds: the clock of the measured timelines. */
 double pp_now_s(void);

@@ -15,11 +15,12 @@ int pp_report_update(stage_rt *s, pp_err *e)
     rec.loss = s->loss_n ? s->loss_sum / s->loss_n : NAN;
     rec.lr = pp_lr_at(&r->cfg->lr, s->updates - 1);
     rec.elapsed_s = pp_now_s() - r->t0;
-    r->tokens += (double)s->loss_n * r->cfg->model.micro_batch * r->cfg->model.seq_len;
-    rec.tokens = r->tokens;
+    double tokens = (double)s->loss_n * r->cfg->model.micro_batch * r->cfg->model.seq_len;
     s->loss_sum = 0;
     s->loss_n = 0;
     pthread_mutex_lock(&r->mu);
+    r->tokens += tokens;
+    rec.tokens = r->tokens;
     if (r->nrecords == r->caprecords) {
         int cap = r->caprecords ? r->caprecords * 2 : 64;
         pp_step_record *x = realloc(r->records, (size_t)cap * sizeof *x);
@@ -66,15 +67,23 @@ static int report_ready(run *r, reporter *rep, pp_err *e)
     return 0;
 }
 
-/* Hands complete cuts to the checkpoint writer (called with r->mu held). */
+/* Hands complete cuts to the checkpoint writer (called with r->mu held);
+ * returns how many it handed, or -1. */
 static int checkpoints_ready(run *r, pp_err *e)
 {
     const pp_run_config *c = r->cfg;
+    int handed = 0;
     for (int j = 0; j < c->ncuts; j++) {
         if (r->cut_have[j] != r->P)
             continue;
         r->cut_have[j] = -1; /* handled */
+        handed++;
+        /* the tokens trained by update K: the last stage recorded them
+         * before it reached the cut (later updates may be in r->tokens) */
         double tokens = r->tokens;
+        for (int i = 0; i < r->nrecords; i++)
+            if (r->records[i].step == c->cuts[j].K)
+                tokens = r->records[i].tokens;
         pthread_mutex_unlock(&r->mu);
         int rc = c->on_checkpoint ? c->on_checkpoint(c->on_checkpoint_ctx, c->cuts[j].K,
                                                      r->cut_blobs[j], r->cut_sizes[j], tokens, e)
@@ -87,7 +96,7 @@ static int checkpoints_ready(run *r, pp_err *e)
         if (rc < 0)
             return -1;
     }
-    return 0;
+    return handed;
 }
 
 int pp_supervise(run *r, reporter *rep, pp_err *e)
@@ -95,15 +104,21 @@ int pp_supervise(run *r, reporter *rep, pp_err *e)
     int rc = 0;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        if (rc == 0 && (report_ready(r, rep, e) < 0 || checkpoints_ready(r, e) < 0)) {
+        /* read before reporting: reporting unlocks, and what arrives
+         * meanwhile (its wake-up lost) must still be reported */
+        int done = r->stages_done == r->nloc, emitted = rep->emitted, handed = 0;
+        if (rc == 0 && (report_ready(r, rep, e) < 0 || (handed = checkpoints_ready(r, e)) < 0)) {
             rc = -1;
             pthread_mutex_unlock(&r->mu);
             pp_run_abort(r);
             pthread_mutex_lock(&r->mu);
         }
-        if (r->stages_done == r->nloc)
+        if (done)
             break;
-        pthread_cond_wait(&r->cv, &r->mu);
+        if (rc == 0 && (rep->emitted > emitted || handed > 0))
+            continue; /* it unlocked: look again before sleeping */
+        if (r->stages_done < r->nloc)
+            pthread_cond_wait(&r->cv, &r->mu);
     }
     pthread_mutex_unlock(&r->mu);
     return rc;
