@@ -38,6 +38,8 @@ typedef struct {
     struct pp_outbox_msg *outbox; /* copies kept for checkpoints */
     int noutbox, capoutbox;
     size_t start_pos;             /* first action to run (resume) */
+    void **free_acts;             /* activation buffers not in use (acts_pool.c) */
+    int nfree_acts, capfree_acts;
     double clock0;                /* host time of the device clock's origin */
 } stage_rt;
 
@@ -100,6 +102,15 @@ int pp_stage_prepare(stage_rt *s, pp_err *e);
 void pp_stage_release(stage_rt *s);
 /* The thread of stage `arg` (a stage_rt *): runs its action list. */
 void *pp_stage_main(void *arg);
+
+/* acts_pool.c: a stage's activation buffers. reserve allocates, once,
+ * as many as the stage's action list ever holds at a time (less those a
+ * resume restored); get and put take one and give it back, allocating
+ * only if the schedule holds more than it said; free releases the spares. */
+int pp_acts_reserve(stage_rt *s, pp_err *e);
+void *pp_acts_get(stage_rt *s);
+void pp_acts_put(stage_rt *s, void *buf);
+void pp_acts_free(stage_rt *s);
 
 /* supervise.c: the main thread's reports. The last stage records each
  * update; pp_supervise emits the records in order and writes complete

@@ -47,9 +47,12 @@ int pp_stage_prepare(stage_rt *s, pp_err *e)
     if (!s->grad || !s->x_in || !s->x_out || !s->dx_in || !s->dx_out)
         return pp_errf(e, "out of memory for stage %d buffers", s->s);
     const pp_run_config *c = r->cfg;
-    if (c->resume_blobs)
-        return pp_stage_restore(s, c->resume_blobs[s->s], c->resume_sizes[s->s], &s->start_pos, e);
-    return 0;
+    if (c->resume_blobs &&
+        pp_stage_restore(s, c->resume_blobs[s->s], c->resume_sizes[s->s], &s->start_pos, e) < 0)
+        return -1;
+    /* every activation buffer the schedule will hold at once, now: none
+     * is allocated (or zeroed, or faulted in) per micro-batch */
+    return pp_acts_reserve(s, e);
 }
 
 void pp_stage_release(stage_rt *s)
@@ -60,6 +63,7 @@ void pp_stage_release(stage_rt *s)
     for (int i = 0; s->acts && i < s->r->N; i++)
         if (s->acts[i])
             b->release(s->bk, s->acts[i]);
+    pp_acts_free(s);
     void *bufs[] = {s->grad, s->x_in, s->x_out, s->dx_in, s->dx_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
@@ -116,7 +120,7 @@ static int do_forward(stage_rt *s, const pp_action *a, int *version, pp_err *e)
     if ((first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0) ||
         (last && !first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0))
         return -1;
-    if (!s->acts[mb] && !(s->acts[mb] = b->alloc(s->bk, b->acts_bytes(s->bk))))
+    if (!s->acts[mb] && !(s->acts[mb] = pp_acts_get(s)))
         return pp_errf(e, "out of memory for the activations of micro-batch %d", mb);
     if (b->forward(s->bk, w, first ? s->tokens : NULL, first ? NULL : s->x_in,
                    last ? s->targets : NULL, s->acts[mb], last ? NULL : s->x_out,
@@ -160,7 +164,7 @@ static void do_backward_weight(stage_rt *s, const pp_action *a)
     const pp_backend_ops *b = r->cfg->backend;
     int mb = a->mb;
     b->backward_weight(s->bk, s->acts[mb], s->grad);
-    b->release(s->bk, s->acts[mb]);
+    pp_acts_put(s, s->acts[mb]);
     s->acts[mb] = NULL;
     if (s->stash[mb])
         pp_weights_ref(&s->ws, s->v_f[mb], -1);
