@@ -29,6 +29,13 @@ void pp_mm_ab(pp_pool *pool, float *C, const float *A, const float *B, int M, in
 void pp_mm_atb(pp_pool *pool, float *C, const float *A, const float *B, int M, int N, int K,
                int accumulate);
 
+/* One small product on this thread, any strides (row-major):
+ * C[M][N] = alpha op(A) op(B) + beta C, op(X) = X or X^T as tA/tB say
+ * (A is [M][K], or [K][M] when tA; B is [K][N], or [N][K] when tB).
+ * cblas_sgemm with OpenBLAS; a plain loop (ascending k) without it. */
+void pp_sgemm_small(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc);
+
 /* "OpenBLAS" or "own kernel": what pp_mm_* run on in this build. */
 const char *pp_mm_engine(void);
 

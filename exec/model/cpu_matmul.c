@@ -97,6 +97,26 @@ void pp_mm_atb(pp_pool *pool, float *C, const float *A, const float *B, int M, i
     mm_run(pool, &j);
 }
 
+void pp_sgemm_small(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc)
+{
+#ifdef PPSCHED_HAVE_BLAS
+    pthread_once(&blas_once, blas_single_threaded);
+    cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, M,
+                N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#else
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++)
+                acc += (tA ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
+                       (tB ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+            float *c = &C[(size_t)i * ldc + j];
+            *c = alpha * acc + (beta != 0.0f ? beta * *c : 0.0f);
+        }
+#endif
+}
+
 const char *pp_mm_engine(void)
 {
 #ifdef PPSCHED_HAVE_BLAS

@@ -171,17 +171,6 @@ void pp_cpu_gelu_backward(pp_pool *pool, float *dx, const float *x, const float 
     pp_pool_run(pool, gelu_blocks(n), gelu_backward_part, &j);
 }
 
-/* dst[hs][T] = one head's keys or values of one sequence (src points at
- * element 0 of that head in row 0; rows ld apart), so the loops over
- * positions run along contiguous memory and vectorize. */
-static void head_transpose(float *restrict dst, const float *restrict src, size_t ld, int T,
-                           int hs)
-{
-    for (int j = 0; j < T; j++)
-        for (int i = 0; i < hs; i++)
-            dst[(size_t)i * T + j] = src[(size_t)j * ld + i];
-}
-
 /* Softmax over row[0..n) in place. */
 static void softmax_row(float *row, int n)
 {
@@ -203,44 +192,40 @@ typedef struct {
     pp_cpu_att_dims d;
 } attn_job;
 
-/* Heads [lo, hi) of the B*H (sequence, head) pairs, each independent. */
+/* Causal softmax of the scores in place, row t over [0, t]; zero after. */
+static void causal_softmax(float *att, int T)
+{
+    for (int t = 0; t < T; t++) {
+        float *row = att + (size_t)t * T;
+        softmax_row(row, t + 1);
+        memset(row + t + 1, 0, (size_t)(T - 1 - t) * sizeof *row);
+    }
+}
+
+/* Heads [lo, hi) of the B*H (sequence, head) pairs, each independent and
+ * each three small matrix products: S = Q K^T / sqrt(hs), P = softmax(S)
+ * under the causal mask, Y = P V. */
 static void attention_forward_part(void *ctx, int lo, int hi, int part)
 {
+    (void)part;
     const attn_job *j = ctx;
     pp_cpu_att_dims d = j->d;
-    int hs = d.C / d.H, T = d.T;
-    size_t ld = 3 * (size_t)d.C;
+    int hs = d.C / d.H, T = d.T, ld = 3 * d.C;
     float scale = 1.0f / sqrtf((float)hs);
-    float *restrict kt = j->scratch + (size_t)part * j->scratch_part;
-    float *restrict att = j->att, *restrict y = j->y;
     for (int bh = lo; bh < hi; bh++) {
         int b = bh / d.H, h = bh % d.H;
-        const float *restrict seq = j->qkv + (size_t)b * T * ld + h * hs;
-        head_transpose(kt, seq + d.C, ld, T, hs);
-        for (int t = 0; t < T; t++) {
-            const float *q = seq + (size_t)t * ld;
-            float *row = att + ((size_t)bh * T + t) * T;
-            memset(row, 0, (size_t)T * sizeof *row);
-            for (int i = 0; i < hs; i++)
-                for (int k = 0; k <= t; k++)
-                    row[k] += q[i] * kt[(size_t)i * T + k];
-            for (int k = 0; k <= t; k++)
-                row[k] *= scale;
-            softmax_row(row, t + 1);
-            float *yo = y + ((size_t)b * T + t) * d.C + h * hs;
-            memset(yo, 0, (size_t)hs * sizeof *yo);
-            for (int k = 0; k <= t; k++) {
-                const float *v = seq + (size_t)k * ld + 2 * d.C;
-                for (int i = 0; i < hs; i++)
-                    yo[i] += row[k] * v[i];
-            }
-        }
+        const float *q = j->qkv + (size_t)b * T * ld + h * hs, *k = q + d.C, *v = q + 2 * d.C;
+        float *att = j->att + (size_t)bh * T * T;
+        pp_sgemm_small(0, 1, T, T, hs, scale, q, ld, k, ld, 0.0f, att, T);
+        causal_softmax(att, T);
+        pp_sgemm_small(0, 0, T, hs, T, 1.0f, att, T, v, ld, 0.0f,
+                       j->y + (size_t)b * T * d.C + h * hs, d.C);
     }
 }
 
 size_t pp_cpu_attention_scratch(pp_cpu_att_dims d)
 {
-    return (size_t)(d.C / d.H) * d.T + (size_t)d.T;
+    return (size_t)d.T * d.T;
 }
 
 void pp_cpu_attention_forward(pp_pool *pool, float *y, float *att, const float *qkv,
@@ -250,54 +235,42 @@ void pp_cpu_attention_forward(pp_pool *pool, float *y, float *att, const float *
     pp_pool_run(pool, d.B * d.H, attention_forward_part, &j);
 }
 
+/* The backward of one pair: dP = dY V^T; dS = P (dP - rowsum(P dP)) /
+ * sqrt(hs) (softmax backward; zero above the diagonal, where P is); then
+ * dQ = dS K, dK = dS^T Q, dV = P^T dY, each written whole. */
 static void attention_backward_part(void *ctx, int lo, int hi, int part)
 {
     const attn_job *j = ctx;
     pp_cpu_att_dims d = j->d;
-    int hs = d.C / d.H, T = d.T;
-    size_t ld = 3 * (size_t)d.C;
+    int hs = d.C / d.H, T = d.T, ld = 3 * d.C;
     float scale = 1.0f / sqrtf((float)hs);
-    float *restrict vt = j->scratch + (size_t)part * j->scratch_part;
-    float *restrict datt = vt + (size_t)hs * T;
-    const float *restrict att = j->att_in, *restrict dy = j->dy;
+    float *ds = j->scratch + (size_t)part * j->scratch_part;
     for (int bh = lo; bh < hi; bh++) {
         int b = bh / d.H, h = bh % d.H;
         size_t base = (size_t)b * T * ld + h * hs;
-        const float *restrict seq = j->qkv + base;
-        float *restrict dseq = j->dqkv + base;
-        head_transpose(vt, seq + 2 * d.C, ld, T, hs);
+        const float *q = j->qkv + base, *k = q + d.C, *v = q + 2 * d.C;
+        const float *att = j->att_in + (size_t)bh * T * T;
+        const float *dy = j->dy + (size_t)b * T * d.C + h * hs;
+        float *dq = j->dqkv + base, *dk = dq + d.C, *dv = dq + 2 * d.C;
+        pp_sgemm_small(0, 1, T, T, hs, 1.0f, dy, d.C, v, ld, 0.0f, ds, T);
         for (int t = 0; t < T; t++) {
-            const float *row = att + ((size_t)bh * T + t) * T;
-            const float *dyo = dy + ((size_t)b * T + t) * d.C + h * hs;
-            const float *q = seq + (size_t)t * ld;
-            float *dq = dseq + (size_t)t * ld;
-            memset(datt, 0, (size_t)(t + 1) * sizeof *datt);
-            for (int i = 0; i < hs; i++)
-                for (int k = 0; k <= t; k++)
-                    datt[k] += dyo[i] * vt[(size_t)i * T + k];
-            float dot = 0.0f;
-            for (int k = 0; k <= t; k++)
-                dot += row[k] * datt[k];
-            for (int k = 0; k <= t; k++) {
-                /* Softmax backward, then the 1/sqrt(hs) of the scores. */
-                float ds = row[k] * (datt[k] - dot) * scale;
-                const float *kk = seq + (size_t)k * ld + d.C;
-                float *dk = dseq + (size_t)k * ld + d.C;
-                float *dv = dseq + (size_t)k * ld + 2 * d.C;
-                for (int i = 0; i < hs; i++) {
-                    dv[i] += row[k] * dyo[i];
-                    dq[i] += ds * kk[i];
-                    dk[i] += ds * q[i];
-                }
-            }
+            const float *p = att + (size_t)t * T;
+            float *row = ds + (size_t)t * T, dot = 0.0f;
+            for (int c = 0; c <= t; c++)
+                dot += p[c] * row[c];
+            for (int c = 0; c <= t; c++)
+                row[c] = p[c] * (row[c] - dot) * scale;
+            memset(row + t + 1, 0, (size_t)(T - 1 - t) * sizeof *row);
         }
+        pp_sgemm_small(0, 0, T, hs, T, 1.0f, ds, T, k, ld, 0.0f, dq, ld);
+        pp_sgemm_small(1, 0, T, hs, T, 1.0f, ds, T, q, ld, 0.0f, dk, ld);
+        pp_sgemm_small(1, 0, T, hs, T, 1.0f, att, T, dy, d.C, 0.0f, dv, ld);
     }
 }
 
 void pp_cpu_attention_backward(pp_pool *pool, float *dqkv, float *scratch, const float *dy,
                                const float *qkv, const float *att, pp_cpu_att_dims d)
 {
-    memset(dqkv, 0, (size_t)d.B * d.T * 3 * d.C * sizeof *dqkv);
     attn_job j = {NULL, NULL, dqkv, scratch, qkv, dy, att, pp_cpu_attention_scratch(d), d};
     pp_pool_run(pool, d.B * d.H, attention_backward_part, &j);
 }
