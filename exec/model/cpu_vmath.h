@@ -1,18 +1,22 @@
-/* Vector math for the CPU kernels: a float vector type of the widest width
- * the build targets (GCC/Clang vector extensions, so the same source runs on
- * SSE2, AVX or NEON) and an exp accurate to about 1 ulp, so that GELU's tanh
- * and the softmax run VW lanes at a time instead of one scalar expf call
- * per element. Private to exec/model/. */
+/* Vector math for the CPU kernels: an 8-float vector type (GCC/Clang
+ * vector extensions: one AVX register, two SSE or NEON registers) and an
+ * exp accurate to about 1 ulp, so that GELU's tanh runs 8 lanes at a time
+ * instead of one scalar expf call per element. PP_SIMD_CLONES compiles a
+ * hot loop twice on x86-64, for AVX2 and for the baseline, and picks one
+ * when the program starts; exec/model/ is built with -ffp-contract=off, so
+ * both give the same bits. Private to exec/model/. */
 #ifndef PP_CPU_VMATH_H
 #define PP_CPU_VMATH_H
 
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__AVX__)
 #define PP_VW 8
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define PP_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
-#define PP_VW 4
+#define PP_SIMD_CLONES
 #endif
 
 typedef float pp_vf __attribute__((vector_size(PP_VW * sizeof(float))));

@@ -122,7 +122,7 @@ static inline pp_vf gelu_grad_v(pp_vf x, pp_vf dout)
 
 /* Elements [lo, hi) blocks of the job; a ragged end goes through a padded
  * vector, so every element gets the same arithmetic wherever it falls. */
-static void gelu_part(void *ctx, int lo, int hi, int part, int backward)
+PP_SIMD_CLONES static void gelu_part(void *ctx, int lo, int hi, int part, int backward)
 {
     (void)part;
     const gelu_job *j = ctx;
