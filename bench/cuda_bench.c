@@ -117,7 +117,7 @@ int main(int argc, char **argv)
         b->backward_weight(st, acts, grad);
         b->sync(st);
         double t3 = now_s();
-        b->optimizer_step(st, w, grad, 1e-4f);
+        b->optimizer_update(st, w, grad, &(pp_opt_step){1e-4f, pp_adamw_defaults(), 1.0f});
         b->sync(st);
         double t4 = now_s();
         if (it == 0)

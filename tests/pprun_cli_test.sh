@@ -159,6 +159,31 @@ RANK=1 WORLD_SIZE=2 expect_error 'multi-process run has real links' "${common[@]
     --comm-latency 0.01 --rendezvous tcp://127.0.0.1:1
 
 expect_error "give one of --data" --schedule paci --stages 2 "${small[@]}"
+
+# --- the optimizer: bad values refused; the defaults spelled out train the
+# same losses; the banner names the clipping the schedule gets
+expect_error '--beta1: 1 is not below 1' "${common[@]}" --beta1 1
+expect_error '--beta2: 1.5 is not below 1' "${common[@]}" --beta2 1.5
+expect_error '--beta1' "${common[@]}" --beta1 -0.1
+expect_error '--eps: must be above 0' "${common[@]}" --eps 0
+expect_error '--weight-decay' "${common[@]}" --weight-decay -0.1
+expect_error '--grad-clip' "${common[@]}" --grad-clip -1
+"$PPRUN" "${common[@]}" --beta1 0.9 --beta2 0.95 --eps 1e-8 --weight-decay 0.1 --grad-clip 0 \
+    --log "$tmp/opt-default.jsonl" >/dev/null 2>"$tmp/err" || bad "explicit defaults: $(cat "$tmp/err")"
+cmp -s <(grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/opt-default.jsonl" | cut -d, -f1,2) &&
+    ok || bad "the defaults given explicitly trained other losses"
+grep -q 'gradient clipping' "$tmp/err" && bad "a run without --grad-clip mentions clipping" || ok
+"$PPRUN" "${common[@]}" --beta2 0.99 --weight-decay 0 --log "$tmp/opt-other.jsonl" >/dev/null 2>&1 || bad "--beta2 0.99 run"
+cmp -s <(grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/opt-other.jsonl" | cut -d, -f1,2) &&
+    bad "--beta2 0.99 --weight-decay 0 trained the default losses" || ok
+"$PPRUN" "${common[@]}" --grad-clip 0.5 >/dev/null 2>"$tmp/err" || bad "paci --grad-clip: $(cat "$tmp/err")"
+[ "$(grep -c 'gradient clipping: per stage' "$tmp/err")" -eq 1 ] && ok || bad "paci: no per-stage clipping line: $(cat "$tmp/err")"
+flush=(--schedule 1f1b-flush --stages 2 --microbatches 2 --steps 3 "${small[@]}" --data "$DATA" --eval-batches 2)
+"$PPRUN" "${flush[@]}" --grad-clip 0.5 >/dev/null 2>"$tmp/err" || bad "1f1b-flush --grad-clip: $(cat "$tmp/err")"
+[ "$(grep -c 'gradient clipping: global norm' "$tmp/err")" -eq 1 ] && ok || bad "1f1b-flush: no global clipping line: $(cat "$tmp/err")"
+RANK=1 WORLD_SIZE=2 expect_error '--grad-clip: 1f1b-flush clips by the global gradient norm' "${flush[@]}" \
+    --grad-clip 0.5 --rendezvous tcp://127.0.0.1:1
+
 if [ -z "${PPSCHED_HAVE_CUDA:-}" ]; then expect_error 'cuda' "${common[@]}" --backend cuda; fi
 
 echo "$passes passed, $fails failed"

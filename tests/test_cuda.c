@@ -427,9 +427,10 @@ START_TEST(test_optimizer_steps)
             pipe_backward(&g, 1.0f);
             pipe_backward(&c, 1.0f);
             float lr = 1e-2f * (float)(step + 1) / 10.0f;
+            pp_opt_step os = pp_opt_step_default(lr);
             for (int s = 0; s < P; s++) {
-                g.b->optimizer_step(g.st[s], g.w[s], g.grad[s], lr);
-                c.b->optimizer_step(c.st[s], c.w[s], c.grad[s], lr);
+                g.b->optimizer_update(g.st[s], g.w[s], g.grad[s], &os);
+                c.b->optimizer_update(c.st[s], c.w[s], c.grad[s], &os);
                 g.b->sync(g.st[s]);
             }
         }
@@ -490,14 +491,15 @@ START_TEST(test_adamw_exact)
             }
             for (int step = 0; step < 3; step++) {
                 float lr = 1e-2f * (float)(step + 1);
+                pp_opt_step os = pp_opt_step_default(lr);
                 g.b->from_host(g.st[s], g.grad[s], hg, bytes);
                 c.b->from_host(c.st[s], c.grad[s], hg, bytes);
                 if (step == 0) {
                     g.b->from_host(g.st[s], g.w[s], hw, bytes);
                     c.b->from_host(c.st[s], c.w[s], hw, bytes);
                 }
-                g.b->optimizer_step(g.st[s], g.w[s], g.grad[s], lr);
-                c.b->optimizer_step(c.st[s], c.w[s], c.grad[s], lr);
+                g.b->optimizer_update(g.st[s], g.w[s], g.grad[s], &os);
+                c.b->optimizer_update(c.st[s], c.w[s], c.grad[s], &os);
                 g.b->sync(g.st[s]);
             }
             compare_tensors(&g, &c, s, g.w[s], c.w[s], TOL, "weights after AdamW");

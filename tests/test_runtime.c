@@ -1,7 +1,8 @@
 /* The stage runtime against its specification: pipelined synchronous
  * training equals unpipelined training, the simulator predicts exactly the
- * weight versions every real forward and backward read, and stashing keeps
- * the forward's weights by content. */
+ * weight versions every real forward and backward read, stashing keeps
+ * the forward's weights by content, and the optimizer's options (AdamW's
+ * hyperparameters, gradient clipping) reach every stage. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -28,11 +29,16 @@ static pp_run_config base_config(const pp_schedule *ir, pp_model_desc *m)
     return test_run_config(ir, m, &pp_backend_cpu, 60);
 }
 
-static pp_run_result train(const char *name, int P, int m, int S, pp_timeline *tl)
+/* A run with AdamW's hyperparameters hp (all zero: the defaults) and
+ * gradient clipping to clip (0: off). */
+static pp_run_result train_opt(const char *name, int P, int m, int S, pp_timeline *tl,
+                               pp_adamw_hparams hp, double clip)
 {
     pp_model_desc md = small_model();
     pp_schedule ir = test_schedule(name, P, m, S);
     pp_run_config c = base_config(&ir, &md);
+    c.adamw = hp;
+    c.grad_clip = clip;
     pp_err e;
     if (tl) {
         ck_assert(pp_timeline_init(tl, &ir.info, &e) == 0);
@@ -42,6 +48,11 @@ static pp_run_result train(const char *name, int P, int m, int S, pp_timeline *t
     ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s: %s", name, e.msg);
     pp_schedule_free(&ir);
     return r;
+}
+
+static pp_run_result train(const char *name, int P, int m, int S, pp_timeline *tl)
+{
+    return train_opt(name, P, m, S, tl, (pp_adamw_hparams){0}, 0);
 }
 
 /* 1F1B-flush and GPipe apply exactly the updates of unpipelined training:
@@ -249,12 +260,13 @@ static int capture(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
 
 /* Stopped after update K and resumed: the losses after K are those of the
  * uninterrupted run, bit for bit. */
-static void check_resume(const char *name, int P, int m, int S, int K)
+static void check_resume(const char *name, int P, int m, int S, int K, double clip)
 {
     pp_model_desc md = small_model();
     pp_schedule ir = test_schedule(name, P, m, S);
     pp_err e;
     pp_run_config c = base_config(&ir, &md);
+    c.grad_clip = clip;
     pp_run_result full;
     ck_assert_msg(pp_run(&c, &full, &e) == 0, "%s", e.msg);
 
@@ -273,6 +285,7 @@ static void check_resume(const char *name, int P, int m, int S, int K)
     ck_assert_int_eq(cap.K, K);
 
     pp_run_config c2 = base_config(&ir, &md);
+    c2.grad_clip = clip;
     c2.seed = 999; /* must not matter: the weights come from the checkpoint */
     c2.resume_blobs = blobs;
     c2.resume_sizes = sizes;
@@ -298,12 +311,15 @@ static void check_resume(const char *name, int P, int m, int S, int K)
 
 START_TEST(resume_is_bit_identical)
 {
-    check_resume("paci", 4, 2, 6, 3);
-    check_resume("paci", 3, 1, 8, 2);
-    check_resume("1f1b-flush", 4, 4, 5, 2);
-    check_resume("pipedream-2bw", 4, 4, 5, 2);
-    check_resume("pipedream", 4, 1, 10, 5);
-    check_resume("gpipe", 2, 3, 4, 1);
+    check_resume("paci", 4, 2, 6, 3, 0);
+    check_resume("paci", 3, 1, 8, 2, 0);
+    check_resume("1f1b-flush", 4, 4, 5, 2, 0);
+    check_resume("pipedream-2bw", 4, 4, 5, 2, 0);
+    check_resume("pipedream", 4, 1, 10, 5, 0);
+    check_resume("gpipe", 2, 3, 4, 1, 0);
+    /* with clipping: the global norm's exchange resumes at update K */
+    check_resume("1f1b-flush", 3, 4, 5, 2, 0.5);
+    check_resume("paci", 3, 2, 6, 3, 0.5);
 }
 END_TEST
 
@@ -363,6 +379,197 @@ START_TEST(device_clock_times_the_actions)
 }
 END_TEST
 
+/* --- the optimizer's options ----------------------------------------- */
+
+/* Largest relative difference between two runs' losses. */
+static double loss_gap(const pp_run_result *a, const pp_run_result *b)
+{
+    ck_assert_int_eq(a->steps, b->steps);
+    double most = 0;
+    for (int i = 0; i < a->steps; i++)
+        most = fmax(most, fabs(a->step_loss[i] - b->step_loss[i]) / fabs(b->step_loss[i]));
+    return most;
+}
+
+/* AdamW with betas 0.8/0.99, eps 1e-3 and weight decay 0.05, three steps,
+ * against the update written out by hand in double: the moments, their
+ * bias corrections, and the decay on the decayed half only. */
+START_TEST(adamw_hyperparameters_by_hand)
+{
+    pp_adamw_hparams hp = {0.8f, 0.99f, 1e-3f, 0.05f};
+    double b1 = hp.beta1, b2 = hp.beta2, eps = hp.eps, wd = hp.weight_decay;
+    pp_adamw o;
+    pp_err e;
+    ck_assert(pp_adamw_init(&o, 4, hp, &e) == 0);
+    float w[4] = {0.5f, -1.0f, 2.0f, 0.25f}, lr[3] = {0.1f, 0.05f, 0.02f};
+    double hw[4] = {0.5, -1.0, 2.0, 0.25}, m[4] = {0}, v[4] = {0};
+    for (int t = 1; t <= 3; t++) {
+        float g[4] = {0.3f * t, -0.2f, 0.01f * t, -1.5f / t};
+        pp_adamw_begin_step(&o);
+        pp_adamw_update(&o, w, g, 0, 2, 1, lr[t - 1]); /* decayed */
+        pp_adamw_update(&o, w, g, 2, 2, 0, lr[t - 1]);
+        for (int i = 0; i < 4; i++) {
+            m[i] = b1 * m[i] + (1 - b1) * g[i];
+            v[i] = b2 * v[i] + (1 - b2) * (double)g[i] * g[i];
+            double mhat = m[i] / (1 - pow(b1, t)), vhat = v[i] / (1 - pow(b2, t));
+            hw[i] -= lr[t - 1] * (mhat / (sqrt(vhat) + eps) + (i < 2 ? wd * hw[i] : 0));
+            ck_assert_msg(fabs(w[i] - hw[i]) <= 1e-6 * fabs(hw[i]) + 1e-7,
+                          "step %d, w[%d] = %.9g, by hand %.9g", t, i, w[i], hw[i]);
+        }
+    }
+    pp_adamw_free(&o);
+}
+END_TEST
+
+/* The CPU backend's update uses what it is given: scale 0.5 equals a
+ * halved gradient bit for bit, pp_opt_step_default is AdamW's defaults,
+ * other hyperparameters give other weights; grad_sumsq sums the squares. */
+START_TEST(cpu_update_takes_hyperparameters_and_scale)
+{
+    pp_model_desc md = small_model();
+    const pp_backend_ops *b = &pp_backend_cpu;
+    pp_opt_step half = {1e-2f, {0.5f, 0.9f, 1e-4f, 0.3f}, 0.5f}, whole = half;
+    pp_opt_step dflt = pp_opt_step_default(1e-2f);
+    pp_opt_step spelled = {1e-2f, {0.9f, 0.95f, 1e-8f, 0.1f}, 1.0f};
+    whole.grad_scale = 1.0f;
+    void *st[4];
+    float *w[4], *g[4];
+    pp_err e;
+    for (int k = 0; k < 4; k++)
+        ck_assert(b->create(&md, 1, 0, NULL, &st[k], &e) == 0);
+    size_t n = b->nparams(st[0]);
+    for (int k = 0; k < 4; k++) {
+        w[k] = malloc(n * sizeof(float));
+        g[k] = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++)
+            w[k][i] = (float)((int)(i % 13) - 6) * 0.01f;
+    }
+    for (int step = 1; step <= 2; step++) {
+        double sumsq = 0;
+        for (size_t i = 0; i < n; i++) {
+            float gi = (float)((int)(i % 7) - 3) * 0.125f * step; /* exact squares and sums */
+            for (int k = 0; k < 4; k++)
+                g[k][i] = k == 0 ? gi : gi * 0.5f;
+            sumsq += (double)gi * gi;
+        }
+        ck_assert(b->grad_sumsq(st[0], g[0]) == sumsq);
+        b->optimizer_update(st[0], w[0], g[0], &half);
+        b->optimizer_update(st[1], w[1], g[1], &whole);
+        b->optimizer_update(st[2], w[2], g[2], &spelled);
+        b->optimizer_update(st[3], w[3], g[3], &dflt);
+        ck_assert(b->grad_sumsq(st[0], g[0]) == 0.0); /* the update zeroes the gradient */
+    }
+    ck_assert_msg(memcmp(w[0], w[1], n * sizeof(float)) == 0, "scale 0.5 != halved gradient");
+    ck_assert_msg(memcmp(w[2], w[3], n * sizeof(float)) == 0, "the default step is not AdamW 0.9/0.95/1e-8/0.1");
+    ck_assert_msg(memcmp(w[1], w[3], n * sizeof(float)) != 0, "hyperparameters ignored");
+    for (int k = 0; k < 4; k++) {
+        free(w[k]);
+        free(g[k]);
+        b->destroy(st[k]);
+    }
+}
+END_TEST
+
+/* Non-default AdamW settings reach every stage: 1F1B-flush on 3 stages
+ * trains as on 1, and not as with the defaults. */
+START_TEST(adamw_hyperparameters_reach_every_stage)
+{
+    pp_adamw_hparams hp = {0.8f, 0.99f, 1e-6f, 0.2f};
+    pp_run_result one = train_opt("1f1b-flush", 1, 4, 8, NULL, hp, 0);
+    pp_run_result three = train_opt("1f1b-flush", 3, 4, 8, NULL, hp, 0);
+    pp_run_result dflt = train("1f1b-flush", 1, 4, 8, NULL);
+    ck_assert_msg(loss_gap(&three, &one) <= 1e-6, "3 stages differ from 1 by %g",
+                  loss_gap(&three, &one));
+    ck_assert_msg(loss_gap(&one, &dflt) > 1e-5, "the hyperparameters changed nothing");
+    pp_run_result_free(&one);
+    pp_run_result_free(&three);
+    pp_run_result_free(&dflt);
+}
+END_TEST
+
+/* 1F1B-flush and GPipe are synchronous (every stage's k-th OPT applies one
+ * batch, nothing in flight); PACI, PipeDream and PipeDream-2BW are not. */
+START_TEST(synchronous_schedules_are_detected)
+{
+    const char *names[] = {"1f1b-flush", "gpipe", "paci", "pipedream", "pipedream-2bw"};
+    pp_err e;
+    for (int k = 0; k < 5; k++) {
+        pp_schedule ir = test_schedule(names[k], 3, k == 3 ? 1 : 3, 3);
+        ck_assert_msg(pp_schedule_synchronous(&ir, &e) == (k < 2), "%s", names[k]);
+        pp_schedule_free(&ir);
+    }
+    /* a BARRIER before stage 0's first OPT but after stage 1's: the stages
+     * would wait for each other at both, so this is not synchronous */
+    pp_schedule full = test_schedule("1f1b-flush", 2, 2, 2), odd;
+    ck_assert(pp_schedule_init(&odd, &full.info, &e) == 0);
+    for (int st = 0; st < 2; st++)
+        for (size_t i = 0, seen = 0; i < full.stage[st].count; i++) {
+            pp_action a = full.stage[st].items[i];
+            if (a.op == PP_OP_OPT && !seen && st == 0)
+                pp_schedule_push(&odd, st, pp_act(PP_OP_BARRIER, 0), &e);
+            pp_schedule_push(&odd, st, a, &e);
+            if (a.op == PP_OP_OPT && !seen++ && st == 1)
+                pp_schedule_push(&odd, st, pp_act(PP_OP_BARRIER, 0), &e);
+        }
+    ck_assert_int_eq(pp_schedule_synchronous(&full, &e), 1);
+    ck_assert_int_eq(pp_schedule_synchronous(&odd, &e), 0);
+    pp_schedule_free(&odd);
+    pp_schedule_free(&full);
+}
+END_TEST
+
+/* Clipping in a synchronous schedule uses the true global norm: the
+ * stages' k-th updates add their sums of squares, so 1F1B-flush and GPipe
+ * on 2 and 3 stages train as one stage does with the same clip (within
+ * synchronous_equals_sequential's tolerance; clipping each stage by its
+ * own norm misses it by 1e-4), and the clip is active. */
+START_TEST(global_clip_equals_sequential)
+{
+    const char *names[] = {"1f1b-flush", "gpipe"};
+    pp_adamw_hparams dflt = {0};
+    pp_run_result ref = train_opt("1f1b-flush", 1, 4, 10, NULL, dflt, 0.5);
+    pp_run_result plain = train("1f1b-flush", 1, 4, 10, NULL);
+    ck_assert_msg(loss_gap(&ref, &plain) > 1e-5, "clipping to 0.5 changed no loss");
+    for (int k = 0; k < 2; k++)
+        for (int P = 2; P <= 3; P++) {
+            pp_run_result r = train_opt(names[k], P, 4, 10, NULL, dflt, 0.5);
+            ck_assert_msg(loss_gap(&r, &ref) <= 1e-6, "%s P=%d: losses differ by %g from P=1",
+                          names[k], P, loss_gap(&r, &ref));
+            pp_run_result_free(&r);
+        }
+    pp_run_result_free(&ref);
+    pp_run_result_free(&plain);
+}
+END_TEST
+
+/* A clip above every norm changes nothing, bit for bit, in both forms. */
+START_TEST(clip_above_every_norm_changes_nothing)
+{
+    const char *names[] = {"1f1b-flush", "paci"};
+    for (int k = 0; k < 2; k++) {
+        pp_run_result a = train(names[k], 3, 2, 6, NULL);
+        pp_run_result b = train_opt(names[k], 3, 2, 6, NULL, (pp_adamw_hparams){0}, 1e30);
+        ck_assert_msg(loss_gap(&a, &b) == 0, "%s: a clip of 1e30 changed the losses", names[k]);
+        pp_run_result_free(&a);
+        pp_run_result_free(&b);
+    }
+}
+END_TEST
+
+/* PACI clips each stage by its own norm (no stage waits for another): the
+ * run completes, still learns, and the clip is active. */
+START_TEST(per_stage_clip_on_paci)
+{
+    pp_run_result plain = train("paci", 3, 2, 10, NULL);
+    pp_run_result r = train_opt("paci", 3, 2, 10, NULL, (pp_adamw_hparams){0}, 0.5);
+    ck_assert_int_eq(r.steps, 10);
+    ck_assert(r.step_loss[9] < r.step_loss[0]);
+    ck_assert_msg(loss_gap(&r, &plain) > 1e-5, "clipping to 0.5 changed no loss");
+    pp_run_result_free(&plain);
+    pp_run_result_free(&r);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("runtime");
@@ -374,6 +581,13 @@ int main(void)
     tcase_add_test(t, resume_is_bit_identical);
     tcase_add_test(t, split_backward_equals_full);
     tcase_add_test(t, device_clock_times_the_actions);
+    tcase_add_test(t, adamw_hyperparameters_by_hand);
+    tcase_add_test(t, cpu_update_takes_hyperparameters_and_scale);
+    tcase_add_test(t, adamw_hyperparameters_reach_every_stage);
+    tcase_add_test(t, synchronous_schedules_are_detected);
+    tcase_add_test(t, global_clip_equals_sequential);
+    tcase_add_test(t, clip_above_every_norm_changes_nothing);
+    tcase_add_test(t, per_stage_clip_on_paci);
     suite_add_tcase(s, t);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);

@@ -35,6 +35,7 @@ typedef struct {
     int ncuts, stop_cut;
     pp_placement *placement;
     int P, multi, writes_log, writes_summary;
+    int clip_global; /* --grad-clip by the global norm (a synchronous schedule) */
     const char *transport, *rdzv;
     char rdzv_buf[512];
 } pprun;
@@ -144,6 +145,24 @@ static int configure(pprun *p, pp_run_config *cfg, pp_err *e)
     cfg->lr = (pp_lr_schedule){(float)o->run.lr,
                                (float)(o->run.min_lr >= 0 ? o->run.min_lr : o->run.lr / 10),
                                o->run.warmup, p->ir.info.steps};
+    /* AdamW and clipping; the parser already refused values below 0 */
+    const pp_run_opts *r = &o->run;
+    if (r->beta1 >= 1 || r->beta2 >= 1)
+        return pp_errf(e, "%s: %g is not below 1 (a moment's decay is in [0, 1))",
+                       r->beta1 >= 1 ? "--beta1" : "--beta2", r->beta1 >= 1 ? r->beta1 : r->beta2);
+    if (!(r->eps > 0))
+        return pp_errf(e, "--eps: must be above 0 (it keeps the update finite)");
+    cfg->adamw = (pp_adamw_hparams){(float)r->beta1, (float)r->beta2, (float)r->eps,
+                                    (float)r->weight_decay};
+    cfg->grad_clip = r->grad_clip;
+    int sync = r->grad_clip > 0 ? pp_schedule_synchronous(&p->ir, e) : 0;
+    if (sync < 0)
+        return -1;
+    if (sync && p->multi)
+        return pp_errf(e, "--grad-clip: %s clips by the global gradient norm, which needs every "
+                          "stage in one process (asynchronous schedules clip per stage)",
+                       p->ir.info.name);
+    p->clip_global = sync;
     cfg->train_batch = train_batch;
     cfg->val_batch = val_batch;
     cfg->data = &p->c;
@@ -186,6 +205,15 @@ static void print_banner(const pprun *p)
             m->dim, m->heads, m->seq_len, m->vocab, m->micro_batch,
             pp_model_total_params(m) / 1e6, p->backend->name, cpu,
             p->multi ? ", one process per stage" : "");
+    double clip = p->o.run.grad_clip;
+    if (clip > 0)
+        fprintf(stderr, p->clip_global
+                            ? "pprun: gradient clipping: global norm to %g (%s is synchronous: "
+                              "the stages' k-th updates add up their norms first)\n"
+                            : "pprun: gradient clipping: per stage, each stage's norm to %g * "
+                              "sqrt(its parameters / the model's) (%s is asynchronous: a "
+                              "global norm would make every update wait for every stage)\n",
+                clip, p->ir.info.name);
 }
 
 /* After a successful pp_run: the final log line, the timelines (gathered

@@ -162,7 +162,6 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
     c->H = c->g.H;
     c->V = c->g.V;
     c->N = c->B * c->T;
-    c->hp = pp_adamw_defaults();
     c->math = math_from_env(&c->compute);
     build_layout(c);
 
@@ -400,7 +399,8 @@ const pp_backend_ops pp_backend_cuda = {
     cuda_forward,
     cuda_backward_input,
     cuda_backward_weight,
-    cuda_optimizer_step,
+    cuda_optimizer_update,
+    cuda_grad_sumsq,
     cuda_opt_state_bytes,
     cuda_opt_state_get,
     cuda_opt_state_put,

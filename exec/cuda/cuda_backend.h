@@ -42,7 +42,7 @@ int pp_cuda_available(pp_err *e);
 /* Device memory of one stage, in bytes, as allocated now (and the peak of
  * their sum). Buffers handed out by alloc() are classified by size and use:
  * acts_bytes() -> activations; nparams floats -> weights, or gradients once
- * passed as the gradient to backward_weight/optimizer_step; anything else
+ * passed as the gradient to backward_weight/optimizer_update; anything else
  * (boundary messages) -> messages. The stage's own AdamW m and v are
  * optimizer; the cuBLAS workspace, attention and reduction scratch and the
  * tensor table are workspace. */

@@ -59,10 +59,10 @@ struct cuda_stage {
     void *workspace;
     size_t workspace_bytes;
     acts_layout L;
-    /* AdamW */
-    pp_adamw_hparams hp;
+    /* AdamW (the hyperparameters come with every update) */
     float *m, *v;
     long t;
+    double *d_sumsq; /* the gradient norm's per-block partial sums, made on first use */
     unsigned long long *d_tstart;
     unsigned char *d_tdecay;
     /* scratch (one micro-batch at a time: the stream serializes) */
@@ -168,7 +168,8 @@ void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx
                          void *dx_in, float loss_scale);
 void cuda_backward_weight(void *stage, void *acts, void *gradv);
 /* cuda_optimizer.cu */
-void cuda_optimizer_step(void *stage, void *w, void *grad, float lr);
+void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step);
+double cuda_grad_sumsq(void *stage, const void *grad);
 size_t cuda_opt_state_bytes(void *stage);
 void cuda_opt_state_get(void *stage, void *host);
 void cuda_opt_state_put(void *stage, const void *host);

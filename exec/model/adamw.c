@@ -61,6 +61,26 @@ void pp_grad_zero(float *grad, size_t n)
     memset(grad, 0, n * sizeof *grad);
 }
 
+double pp_grad_sumsq(const float *grad, size_t n)
+{
+    /* Four interleaved partial sums: independent additions keep the FPU
+     * busy, and the order stays fixed. */
+    double acc[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++)
+            acc[k] += (double)grad[i + k] * grad[i + k];
+    for (; i < n; i++)
+        acc[0] += (double)grad[i] * grad[i];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+void pp_grad_scale(float *grad, size_t n, float k)
+{
+    for (size_t i = 0; i < n; i++)
+        grad[i] *= k;
+}
+
 float pp_lr_at(const pp_lr_schedule *s, long step)
 {
     if (step < s->warmup)

@@ -1,7 +1,9 @@
-/* AdamW over a flat parameter array and the learning-rate schedule
- * (DESIGN §6): betas 0.9/0.95, eps 1e-8, decoupled weight decay 0.1 on the
- * tensors flagged for it, bias correction with the owner's own step count
- * (each pipeline stage steps its own optimizer). */
+/* AdamW over a flat parameter array, the gradient helpers of an update
+ * (zeroing, the sum of squares and the scaling that clipping needs) and the
+ * learning-rate schedule (DESIGN §6): betas 0.9/0.95, eps 1e-8, decoupled
+ * weight decay 0.1 on the tensors flagged for it by default, bias
+ * correction with the owner's own step count (each pipeline stage steps its
+ * own optimizer). */
 #ifndef PP_ADAMW_H
 #define PP_ADAMW_H
 
@@ -36,6 +38,13 @@ void pp_adamw_update(const pp_adamw *o, float *w, const float *grad, size_t offs
 
 /* Zeroes n gradient elements (before the first micro-batch of a step). */
 void pp_grad_zero(float *grad, size_t n);
+
+/* Sum of the squares of n gradient elements, in double and in a fixed
+ * order: the same gradient always gives the same bits. */
+double pp_grad_sumsq(const float *grad, size_t n);
+
+/* grad[i] *= k (gradient clipping). */
+void pp_grad_scale(float *grad, size_t n, float k);
 
 /* Linear warm-up over `warmup` steps, then cosine decay from lr to min_lr
  * at step `total`; min_lr after that. */

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "adamw.h"
 #include "error.h"
 #include "model.h"
 
@@ -32,6 +33,24 @@ typedef struct {
 } pp_placement;
 
 #define PP_PLACEMENT_WHOLE(dev) ((pp_placement){(dev), -1, 0, 1})
+
+/* One optimizer update as the runtime asks for it: the learning rate,
+ * AdamW's hyperparameters (configuration, not state: checkpoints do not
+ * save them) and the factor the gradient is multiplied by first (gradient
+ * clipping; exactly 1 leaves the gradient untouched). */
+typedef struct {
+    float lr;
+    pp_adamw_hparams hp;
+    float grad_scale;
+} pp_opt_step;
+
+/* The update of a caller that has only a learning rate: AdamW's defaults,
+ * no clipping. */
+static inline pp_opt_step pp_opt_step_default(float lr)
+{
+    pp_opt_step st = {lr, pp_adamw_defaults(), 1.0f};
+    return st;
+}
 
 struct pp_backend_ops {
     const char *name;
@@ -59,8 +78,12 @@ struct pp_backend_ops {
                            void *dx_in, float loss_scale);
     /* W: adds this micro-batch's weight gradient into grad. */
     void (*backward_weight)(void *stage, void *acts, void *grad);
-    /* OPT: one AdamW step of w with grad, then zeroes grad. */
-    void (*optimizer_step)(void *stage, void *w, void *grad, float lr);
+    /* OPT: one AdamW step of w with grad as `step` says, then zeroes grad. */
+    void (*optimizer_update)(void *stage, void *w, void *grad, const pp_opt_step *step);
+    /* Sum of the squares of grad's elements (the stage's gradient, for
+     * clipping), in double and in a fixed order; waits for the stage's
+     * queued work. NaN when the device failed. */
+    double (*grad_sumsq)(void *stage, const void *grad);
     /* Optimizer state for checkpoints: bytes, and copy out / in (host). */
     size_t (*opt_state_bytes)(void *stage);
     void (*opt_state_get)(void *stage, void *host);

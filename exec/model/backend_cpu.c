@@ -110,11 +110,20 @@ static void cpu_backward_weight(void *stage, void *acts, void *grad)
     pp_gpt_backward_weight(&c->g, acts, gacts_of(c, acts), grad);
 }
 
-static void cpu_optimizer_step(void *stage, void *w, void *grad, float lr)
+/* The hyperparameters come with every update (configuration, not state). */
+static void cpu_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step)
 {
     cpu_stage *c = stage;
-    pp_gpt_adamw_step(&c->g, &c->opt, w, grad, lr);
+    if (step->grad_scale != 1.0f)
+        pp_grad_scale(grad, c->g.nparams, step->grad_scale);
+    c->opt.hp = step->hp;
+    pp_gpt_adamw_step(&c->g, &c->opt, w, grad, step->lr);
     pp_grad_zero(grad, c->g.nparams);
+}
+
+static double cpu_grad_sumsq(void *stage, const void *grad)
+{
+    return pp_grad_sumsq(grad, ((cpu_stage *)stage)->g.nparams);
 }
 
 /* m, v, then the step count t as a double (exact up to 2^53). */
@@ -165,7 +174,8 @@ const pp_backend_ops pp_backend_cpu = {
     .forward = cpu_forward,
     .backward_input = cpu_backward_input,
     .backward_weight = cpu_backward_weight,
-    .optimizer_step = cpu_optimizer_step,
+    .optimizer_update = cpu_optimizer_update,
+    .grad_sumsq = cpu_grad_sumsq,
     .opt_state_bytes = cpu_opt_state_bytes,
     .opt_state_get = cpu_opt_state_get,
     .opt_state_put = cpu_opt_state_put,

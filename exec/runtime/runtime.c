@@ -209,6 +209,8 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     r.st = calloc((size_t)r.P, sizeof *r.st);
     int rc = r.st ? 0 : pp_errf(e, "out of memory");
     if (rc == 0)
+        rc = pp_clip_init(&r, e);
+    if (rc == 0)
         rc = alloc_cuts(&r, e);
     if (rc == 0)
         rc = create_stages(&r, &eval_stages, e);
@@ -230,6 +232,7 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         pp_snapshot_free(&r, &r.snaps[0]);
     free(r.snaps);
     free_cuts(&r);
+    pp_clip_free(&r);
     for (int s = 0; eval_stages && s < r.P; s++)
         if (eval_stages[s])
             c->backend->destroy(eval_stages[s]);

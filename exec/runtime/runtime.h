@@ -53,6 +53,11 @@ typedef struct {
     double t0;                   /* time origin (pp_now_s clock); 0: when the stages start */
     uint64_t seed;
     pp_lr_schedule lr;           /* indexed by each stage's own update count */
+    pp_adamw_hparams adamw;      /* all zero (a memset config): pp_adamw_defaults() */
+    /* Gradient clipping to this L2 norm (0: off): the true global norm in a
+     * synchronous schedule, a per-stage share of it otherwise (grad_clip.c
+     * says why); the global form needs every stage in this process. */
+    double grad_clip;
     pp_batch_fn train_batch, val_batch;
     void *data;
     int eval_every;              /* evaluate after every k-th update; 0 = at the end only */
@@ -102,6 +107,14 @@ const pp_backend_ops *pp_backend_find(const char *name, pp_err *e);
 /* Threads per stage: `threads` if set, else the cores this process may
  * use divided among its local stages, at least 1. */
 int pp_run_stage_threads(int threads, int local_stages);
+
+/* 1 when the schedule is synchronous: every stage has the same OPTs and
+ * BARRIERs in the same order, its k-th OPT applies the same micro-batches
+ * as every other stage's k-th, and no micro-batch is in flight (forwarded,
+ * its weight gradient not yet taken) at an OPT: 1F1B-flush and GPipe, not
+ * PipeDream, PipeDream-2BW or PACI. 0 when not, -1 when out of memory.
+ * Such a schedule clips by the global norm (grad_clip.c). */
+int pp_schedule_synchronous(const pp_schedule *ir, pp_err *e);
 
 /* CLOCK_MONOTONIC in seconds: the clock of the measured timelines. */
 double pp_now_s(void);

@@ -41,7 +41,18 @@ typedef struct {
     void **free_acts;             /* activation buffers not in use (acts_pool.c) */
     int nfree_acts, capfree_acts;
     double clock0;                /* host time of the device clock's origin */
+    float grad_scale;             /* the next OPT's gradient factor (grad_clip.c) */
 } stage_rt;
+
+/* One gradient-norm exchange of a synchronous schedule (grad_clip.c): the
+ * stages' sums of squares for their k-th update. */
+typedef struct {
+    long k;
+    int have;                 /* stages that deposited */
+    int done;                 /* every stage did: total is set */
+    double total;             /* the sum over stages, in stage order */
+    double *sumsq;            /* [P] */
+} clip_exchange;
 
 /* Snapshot of the model after update k on every stage, for evaluation. */
 typedef struct {
@@ -60,6 +71,11 @@ struct run {
     pthread_cond_t cv;
     /* barrier */
     int bar_count, bar_gen;
+    /* gradient clipping: by the global norm, the k-th updates meeting at
+     * clip[k % 2] (a stage may reach update k + 1 while another still
+     * reads the total of k, never k + 2) */
+    int clip_global;
+    clip_exchange clip[2];
     /* the stages this process runs: [lo, lo + nloc) */
     int lo, nloc;
     int own_tr;               /* tr is the in-process transport pp_run made */
@@ -102,6 +118,15 @@ int pp_stage_prepare(stage_rt *s, pp_err *e);
 void pp_stage_release(stage_rt *s);
 /* The thread of stage `arg` (a stage_rt *): runs its action list. */
 void *pp_stage_main(void *arg);
+
+/* grad_clip.c: gradient clipping. init decides how this run clips (the
+ * global norm needs every stage here) and sets up the exchange; before each
+ * OPT, pp_clip_scale sets s->grad_scale (1 without clipping), in a
+ * synchronous schedule after every stage's gradient of that update is in.
+ * An aborted run releases the waiters with an error. */
+int pp_clip_init(run *r, pp_err *e);
+void pp_clip_free(run *r);
+int pp_clip_scale(stage_rt *s, pp_err *e);
 
 /* acts_pool.c: a stage's activation buffers. reserve allocates, once,
  * as many as the stage's action list ever holds at a time (less those a

@@ -174,15 +174,24 @@ static void do_backward_weight(stage_rt *s, const pp_action *a)
     }
 }
 
+/* AdamW's hyperparameters of the run: a config that leaves them all zero
+ * (memset) gets the defaults. */
+static pp_adamw_hparams run_adamw(const pp_run_config *c)
+{
+    static const pp_adamw_hparams unset;
+    return memcmp(&c->adamw, &unset, sizeof unset) ? c->adamw : pp_adamw_defaults();
+}
+
+/* The gradient scale (clipping) is the OPT's input: receive_input set it. */
 static int do_opt(stage_rt *s, int *version, pp_err *e)
 {
     run *r = s->r;
     const pp_backend_ops *b = r->cfg->backend;
-    float lr = pp_lr_at(&r->cfg->lr, s->updates);
+    pp_opt_step step = {pp_lr_at(&r->cfg->lr, s->updates), run_adamw(r->cfg), s->grad_scale};
     void *w = pp_weights_begin_update(&s->ws, e);
     if (!w)
         return -1;
-    b->optimizer_step(s->bk, w, s->grad, lr);
+    b->optimizer_update(s->bk, w, s->grad, &step);
     pp_weights_commit_update(&s->ws);
     s->updates++;
     *version = s->ws.current;
@@ -214,10 +223,14 @@ static int run_barrier(run *r, pp_err *e)
 /* --- the loop: each action in IR order -------------------------------- */
 
 /* Waits for the action's input from a neighbour, before the action's clock
- * starts: waiting is idle time, not work. */
+ * starts: waiting is idle time, not work. An OPT's input is its gradient
+ * scale: with clipping, the gradient norm, in a synchronous schedule the
+ * other stages' too (grad_clip.c). */
 static int receive_input(stage_rt *s, const pp_action *a, pp_err *e)
 {
     run *r = s->r;
+    if (a->op == PP_OP_OPT)
+        return pp_clip_scale(s, e);
     size_t nb = r->cfg->backend->boundary_floats(s->bk) * sizeof(float);
     if (a->op == PP_OP_F && s->s > 0)
         return r->tr->recv(r->tr, s->s, s->s - 1, PP_MSG_ACT, a->mb, s->x_in, nb, e);

@@ -86,9 +86,14 @@ static void fake_backward_weight(void *st, void *acts, void *grad)
     CPU.backward_weight(st, acts, grad);
 }
 
-static void fake_optimizer_step(void *st, void *w, void *grad, float lr)
+static void fake_optimizer_update(void *st, void *w, void *grad, const pp_opt_step *step)
 {
-    CPU.optimizer_step(st, w, grad, lr);
+    CPU.optimizer_update(st, w, grad, step);
+}
+
+static double fake_grad_sumsq(void *st, const void *grad)
+{
+    return CPU.grad_sumsq(st, grad);
 }
 
 static size_t fake_opt_state_bytes(void *st)
@@ -127,7 +132,8 @@ const pp_backend_ops pp_backend_cuda = {
     .forward = fake_forward,
     .backward_input = fake_backward_input,
     .backward_weight = fake_backward_weight,
-    .optimizer_step = fake_optimizer_step,
+    .optimizer_update = fake_optimizer_update,
+    .grad_sumsq = fake_grad_sumsq,
     .opt_state_bytes = fake_opt_state_bytes,
     .opt_state_get = fake_opt_state_get,
     .opt_state_put = fake_opt_state_put,
