@@ -233,12 +233,37 @@ void pp_gpt_stage_init_weights(const pp_gpt_stage *g, float *w, uint64_t seed)
     }
 }
 
+typedef struct {
+    const pp_gpt_stage *g;
+    const pp_adamw *o;
+    float *w;
+    const float *grad;
+    float lr;
+} adamw_job;
+
+#define ADAMW_BLOCK 16384 /* parameters per unit of work */
+
+/* Parameters [lo, hi) blocks, tensor by tensor (each has its decay flag).
+ * AdamW is elementwise: the bits do not depend on the blocks or threads. */
+static void adamw_part(void *ctx, int lo, int hi, int part)
+{
+    (void)part;
+    const adamw_job *j = ctx;
+    size_t a = (size_t)lo * ADAMW_BLOCK, b = (size_t)hi * ADAMW_BLOCK;
+    for (int i = 0; i < j->g->ntensors; i++) {
+        const pp_gpt_tensor *t = &j->g->tensors[i];
+        size_t from = t->offset > a ? t->offset : a, to = t->offset + t->numel;
+        if (to > b)
+            to = b;
+        if (from < to)
+            pp_adamw_update(j->o, j->w, j->grad, from, to - from, t->decay, j->lr);
+    }
+}
+
 void pp_gpt_adamw_step(const pp_gpt_stage *g, pp_adamw *o, float *w, const float *grad,
                        float lr)
 {
     pp_adamw_begin_step(o);
-    for (int i = 0; i < g->ntensors; i++) {
-        const pp_gpt_tensor *t = &g->tensors[i];
-        pp_adamw_update(o, w, grad, t->offset, t->numel, t->decay, lr);
-    }
+    adamw_job j = {g, o, w, grad, lr};
+    pp_pool_run(g->pool, (int)((g->nparams + ADAMW_BLOCK - 1) / ADAMW_BLOCK), adamw_part, &j);
 }

@@ -39,12 +39,22 @@ void pp_cpu_linear_backward_weight(pp_pool *pool, float *dW, float *dbias, const
     }
 }
 
-void pp_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w,
-                              const float *b, int N, int C)
+typedef struct {
+    float *out, *mean, *rstd;
+    const float *x, *w, *b, *dout;
+    const float *mean_in, *rstd_in;
+    int C;
+} ln_job;
+
+/* Rows [lo, hi): each row normalised on its own. */
+static void layernorm_forward_part(void *ctx, int lo, int hi, int part)
 {
-    for (int n = 0; n < N; n++) {
-        const float *xn = x + (size_t)n * C;
-        float *on = out + (size_t)n * C;
+    (void)part;
+    const ln_job *j = ctx;
+    int C = j->C;
+    for (int n = lo; n < hi; n++) {
+        const float *xn = j->x + (size_t)n * C;
+        float *on = j->out + (size_t)n * C;
         float m = 0.0f, v = 0.0f;
         for (int c = 0; c < C; c++)
             m += xn[c];
@@ -53,22 +63,30 @@ void pp_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float 
             v += (xn[c] - m) * (xn[c] - m);
         float rs = 1.0f / sqrtf(v / C + LN_EPS);
         for (int c = 0; c < C; c++)
-            on[c] = (xn[c] - m) * rs * w[c] + b[c];
-        mean[n] = m;
-        rstd[n] = rs;
+            on[c] = (xn[c] - m) * rs * j->w[c] + j->b[c];
+        j->mean[n] = m;
+        j->rstd[n] = rs;
     }
 }
 
-void pp_cpu_layernorm_backward_input(float *dx, const float *dout, const float *x,
-                                     const float *mean, const float *rstd, const float *w,
-                                     int N, int C)
+void pp_cpu_layernorm_forward(pp_pool *pool, float *out, float *mean, float *rstd, const float *x,
+                              const float *w, const float *b, int N, int C)
 {
-    for (int n = 0; n < N; n++) {
-        const float *xn = x + (size_t)n * C, *dn = dout + (size_t)n * C;
-        float *dxn = dx + (size_t)n * C;
-        float m = mean[n], rs = rstd[n], s1 = 0.0f, s2 = 0.0f;
+    ln_job j = {out, mean, rstd, x, w, b, NULL, NULL, NULL, C};
+    pp_pool_run(pool, N, layernorm_forward_part, &j);
+}
+
+static void layernorm_backward_input_part(void *ctx, int lo, int hi, int part)
+{
+    (void)part;
+    const ln_job *j = ctx;
+    int C = j->C;
+    for (int n = lo; n < hi; n++) {
+        const float *xn = j->x + (size_t)n * C, *dn = j->dout + (size_t)n * C;
+        float *dxn = j->out + (size_t)n * C;
+        float m = j->mean_in[n], rs = j->rstd_in[n], s1 = 0.0f, s2 = 0.0f;
         for (int c = 0; c < C; c++) {
-            float dxhat = dn[c] * w[c];
+            float dxhat = dn[c] * j->w[c];
             s1 += dxhat;
             s2 += dxhat * (xn[c] - m) * rs;
         }
@@ -76,9 +94,17 @@ void pp_cpu_layernorm_backward_input(float *dx, const float *dout, const float *
         s2 /= C;
         for (int c = 0; c < C; c++) {
             float xhat = (xn[c] - m) * rs;
-            dxn[c] += rs * (dn[c] * w[c] - s1 - xhat * s2);
+            dxn[c] += rs * (dn[c] * j->w[c] - s1 - xhat * s2);
         }
     }
+}
+
+void pp_cpu_layernorm_backward_input(pp_pool *pool, float *dx, const float *dout, const float *x,
+                                     const float *mean, const float *rstd, const float *w,
+                                     int N, int C)
+{
+    ln_job j = {dx, NULL, NULL, x, w, NULL, dout, mean, rstd, C};
+    pp_pool_run(pool, N, layernorm_backward_input_part, &j);
 }
 
 void pp_cpu_layernorm_backward_weight(float *dw, float *db, const float *dout, const float *x,

@@ -24,10 +24,10 @@ void pp_cpu_linear_backward_weight(pp_pool *pool, float *dW, float *dbias, const
                                    const float *in, int N, int IC, int OC);
 
 /* out = LayerNorm(x) w + b per row; saves each row's mean and 1/std. */
-void pp_cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w,
-                              const float *b, int N, int C);
+void pp_cpu_layernorm_forward(pp_pool *pool, float *out, float *mean, float *rstd, const float *x,
+                              const float *w, const float *b, int N, int C);
 /* dx += d LayerNorm(x) / dx applied to dout. */
-void pp_cpu_layernorm_backward_input(float *dx, const float *dout, const float *x,
+void pp_cpu_layernorm_backward_input(pp_pool *pool, float *dx, const float *dout, const float *x,
                                      const float *mean, const float *rstd, const float *w,
                                      int N, int C);
 void pp_cpu_layernorm_backward_weight(float *dw, float *db, const float *dout, const float *x,

@@ -215,7 +215,7 @@ static void block_forward(pp_gpt_stage *g, const float *w, float *acts, int l, f
     int N = (int)ntok(g), C = g->C;
     scratch_parts sp = scratch_of(g);
     float *wt = sp.wt;
-    pp_cpu_layernorm_forward(acts + a.ln1, acts + a.ln1_mean, acts + a.ln1_rstd, acts + a.res_in,
+    pp_cpu_layernorm_forward(g->pool, acts + a.ln1, acts + a.ln1_mean, acts + a.ln1_rstd, acts + a.res_in,
                              w + p->ln1_w, w + p->ln1_b, N, C);
     pp_cpu_linear_forward(g->pool, acts + a.qkv, acts + a.ln1, w + p->qkv_w, w + p->qkv_b, wt, N, C, 3 * C);
     pp_cpu_attention_forward(g->pool, acts + a.atty, acts + a.att, acts + a.qkv, sp.attn,
@@ -223,7 +223,7 @@ static void block_forward(pp_gpt_stage *g, const float *w, float *acts, int l, f
     pp_cpu_linear_forward(g->pool, acts + a.res_mid, acts + a.atty, w + p->attn_w, w + p->attn_b, wt, N, C,
                           C);
     add_inplace(acts + a.res_mid, acts + a.res_in, nc(g));
-    pp_cpu_layernorm_forward(acts + a.ln2, acts + a.ln2_mean, acts + a.ln2_rstd, acts + a.res_mid,
+    pp_cpu_layernorm_forward(g->pool, acts + a.ln2, acts + a.ln2_mean, acts + a.ln2_rstd, acts + a.res_mid,
                              w + p->ln2_w, w + p->ln2_b, N, C);
     pp_cpu_linear_forward(g->pool, acts + a.fc, acts + a.ln2, w + p->fc_w, w + p->fc_b, wt, N, C, 4 * C);
     pp_cpu_gelu_forward(g->pool, acts + a.fcg, acts + a.fc, 4 * nc(g));
@@ -235,7 +235,7 @@ static void head_forward(pp_gpt_stage *g, const float *w, float *acts, float *lo
 {
     stage_acts a = stage_acts_of(g);
     int N = (int)ntok(g), C = g->C;
-    pp_cpu_layernorm_forward(acts + a.lnf, acts + a.lnf_mean, acts + a.lnf_rstd, acts + a.res_last,
+    pp_cpu_layernorm_forward(g->pool, acts + a.lnf, acts + a.lnf_mean, acts + a.lnf_rstd, acts + a.res_last,
                              w + g->lnf_w, w + g->lnf_b, N, C);
     pp_cpu_linear_forward(g->pool, acts + a.probs, acts + a.lnf, w + g->head_w, NULL, scratch_of(g).wt, N, C,
                           g->V);
@@ -284,7 +284,7 @@ static void head_backward_input(pp_gpt_stage *g, const float *w, const float *ac
                          loss_scale);
     pp_cpu_linear_backward_input(g->pool, gacts + ga.d_lnf, gacts + ga.d_logits, w + g->head_w, N, C, g->V);
     memset(gacts + ga.d_res_last, 0, nc(g) * sizeof *gacts);
-    pp_cpu_layernorm_backward_input(gacts + ga.d_res_last, gacts + ga.d_lnf, acts + a.res_last,
+    pp_cpu_layernorm_backward_input(g->pool, gacts + ga.d_res_last, gacts + ga.d_lnf, acts + a.res_last,
                                     acts + a.lnf_mean, acts + a.lnf_rstd, w + g->lnf_w, N, C);
 }
 
@@ -303,7 +303,7 @@ static void block_backward_input(pp_gpt_stage *g, const float *w, const float *a
     pp_cpu_gelu_backward(g->pool, gacts + d.d_fc, acts + a.fc, tmp, 4 * NC);
     pp_cpu_linear_backward_input(g->pool, gacts + d.d_ln2, gacts + d.d_fc, w + p->fc_w, N, C, 4 * C);
     memcpy(gacts + d.d_res_mid, gacts + d.d_res_out, NC * sizeof *gacts);
-    pp_cpu_layernorm_backward_input(gacts + d.d_res_mid, gacts + d.d_ln2, acts + a.res_mid,
+    pp_cpu_layernorm_backward_input(g->pool, gacts + d.d_res_mid, gacts + d.d_ln2, acts + a.res_mid,
                                     acts + a.ln2_mean, acts + a.ln2_rstd, w + p->ln2_w, N, C);
     /* Attention branch. */
     pp_cpu_linear_backward_input(g->pool, tmp, gacts + d.d_res_mid, w + p->attn_w, N, C, C);
@@ -311,7 +311,7 @@ static void block_backward_input(pp_gpt_stage *g, const float *w, const float *a
                               acts + a.att, dims_of(g));
     pp_cpu_linear_backward_input(g->pool, gacts + d.d_ln1, gacts + d.d_qkv, w + p->qkv_w, N, C, 3 * C);
     memcpy(gacts + d.d_res_in, gacts + d.d_res_mid, NC * sizeof *gacts);
-    pp_cpu_layernorm_backward_input(gacts + d.d_res_in, gacts + d.d_ln1, acts + a.res_in,
+    pp_cpu_layernorm_backward_input(g->pool, gacts + d.d_res_in, gacts + d.d_ln1, acts + a.res_in,
                                     acts + a.ln1_mean, acts + a.ln1_rstd, w + p->ln1_w, N, C);
 }
 
