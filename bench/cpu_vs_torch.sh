@@ -24,7 +24,7 @@ configs=(
     "6x384 6 384 6 256 8 12"
 )
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
-echo "pprun: $("$build/pprun" --help >/dev/null && echo ok) $(grep -o 'OpenBLAS [0-9.]*' "$build/CMakeCache.txt" 2>/dev/null | head -1)"
+echo "torch: $(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null | tail -1)"
 printf '%-7s %7s %14s %14s %7s\n' config threads pprun_tok/s torch_tok/s ratio
 for c in "${configs[@]}"; do
     read -r name L C H T B N <<<"$c"
@@ -34,6 +34,7 @@ for c in "${configs[@]}"; do
             --model tiny --layers "$L" --dim "$C" --heads "$H" --seq-len "$T" \
             --micro-batch-size "$B" --data "$data" --eval-batches 1 --threads "$threads" \
             --log "$tmp/log.jsonl" >/dev/null 2>"$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+        [ "$c" = "${configs[0]}" ] && [ "$threads" = 1 ] && echo "pprun: $(grep -o 'backend cpu.*' "$tmp/err")"
         ours=$(python3 - "$tmp/log.jsonl" "$B" "$T" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"step"' in l]

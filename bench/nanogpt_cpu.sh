@@ -17,8 +17,6 @@
 # - nanoGPT's 1.88 is the mean of 20 random validation batches of 12; ours
 #   is the whole validation split (1742 sequences of 64), the same for every
 #   seed. nanoGPT also runs 2001 updates (iterations 0..2000).
-# - --beta2 and --grad-clip are pprun options; where a build does not yet
-#   apply them, the run uses pprun's defaults (0.95, no clipping).
 #
 #   bench/nanogpt_cpu.sh PPRUN [UPDATES]     (default 2000; fewer for a quick check)
 # prints, per seed, the final validation loss and the wall time, and their mean.

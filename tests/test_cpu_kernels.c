@@ -114,7 +114,7 @@ static void run_mm(kind k, pp_pool *pool, float *C, const float *A, const float 
     if (k == AB)
         pp_mm_ab(pool, C, A, B, M, N, K, accumulate);
     else if (k == ABT)
-        pp_mm_abt(pool, C, A, B, bt, M, N, K, accumulate);
+        pp_mm_abt(pool, C, A, B, NULL, bt, M, N, K, accumulate);
     else
         pp_mm_atb(pool, C, A, B, M, N, K, accumulate);
 }

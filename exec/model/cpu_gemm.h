@@ -18,10 +18,12 @@
 
 #include "cpu_pool.h"
 
-/* C[M][N] = A[M][K] B[N][K]^T, plus the old C when accumulate. bt is
- * K*N floats of scratch for the own kernel (unused with OpenBLAS). */
-void pp_mm_abt(pp_pool *pool, float *C, const float *A, const float *B, float *bt, int M, int N,
-               int K, int accumulate);
+/* C[M][N] = A[M][K] B[N][K]^T, plus the old C when accumulate, plus bias[N]
+ * in every row when bias is not NULL (each part fills its rows with the
+ * bias first, then adds the product). bt is K*N floats of scratch for the
+ * own kernel (unused with OpenBLAS). */
+void pp_mm_abt(pp_pool *pool, float *C, const float *A, const float *B, const float *bias,
+               float *bt, int M, int N, int K, int accumulate);
 /* C[M][N] = A[M][K] B[K][N], plus the old C when accumulate. */
 void pp_mm_ab(pp_pool *pool, float *C, const float *A, const float *B, int M, int N, int K,
               int accumulate);

@@ -25,7 +25,7 @@ typedef enum { AB, ABT, ATB } mm_kind;
 typedef struct {
     mm_kind kind;
     float *C;
-    const float *A, *B;
+    const float *A, *B, *bias;
     int M, N, K, accumulate;
 } mm_job;
 
@@ -34,10 +34,15 @@ static void mm_rows(void *ctx, int lo, int hi, int part)
 {
     (void)part;
     const mm_job *j = ctx;
-    int m = hi - lo, N = j->N, K = j->K;
+    int m = hi - lo, N = j->N, K = j->K, accumulate = j->accumulate;
     float *C = j->C + (size_t)lo * N;
+    if (j->bias) {
+        for (int i = 0; i < m; i++)
+            memcpy(C + (size_t)i * N, j->bias, (size_t)N * sizeof *C);
+        accumulate = 1;
+    }
 #ifdef PPSCHED_HAVE_BLAS
-    float beta = j->accumulate ? 1.0f : 0.0f;
+    float beta = accumulate ? 1.0f : 0.0f;
     switch (j->kind) {
     case AB:
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, N, K, 1.0f,
@@ -53,7 +58,7 @@ static void mm_rows(void *ctx, int lo, int hi, int part)
         break;
     }
 #else
-    if (!j->accumulate)
+    if (!accumulate)
         memset(C, 0, (size_t)m * N * sizeof *C);
     if (j->kind == ATB)
         pp_gemm_acc(C, j->A + lo, 1, (size_t)j->M, j->B, m, N, K);
@@ -73,19 +78,19 @@ static void mm_run(pp_pool *pool, mm_job *j)
 void pp_mm_ab(pp_pool *pool, float *C, const float *A, const float *B, int M, int N, int K,
               int accumulate)
 {
-    mm_job j = {AB, C, A, B, M, N, K, accumulate};
+    mm_job j = {AB, C, A, B, NULL, M, N, K, accumulate};
     mm_run(pool, &j);
 }
 
-void pp_mm_abt(pp_pool *pool, float *C, const float *A, const float *B, float *bt, int M, int N,
-               int K, int accumulate)
+void pp_mm_abt(pp_pool *pool, float *C, const float *A, const float *B, const float *bias,
+               float *bt, int M, int N, int K, int accumulate)
 {
 #ifdef PPSCHED_HAVE_BLAS
     (void)bt;
-    mm_job j = {ABT, C, A, B, M, N, K, accumulate};
+    mm_job j = {ABT, C, A, B, bias, M, N, K, accumulate};
 #else
     pp_transpose(bt, B, N, K); /* B[N][K] -> bt[K][N] */
-    mm_job j = {ABT, C, A, bt, M, N, K, accumulate};
+    mm_job j = {ABT, C, A, bt, bias, M, N, K, accumulate};
 #endif
     mm_run(pool, &j);
 }
@@ -93,7 +98,7 @@ void pp_mm_abt(pp_pool *pool, float *C, const float *A, const float *B, float *b
 void pp_mm_atb(pp_pool *pool, float *C, const float *A, const float *B, int M, int N, int K,
                int accumulate)
 {
-    mm_job j = {ATB, C, A, B, M, N, K, accumulate};
+    mm_job j = {ATB, C, A, B, NULL, M, N, K, accumulate};
     mm_run(pool, &j);
 }
 

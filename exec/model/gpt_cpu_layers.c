@@ -14,10 +14,7 @@
 void pp_cpu_linear_forward(pp_pool *pool, float *out, const float *in, const float *W,
                            const float *bias, float *wt, int N, int IC, int OC)
 {
-    if (bias)
-        for (int n = 0; n < N; n++)
-            memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof *out);
-    pp_mm_abt(pool, out, in, W, wt, N, OC, IC, bias != NULL);
+    pp_mm_abt(pool, out, in, W, bias, wt, N, OC, IC, 0);
 }
 
 void pp_cpu_linear_backward_input(pp_pool *pool, float *din, const float *dout, const float *W,
@@ -26,17 +23,55 @@ void pp_cpu_linear_backward_input(pp_pool *pool, float *din, const float *dout, 
     pp_mm_ab(pool, din, dout, W, N, IC, OC, 0);
 }
 
+typedef struct {
+    float *dbias;
+    const float *dout;
+    int N, OC;
+} dbias_job;
+
+/* Columns [lo, hi) of dbias: each sums its column over the rows in order. */
+static void dbias_part(void *ctx, int lo, int hi, int part)
+{
+    (void)part;
+    const dbias_job *j = ctx;
+    for (int n = 0; n < j->N; n++) {
+        const float *d = j->dout + (size_t)n * j->OC;
+        for (int o = lo; o < hi; o++)
+            j->dbias[o] += d[o];
+    }
+}
+
 void pp_cpu_linear_backward_weight(pp_pool *pool, float *dW, float *dbias, const float *dout,
                                    const float *in, int N, int IC, int OC)
 {
     pp_mm_atb(pool, dW, dout, in, OC, IC, N, 1);
     if (!dbias)
         return;
-    for (int n = 0; n < N; n++) {
-        const float *d = dout + (size_t)n * OC;
-        for (int o = 0; o < OC; o++)
-            dbias[o] += d[o];
-    }
+    dbias_job j = {dbias, dout, N, OC};
+    pp_pool_run(pool, OC, dbias_part, &j);
+}
+
+typedef struct {
+    float *x;
+    const float *y;
+    size_t n;
+} add_job;
+
+#define ADD_BLOCK 4096 /* elements per unit of work */
+
+static void add_part(void *ctx, int lo, int hi, int part)
+{
+    (void)part;
+    const add_job *j = ctx;
+    size_t end = (size_t)hi * ADD_BLOCK < j->n ? (size_t)hi * ADD_BLOCK : j->n;
+    for (size_t i = (size_t)lo * ADD_BLOCK; i < end; i++)
+        j->x[i] += j->y[i];
+}
+
+void pp_cpu_add(pp_pool *pool, float *x, const float *y, size_t n)
+{
+    add_job j = {x, y, n};
+    pp_pool_run(pool, (int)((n + ADD_BLOCK - 1) / ADD_BLOCK), add_part, &j);
 }
 
 typedef struct {

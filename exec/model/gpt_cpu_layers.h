@@ -23,6 +23,9 @@ void pp_cpu_linear_backward_input(pp_pool *pool, float *din, const float *dout, 
 void pp_cpu_linear_backward_weight(pp_pool *pool, float *dW, float *dbias, const float *dout,
                                    const float *in, int N, int IC, int OC);
 
+/* x[i] += y[i] for i < n. */
+void pp_cpu_add(pp_pool *pool, float *x, const float *y, size_t n);
+
 /* out = LayerNorm(x) w + b per row; saves each row's mean and 1/std. */
 void pp_cpu_layernorm_forward(pp_pool *pool, float *out, float *mean, float *rstd, const float *x,
                               const float *w, const float *b, int N, int C);

@@ -200,12 +200,6 @@ static void embed_forward(const pp_gpt_stage *g, const float *w, const int *toke
         }
 }
 
-static void add_inplace(float *x, const float *y, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
-}
-
 
 /* One block: x + attn(ln1(x)), then + mlp(ln2(.)), into out. */
 static void block_forward(pp_gpt_stage *g, const float *w, float *acts, int l, float *out)
@@ -222,13 +216,13 @@ static void block_forward(pp_gpt_stage *g, const float *w, float *acts, int l, f
                              dims_of(g));
     pp_cpu_linear_forward(g->pool, acts + a.res_mid, acts + a.atty, w + p->attn_w, w + p->attn_b, wt, N, C,
                           C);
-    add_inplace(acts + a.res_mid, acts + a.res_in, nc(g));
+    pp_cpu_add(g->pool, acts + a.res_mid, acts + a.res_in, nc(g));
     pp_cpu_layernorm_forward(g->pool, acts + a.ln2, acts + a.ln2_mean, acts + a.ln2_rstd, acts + a.res_mid,
                              w + p->ln2_w, w + p->ln2_b, N, C);
     pp_cpu_linear_forward(g->pool, acts + a.fc, acts + a.ln2, w + p->fc_w, w + p->fc_b, wt, N, C, 4 * C);
     pp_cpu_gelu_forward(g->pool, acts + a.fcg, acts + a.fc, 4 * nc(g));
     pp_cpu_linear_forward(g->pool, out, acts + a.fcg, w + p->proj_w, w + p->proj_b, wt, N, 4 * C, C);
-    add_inplace(out, acts + a.res_mid, nc(g));
+    pp_cpu_add(g->pool, out, acts + a.res_mid, nc(g));
 }
 
 static void head_forward(pp_gpt_stage *g, const float *w, float *acts, float *loss)
