@@ -13,7 +13,7 @@
 
 #define PP_VW 8
 
-/* The 8-float vectors cross only static inline functions, where GCC's note
+/* The 8-float vectors pass only into always-inlined functions, where GCC's note
  * that AVX changes the calling convention does not apply. */
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -24,33 +24,38 @@
 #define PP_SIMD_CLONES
 #endif
 
+/* Always inlined, also at -O0: a vector function called across the clones'
+ * targets would pass its 8 floats in AVX registers on one side and in
+ * memory on the other (-Wpsabi's warning). */
+#define PP_VINLINE static inline __attribute__((always_inline))
+
 typedef float pp_vf __attribute__((vector_size(PP_VW * sizeof(float))));
 typedef int32_t pp_vi __attribute__((vector_size(PP_VW * sizeof(int32_t))));
 
-static inline pp_vf pp_vload(const float *p)
+PP_VINLINE pp_vf pp_vload(const float *p)
 {
     pp_vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline void pp_vstore(float *p, pp_vf v)
+PP_VINLINE void pp_vstore(float *p, pp_vf v)
 {
     memcpy(p, &v, sizeof v);
 }
 
-static inline pp_vf pp_vset(float x)
+PP_VINLINE pp_vf pp_vset(float x)
 {
     return (pp_vf){0} + x;
 }
 
-static inline pp_vf pp_vmin(pp_vf a, pp_vf b)
+PP_VINLINE pp_vf pp_vmin(pp_vf a, pp_vf b)
 {
     pp_vi lt = a < b;
     return (pp_vf)((lt & (pp_vi)a) | (~lt & (pp_vi)b));
 }
 
-static inline pp_vf pp_vmax(pp_vf a, pp_vf b)
+PP_VINLINE pp_vf pp_vmax(pp_vf a, pp_vf b)
 {
     pp_vi gt = a > b;
     return (pp_vf)((gt & (pp_vi)a) | (~gt & (pp_vi)b));
@@ -61,7 +66,7 @@ static inline pp_vf pp_vmax(pp_vf a, pp_vf b)
  * truncation error is below 6e-9 relative, under half an ulp), times 2^k
  * built in the exponent bits. Inputs are clamped to [-87.3, 88.3], where
  * exp stays a normal float; below that the result is ~1e-38, not 0. */
-static inline pp_vf pp_vexp(pp_vf x)
+PP_VINLINE pp_vf pp_vexp(pp_vf x)
 {
     const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
     x = pp_vmax(pp_vmin(x, pp_vset(88.3f)), pp_vset(-87.3f));
@@ -83,7 +88,7 @@ static inline pp_vf pp_vexp(pp_vf x)
 }
 
 /* tanh(u) = 1 - 2 / (1 + exp(2u)): exact limits +-1 at both ends. */
-static inline pp_vf pp_vtanh(pp_vf u)
+PP_VINLINE pp_vf pp_vtanh(pp_vf u)
 {
     return 1.0f - 2.0f / (1.0f + pp_vexp(2.0f * u));
 }

@@ -168,13 +168,13 @@ typedef struct {
 /* GELU and its derivative on PP_VW lanes: tanh through pp_vexp, whose
  * absolute error is what GELU sees (0.5 x (1 + tanh) is insensitive to the
  * relative error of tanh near 0). */
-static inline pp_vf gelu_v(pp_vf x)
+PP_VINLINE pp_vf gelu_v(pp_vf x)
 {
     pp_vf t = pp_vtanh(GELU_K * (x + GELU_A * x * x * x));
     return 0.5f * x * (1.0f + t);
 }
 
-static inline pp_vf gelu_grad_v(pp_vf x, pp_vf dout)
+PP_VINLINE pp_vf gelu_grad_v(pp_vf x, pp_vf dout)
 {
     pp_vf t = pp_vtanh(GELU_K * (x + GELU_A * x * x * x));
     pp_vf du = GELU_K * (1.0f + 3.0f * GELU_A * x * x);

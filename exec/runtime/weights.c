@@ -50,10 +50,29 @@ int pp_weights_init(pp_weight_store *ws, const pp_backend_ops *b, void *stage, u
     return 0;
 }
 
+/* A buffer nobody reads any more: kept for the next copy. */
+static void retire(pp_weight_store *ws, void *buf)
+{
+    if (ws->nspare == ws->capspare) {
+        int cap = ws->capspare ? ws->capspare * 2 : 4;
+        void **x = realloc(ws->spare, (size_t)cap * sizeof *x);
+        if (!x) {
+            ws->b->release(ws->stage, buf);
+            return;
+        }
+        ws->spare = x;
+        ws->capspare = cap;
+    }
+    ws->spare[ws->nspare++] = buf;
+}
+
 void pp_weights_free(pp_weight_store *ws)
 {
     for (int i = 0; i < ws->n; i++)
         ws->b->release(ws->stage, ws->v[i].buf);
+    for (int i = 0; i < ws->nspare; i++)
+        ws->b->release(ws->stage, ws->spare[i]);
+    free(ws->spare);
     free(ws->v);
     memset(ws, 0, sizeof *ws);
 }
@@ -71,7 +90,7 @@ int pp_weights_ref(pp_weight_store *ws, int version, int delta)
         return -1;
     x->refs += delta;
     if (x->refs <= 0) {
-        ws->b->release(ws->stage, x->buf);
+        retire(ws, x->buf);
         *x = ws->v[--ws->n];
     }
     return 0;
@@ -98,7 +117,7 @@ void *pp_weights_begin_update(pp_weight_store *ws, pp_err *e)
         cur->version = ws->current + 1;
         return cur->buf;
     }
-    void *buf = ws->b->alloc(ws->stage, ws->bytes);
+    void *buf = ws->nspare ? ws->spare[--ws->nspare] : ws->b->alloc(ws->stage, ws->bytes);
     if (!buf) {
         pp_errf(e, "out of memory for a weight copy (%zu bytes)", ws->bytes);
         return NULL;
@@ -108,7 +127,7 @@ void *pp_weights_begin_update(pp_weight_store *ws, pp_err *e)
     pp_weight_version *x = add(ws, ws->current + 1, buf);
     if (!x) {
         cur->refs++;
-        ws->b->release(ws->stage, buf);
+        retire(ws, buf);
         pp_errf(e, "out of memory");
         return NULL;
     }

@@ -24,6 +24,8 @@ typedef struct {
     int current;     /* version number of the current weights */
     int pinned;      /* version held for a later F@vK, -1 */
     int peak_copies;
+    void **spare;    /* buffers of versions nobody reads any more, for the */
+    int nspare, capspare; /* next copy: no allocation per update */
 } pp_weight_store;
 
 /* Version 0 initialised from seed. */

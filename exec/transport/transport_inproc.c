@@ -5,10 +5,15 @@
  * parks those it does not want yet, so stages may consume in whatever order
  * their IR says. Only the receiving thread touches its parked list.
  *
+ * Message buffers are recycled per link: the receiver hands each back to a
+ * small pool the sender takes from, so a run allocates as many as are ever
+ * in flight on a link at once, not one per micro-batch.
+ *
  * An optional link model delays every message by `link_s` seconds on its
  * link, one message after another per link and direction, exactly as the
  * simulator's communication streams do: on one GPU, stages then see the
  * transfer times of a real interconnect. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -22,6 +27,13 @@ typedef struct {
     double ready;
 } inproc_msg;
 
+/* Spent messages of one link and direction, for its sender to reuse. */
+typedef struct {
+    pthread_mutex_t mu;
+    inproc_msg **items;
+    int n, cap;
+} msg_pool;
+
 typedef struct {
     int P;
     double timeout_s;
@@ -30,11 +42,58 @@ typedef struct {
     const pp_backend_ops *b;
     void **stages;
     pp_mailbox *in; /* [dst][kind] */
+    msg_pool *spent; /* [dst][kind], as in */
 } inproc;
 
 static pp_mailbox *inbox_of(inproc *t, int dst, int kind)
 {
     return &t->in[dst * 2 + kind];
+}
+
+/* A message for link (dst, kind): a spent one, or a fresh one from src's
+ * backend. NULL when out of memory. */
+static inproc_msg *msg_get(inproc *t, int src, int dst, int kind, size_t bytes)
+{
+    msg_pool *p = &t->spent[dst * 2 + kind];
+    inproc_msg *m = NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->n > 0)
+        m = p->items[--p->n];
+    pthread_mutex_unlock(&p->mu);
+    if (m)
+        return m;
+    m = malloc(sizeof *m);
+    if (m && !(m->buf = t->b->alloc(t->stages[src], bytes))) {
+        free(m);
+        m = NULL;
+    }
+    return m;
+}
+
+static void msg_free(const pp_backend_ops *b, void *stage, inproc_msg *m)
+{
+    b->release(stage, m->buf);
+    free(m);
+}
+
+/* Hands a received message back to its link's pool. */
+static void msg_put(inproc *t, int src, int dst, int kind, inproc_msg *m)
+{
+    msg_pool *p = &t->spent[dst * 2 + kind];
+    pthread_mutex_lock(&p->mu);
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 4;
+        inproc_msg **x = realloc(p->items, (size_t)cap * sizeof *x);
+        if (!x) {
+            pthread_mutex_unlock(&p->mu);
+            msg_free(t->b, t->stages[src], m);
+            return;
+        }
+        p->items = x;
+        p->cap = cap;
+    }
+    p->items[p->n++] = m;
+    pthread_mutex_unlock(&p->mu);
 }
 
 static double clock_s(void)
@@ -48,14 +107,10 @@ static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, con
                        size_t bytes, pp_err *e)
 {
     inproc *t = tp->state;
-    inproc_msg *m = malloc(sizeof *m);
-    void *copy = m ? t->b->alloc(t->stages[src], bytes) : NULL;
-    if (!copy) {
-        free(m);
+    inproc_msg *m = msg_get(t, src, dst, kind, bytes);
+    if (!m)
         return pp_errf(e, "out of memory for a message");
-    }
-    t->b->copy(t->stages[src], copy, buf, bytes);
-    m->buf = copy;
+    t->b->copy(t->stages[src], m->buf, buf, bytes);
     m->ready = 0;
     if (t->link_s > 0) { /* after the link's previous message, as the simulator */
         double now = clock_s(), *free_at = &t->link_free[src * 2 + kind];
@@ -65,8 +120,7 @@ static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, con
     int rc = pp_queue_push_timed(&inbox_of(t, dst, kind)->q, mb, m, t->timeout_s);
     if (rc == PP_QUEUE_OK)
         return 0;
-    t->b->release(t->stages[src], copy);
-    free(m);
+    msg_free(t->b, t->stages[src], m);
     if (rc == PP_QUEUE_TIMEOUT)
         return pp_errf(e, "timed out after %.0f s sending to stage %d", t->timeout_s, dst);
     return pp_errf(e, "run aborted");
@@ -79,8 +133,7 @@ static int inproc_recv(pp_transport *tp, int dst, int src, int kind, int mb, voi
     inproc_msg *msg = NULL;
     int rc = pp_mailbox_take(inbox_of(t, dst, kind), mb, t->timeout_s, (void **)&msg);
     if (rc == PP_MAILBOX_NOMEM) {
-        t->b->release(t->stages[src], msg->buf);
-        free(msg);
+        msg_free(t->b, t->stages[src], msg);
         return pp_errf(e, "out of memory");
     }
     if (rc == PP_QUEUE_TIMEOUT)
@@ -95,8 +148,7 @@ static int inproc_recv(pp_transport *tp, int dst, int src, int kind, int mb, voi
             ;
     }
     t->b->copy(t->stages[dst], buf, msg->buf, bytes);
-    t->b->release(t->stages[src], msg->buf);
-    free(msg);
+    msg_put(t, src, dst, kind, msg);
     return 0;
 }
 
@@ -115,8 +167,7 @@ typedef struct {
 static void release_msg(void *ctx, void *msg)
 {
     release_ctx *c = ctx;
-    c->b->release(c->stage, ((inproc_msg *)msg)->buf);
-    free(msg);
+    msg_free(c->b, c->stage, msg);
 }
 
 static void inproc_destroy(pp_transport *tp)
@@ -127,7 +178,13 @@ static void inproc_destroy(pp_transport *tp)
             int src = k == PP_MSG_ACT ? d - 1 : d + 1; /* who allocated its messages */
             release_ctx rc = {t->b, t->stages[src >= 0 && src < t->P ? src : d]};
             pp_mailbox_free(inbox_of(t, d, k), release_msg, &rc);
+            msg_pool *p = &t->spent[d * 2 + k];
+            for (int i = 0; i < p->n; i++)
+                release_msg(&rc, p->items[i]);
+            free(p->items);
+            pthread_mutex_destroy(&p->mu);
         }
+    free(t->spent);
     free(t->in);
     free(t->link_free);
     free(t->stages);
@@ -151,8 +208,11 @@ int pp_transport_inproc_create(int stages, int capacity, double timeout_s, doubl
     t->stages = malloc((size_t)stages * sizeof *t->stages);
     t->in = calloc((size_t)stages * 2, sizeof *t->in);
     t->link_free = calloc((size_t)stages * 2, sizeof *t->link_free);
-    if (!t->stages || !t->in || !t->link_free)
+    t->spent = calloc((size_t)stages * 2, sizeof *t->spent);
+    if (!t->stages || !t->in || !t->link_free || !t->spent)
         goto oom;
+    for (int i = 0; i < stages * 2; i++)
+        pthread_mutex_init(&t->spent[i].mu, NULL);
     memcpy(t->stages, backend_stages, (size_t)stages * sizeof *t->stages);
     for (; made < stages * 2; made++)
         if (pp_mailbox_init(&t->in[made], capacity, e) < 0)
@@ -170,6 +230,9 @@ fail:
     for (int i = 0; i < made; i++)
         pp_queue_free(&t->in[i].q);
     if (t) {
+        for (int i = 0; t->spent && i < stages * 2; i++)
+            pthread_mutex_destroy(&t->spent[i].mu);
+        free(t->spent);
         free(t->in);
         free(t->link_free);
         free(t->stages);
