@@ -265,15 +265,8 @@ END_TEST
 static void train(int threads, double *loss, int n)
 {
     pp_schedule ir = test_schedule("1f1b-flush", 2, 3, n);
-    pp_model_desc m;
+    pp_model_desc m = test_model(2, 48, 3, 24, 50, 3);
     pp_err e = {{0}};
-    ck_assert(pp_model_preset("tiny", &m, &e) == 0);
-    m.layers = 2;
-    m.dim = 48;
-    m.heads = 3;
-    m.seq_len = 24;
-    m.vocab = 50;
-    m.micro_batch = 3;
     pp_run_config c = test_run_config(&ir, &m, &pp_backend_cpu, 60);
     c.threads = threads;
     pp_run_result r;

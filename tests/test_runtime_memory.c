@@ -28,26 +28,12 @@ static void *count_alloc(void *stage, size_t bytes)
     return pp_backend_cpu.alloc(stage, bytes);
 }
 
-static pp_model_desc small(void)
-{
-    pp_model_desc m;
-    pp_err e = {{0}};
-    ck_assert(pp_model_preset("tiny", &m, &e) == 0);
-    m.layers = 3;
-    m.dim = 32;
-    m.heads = 2;
-    m.seq_len = 16;
-    m.vocab = 40;
-    m.micro_batch = 2;
-    return m;
-}
-
 /* Backend allocations of a run of `steps` updates; *acts: how many of
  * them were activation buffers. */
 static long run_allocs(const char *schedule, int P, int m, int steps, long *acts_allocated)
 {
     pp_schedule ir = test_schedule(schedule, P, m, steps);
-    pp_model_desc md = small();
+    pp_model_desc md = test_model(3, 32, 2, 16, 40, 2);
     counting = pp_backend_cpu;
     counting.alloc = count_alloc;
     pp_err e = {{0}};

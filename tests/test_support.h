@@ -23,6 +23,22 @@ static inline pp_schedule test_schedule(const char *name, int P, int m, int S)
     return s;
 }
 
+/* The tiny preset resized: L blocks of width C, H heads, sequence T,
+ * vocabulary V, micro-batch B. */
+static inline pp_model_desc test_model(int L, int C, int H, int T, int V, int B)
+{
+    pp_model_desc m;
+    pp_err e = {{0}};
+    ck_assert_msg(pp_model_preset("tiny", &m, &e) == 0, "%s", e.msg);
+    m.layers = L;
+    m.dim = C;
+    m.heads = H;
+    m.seq_len = T;
+    m.vocab = V;
+    m.micro_batch = B;
+    return m;
+}
+
 /* A training run of ir on `backend` with the synthetic data, seed 42 and a
  * short warm-up and decay. m is the data's description too: it must
  * outlive the run. */

@@ -31,48 +31,38 @@ int pp_acts_reserve(stage_rt *s, pp_err *e)
     int want = peak_in_flight(&s->r->cfg->ir->stage[s->s]);
     for (int mb = 0; mb < s->r->N; mb++) /* restored from a checkpoint */
         want -= s->acts[mb] != NULL;
-    if (want <= 0)
-        return 0;
-    s->free_acts = calloc((size_t)want, sizeof *s->free_acts);
-    if (!s->free_acts)
-        return pp_errf(e, "out of memory");
-    s->capfree_acts = want;
     size_t bytes = b->acts_bytes(s->bk);
-    for (; s->nfree_acts < want; s->nfree_acts++)
-        if (!(s->free_acts[s->nfree_acts] = b->alloc(s->bk, bytes)))
+    for (int i = 0; i < want; i++) {
+        void *p = b->alloc(s->bk, bytes);
+        if (!p || pp_spares_push(&s->free_acts, p) < 0) {
+            if (p)
+                b->release(s->bk, p);
             return pp_errf(e, "out of memory for the activations of %d micro-batches in flight "
                               "(%.1f MB each) on stage %d", want, bytes / 1e6, s->s);
+        }
+    }
     return 0;
 }
 
 void *pp_acts_get(stage_rt *s)
 {
-    if (s->nfree_acts > 0)
-        return s->free_acts[--s->nfree_acts];
+    void *p = pp_spares_pop(&s->free_acts);
+    if (p)
+        return p;
     const pp_backend_ops *b = s->r->cfg->backend;
     return b->alloc(s->bk, b->acts_bytes(s->bk));
 }
 
 void pp_acts_put(stage_rt *s, void *buf)
 {
-    if (s->nfree_acts == s->capfree_acts) { /* more in flight than reserved */
-        int cap = s->capfree_acts ? 2 * s->capfree_acts : 4;
-        void **x = realloc(s->free_acts, (size_t)cap * sizeof *x);
-        if (!x) { /* no room to keep it: let it go */
-            s->r->cfg->backend->release(s->bk, buf);
-            return;
-        }
-        s->free_acts = x;
-        s->capfree_acts = cap;
-    }
-    s->free_acts[s->nfree_acts++] = buf;
+    if (pp_spares_push(&s->free_acts, buf) < 0) /* no room to keep it: let it go */
+        s->r->cfg->backend->release(s->bk, buf);
 }
 
 void pp_acts_free(stage_rt *s)
 {
-    for (int i = 0; i < s->nfree_acts; i++)
-        s->r->cfg->backend->release(s->bk, s->free_acts[i]);
-    free(s->free_acts);
-    s->free_acts = NULL;
-    s->nfree_acts = s->capfree_acts = 0;
+    for (void *p; (p = pp_spares_pop(&s->free_acts));)
+        s->r->cfg->backend->release(s->bk, p);
+    free(s->free_acts.items);
+    s->free_acts = (pp_spares){0};
 }

@@ -38,8 +38,7 @@ typedef struct {
     struct pp_outbox_msg *outbox; /* copies kept for checkpoints */
     int noutbox, capoutbox;
     size_t start_pos;             /* first action to run (resume) */
-    void **free_acts;             /* activation buffers not in use (acts_pool.c) */
-    int nfree_acts, capfree_acts;
+    pp_spares free_acts;          /* activation buffers not in use (acts_pool.c) */
     double clock0;                /* host time of the device clock's origin */
     float grad_scale;             /* the next OPT's gradient factor (grad_clip.c) */
 } stage_rt;

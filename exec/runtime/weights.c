@@ -53,26 +53,17 @@ int pp_weights_init(pp_weight_store *ws, const pp_backend_ops *b, void *stage, u
 /* A buffer nobody reads any more: kept for the next copy. */
 static void retire(pp_weight_store *ws, void *buf)
 {
-    if (ws->nspare == ws->capspare) {
-        int cap = ws->capspare ? ws->capspare * 2 : 4;
-        void **x = realloc(ws->spare, (size_t)cap * sizeof *x);
-        if (!x) {
-            ws->b->release(ws->stage, buf);
-            return;
-        }
-        ws->spare = x;
-        ws->capspare = cap;
-    }
-    ws->spare[ws->nspare++] = buf;
+    if (pp_spares_push(&ws->spare, buf) < 0)
+        ws->b->release(ws->stage, buf);
 }
 
 void pp_weights_free(pp_weight_store *ws)
 {
     for (int i = 0; i < ws->n; i++)
         ws->b->release(ws->stage, ws->v[i].buf);
-    for (int i = 0; i < ws->nspare; i++)
-        ws->b->release(ws->stage, ws->spare[i]);
-    free(ws->spare);
+    for (void *p; (p = pp_spares_pop(&ws->spare));)
+        ws->b->release(ws->stage, p);
+    free(ws->spare.items);
     free(ws->v);
     memset(ws, 0, sizeof *ws);
 }
@@ -117,7 +108,9 @@ void *pp_weights_begin_update(pp_weight_store *ws, pp_err *e)
         cur->version = ws->current + 1;
         return cur->buf;
     }
-    void *buf = ws->nspare ? ws->spare[--ws->nspare] : ws->b->alloc(ws->stage, ws->bytes);
+    void *buf = pp_spares_pop(&ws->spare);
+    if (!buf)
+        buf = ws->b->alloc(ws->stage, ws->bytes);
     if (!buf) {
         pp_errf(e, "out of memory for a weight copy (%zu bytes)", ws->bytes);
         return NULL;

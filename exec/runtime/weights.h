@@ -8,6 +8,7 @@
 #define PP_WEIGHTS_H
 
 #include "model/backend.h"
+#include "spares.h"
 
 typedef struct {
     int version;
@@ -24,8 +25,8 @@ typedef struct {
     int current;     /* version number of the current weights */
     int pinned;      /* version held for a later F@vK, -1 */
     int peak_copies;
-    void **spare;    /* buffers of versions nobody reads any more, for the */
-    int nspare, capspare; /* next copy: no allocation per update */
+    pp_spares spare; /* buffers of versions nobody reads any more, for the
+                        next copy: no allocation per update */
 } pp_weight_store;
 
 /* Version 0 initialised from seed. */
