@@ -100,8 +100,9 @@ static int read_stage_array(const cJSON *root, const char *key, double *dst, int
     int i = 0;
     const cJSON *v;
     cJSON_ArrayForEach(v, a) {
-        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0.0) || !isfinite(v->valuedouble))
-            return pp_errf(e, "%s: \"%s\"[%d] must be a non-negative number", path, key, i);
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0.0) || !(v->valuedouble <= PP_MAX_DURATION))
+            return pp_errf(e, "%s: \"%s\"[%d] must be a number in 0..%g", path, key, i,
+                           PP_MAX_DURATION);
         dst[i++] = v->valuedouble;
     }
     return 1;
@@ -141,8 +142,9 @@ int pp_cost_load_profile(pp_cost *c, const char *path, pp_err *e)
         goto out;
     const cJSON *comm = cJSON_GetObjectItemCaseSensitive(root, "comm");
     if (comm) {
-        if (!cJSON_IsNumber(comm) || comm->valuedouble < 0) {
-            pp_errf(e, "%s: \"comm\" must be a non-negative number", path);
+        if (!cJSON_IsNumber(comm) || !(comm->valuedouble >= 0) ||
+            !(comm->valuedouble <= PP_MAX_DURATION)) {
+            pp_errf(e, "%s: \"comm\" must be a number in 0..%g", path, PP_MAX_DURATION);
             goto out;
         }
         c->comm_latency = comm->valuedouble;
@@ -194,6 +196,9 @@ int pp_parse_per_stage(const char *text, double *dst, int stages, const char *fl
         if (end == p || errno || !isfinite(v) || v < 0.0 || (*end && *end != ','))
             return pp_errf(e, "%s: \"%s\" is not a non-negative number or a comma list", flag,
                            text);
+        if (v > PP_MAX_DURATION)
+            return pp_errf(e, "%s: %g is above the largest duration, %g", flag, v,
+                           PP_MAX_DURATION);
         if (n == (int)(sizeof vals / sizeof vals[0]))
             return pp_errf(e, "%s: too many values", flag);
         vals[n++] = v;

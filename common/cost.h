@@ -5,6 +5,11 @@
 #ifndef PP_COST_H
 #define PP_COST_H
 
+/* The largest duration or latency a cost model takes, in its time units
+ * (seconds in a profile): ~32 000 years of seconds, far below where a sum of
+ * millions of them would lose precision or overflow. */
+#define PP_MAX_DURATION 1e12
+
 #include <stdint.h>
 
 #include "error.h"

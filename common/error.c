@@ -37,3 +37,14 @@ int pp_err_prefix(pp_err *e, const char *fmt, ...)
     e->msg[n + 2 + m] = '\0';
     return -1;
 }
+
+void pp_err_print(FILE *f, const char *tool, const pp_err *e)
+{
+    fprintf(f, "%s: error: ", tool);
+    for (const unsigned char *p = (const unsigned char *)e->msg; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            fprintf(f, "\\x%02x", *p);
+        else
+            fputc(*p, f);
+    fputc('\n', f);
+}

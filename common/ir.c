@@ -341,8 +341,16 @@ int pp_schedule_from_stream(pp_stream *st, pp_schedule *out, pp_err *e)
 
 /* --- files ------------------------------------------------------------ */
 
+static size_t max_input_bytes = (size_t)1 << 30;
+
+void pp_set_max_input_bytes(size_t n)
+{
+    max_input_bytes = n;
+}
+
 /* Reads by growing a buffer rather than trusting the file size, so pipes
- * and /dev/stdin work too. */
+ * and /dev/stdin work too; stops at the input cap (an endless /dev/zero
+ * must not take all memory). */
 int pp_read_file(const char *path, char **text, size_t *len, pp_err *e)
 {
     FILE *f = fopen(path, "rb");
@@ -352,6 +360,12 @@ int pp_read_file(const char *path, char **text, size_t *len, pp_err *e)
     char *buf = malloc(cap);
     while (buf) {
         n += fread(buf + n, 1, cap - 1 - n, f);
+        if (n > max_input_bytes) {
+            free(buf);
+            fclose(f);
+            return pp_errf(e, "%s: larger than %zu bytes (see --max-input-bytes)", path,
+                           max_input_bytes);
+        }
         if (n < cap - 1)
             break;
         char *bigger = cap <= SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;

@@ -139,5 +139,7 @@ int pp_schedule_load_pytorch_csv(const char *path, pp_schedule *out, pp_err *e);
 
 /* Reads a whole file into a NUL-terminated buffer (caller frees). */
 int pp_read_file(const char *path, char **text, size_t *len, pp_err *e);
+/* The most bytes pp_read_file reads before it refuses a file (1 GiB). */
+void pp_set_max_input_bytes(size_t n);
 
 #endif

@@ -2,9 +2,14 @@
  * simulator's cost model, a schedule from a file, the timeline files. */
 #include "cli.h"
 
+#include <errno.h>
+#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int pp_cli_model(const pp_cli_opts *o, int stages, pp_model_desc *m, pp_err *e)
 {
@@ -27,26 +32,32 @@ int pp_cli_model(const pp_cli_opts *o, int stages, pp_model_desc *m, pp_err *e)
     return pp_model_check(m, stages, e);
 }
 
+/* A number at *p, finite, ending where *end says; 0 or -1. */
+static int number_at(const char *p, char **end, double *out)
+{
+    errno = 0;
+    *out = strtod(p, end);
+    return *end == p || errno || !isfinite(*out) ? -1 : 0;
+}
+
 static int parse_straggler(const char *text, pp_cost *c, pp_err *e)
 {
-    int stage, n = 0;
+    char *end;
+    errno = 0;
+    long stage = strtol(text, &end, 10);
     double factor, from = 0.0, until = INFINITY;
-    if (sscanf(text, "%d:%lf%n", &stage, &factor, &n) != 2)
+    if (end == text || errno || *end != ':' || number_at(end + 1, &end, &factor) < 0 ||
+        (*end && *end != '@'))
         return pp_errf(e, "--straggler: \"%s\" is not STAGE:FACTOR[@FROM-UNTIL]", text);
-    const char *rest = text + n;
-    if (*rest == '@') {
-        int m = 0;
-        if (sscanf(rest + 1, "%lf-%lf%n", &from, &until, &m) != 2 || rest[1 + m] != '\0')
-            return pp_errf(e, "--straggler: bad time window in \"%s\"", text);
-    } else if (*rest) {
-        return pp_errf(e, "--straggler: \"%s\" is not STAGE:FACTOR[@FROM-UNTIL]", text);
-    }
+    if (*end == '@' && (number_at(end + 1, &end, &from) < 0 || *end != '-' ||
+                        number_at(end + 1, &end, &until) < 0 || *end))
+        return pp_errf(e, "--straggler: bad time window in \"%s\"", text);
     if (stage < 0 || stage >= c->stages)
-        return pp_errf(e, "--straggler: stage %d out of range 0..%d", stage, c->stages - 1);
-    if (!(factor > 0.0) || !isfinite(factor))
-        return pp_errf(e, "--straggler: factor must be positive");
-    if (!(until > from))
-        return pp_errf(e, "--straggler: window must end after it starts");
+        return pp_errf(e, "--straggler: stage %ld out of range 0..%d", stage, c->stages - 1);
+    if (!(factor > 0.0) || factor > 1e6)
+        return pp_errf(e, "--straggler: factor %g must be above 0 and at most 1e6", factor);
+    if (!(until > from) || from < 0)
+        return pp_errf(e, "--straggler: window must start at 0 or later and end after it starts");
     c->straggler_stage = stage;
     c->straggler_factor = factor;
     c->straggler_from = from;
@@ -59,6 +70,7 @@ int pp_cli_cost(const pp_cli_opts *o, int stages, const pp_model_desc *model, pp
 {
     if (pp_cost_init(c, stages, e) < 0)
         return -1;
+    pp_set_max_input_bytes((size_t)o->max_input_bytes);
     if (o->profile && pp_cost_load_profile(c, o->profile, e) < 0)
         goto fail;
     if (o->sim.fwd && pp_parse_per_stage(o->sim.fwd, c->fwd, stages, "--fwd", e) < 0)
@@ -92,6 +104,7 @@ fail:
 int pp_cli_load_ir(const pp_cli_opts *o, pp_schedule *s, pp_err *e)
 {
     int rc;
+    pp_set_max_input_bytes((size_t)o->max_input_bytes);
     if (o->ir_file)
         rc = pp_schedule_load_json(o->ir_file, s, e);
     else if (o->csv_file)
@@ -103,6 +116,64 @@ int pp_cli_load_ir(const pp_cli_opts *o, pp_schedule *s, pp_err *e)
     if (pp_schedule_validate(s, e) < 0) {
         pp_schedule_free(s);
         return pp_err_prefix(e, "%s", o->ir_file ? o->ir_file : o->csv_file);
+    }
+    return 0;
+}
+
+/* The directory a path would be created in must exist and be writable. */
+static int writable_parent(const char *path, const char *what, pp_err *e)
+{
+    char copy[4096];
+    snprintf(copy, sizeof copy, "%s", path);
+    const char *dir = dirname(copy);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return pp_errf(e, "cannot write %s %s: directory %s does not exist", what, path, dir);
+    if (access(dir, W_OK) != 0)
+        return pp_errf(e, "cannot write %s %s: directory %s is not writable", what, path, dir);
+    return 0;
+}
+
+static int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    if (strcmp(a, b) == 0)
+        return 1;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+int pp_cli_check_outputs(const char *const *outs, int nout, const char *const *dirs, int ndirs,
+                         const char *const *ins, int nin, pp_err *e)
+{
+    struct stat st;
+    for (int i = 0; i < nout; i++) {
+        const char *o = outs[i];
+        if (!o)
+            continue;
+        if (stat(o, &st) == 0 && S_ISDIR(st.st_mode))
+            return pp_errf(e, "cannot write output %s: it is a directory", o);
+        if (writable_parent(o, "output", e) < 0)
+            return -1;
+        for (int k = 0; k < nin; k++)
+            if (ins[k] && same_file(o, ins[k]))
+                return pp_errf(e, "cannot write output %s: it is also an input", o);
+        for (int k = 0; k < i; k++)
+            if (outs[k] && same_file(o, outs[k]))
+                return pp_errf(e, "cannot write output %s twice", o);
+    }
+    for (int i = 0; i < ndirs; i++) {
+        const char *d = dirs[i];
+        if (!d)
+            continue;
+        if (stat(d, &st) == 0) {
+            if (!S_ISDIR(st.st_mode))
+                return pp_errf(e, "cannot write into %s: not a directory", d);
+            if (access(d, W_OK) != 0)
+                return pp_errf(e, "cannot write into %s: directory is not writable", d);
+        } else if (writable_parent(d, "directory", e) < 0) {
+            return -1;
+        }
     }
     return 0;
 }

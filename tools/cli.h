@@ -50,6 +50,7 @@ typedef struct {
     int layers, dim, heads, vocab, seq_len, micro_batch;
     /* link between stages: time units (ppsim) or seconds (pprun's model) */
     double comm_latency, comm_bandwidth;
+    double max_input_bytes; /* schedule, profile and CSV files larger are refused */
     /* timeline outputs; --profile is ppsim's input and pprun's output */
     const char *trace, *svg, *profile;
     pp_sim_opts sim;
@@ -82,6 +83,14 @@ int pp_cli_cost(const pp_cli_opts *o, int stages, const pp_model_desc *model, pp
 /* Loads --ir or --pytorch-csv into *s and validates it; returns 0, or -1.
  * Returns 1 when neither was given. */
 int pp_cli_load_ir(const pp_cli_opts *o, pp_schedule *s, pp_err *e);
+
+/* Before any work: every output path (NULL ones skipped) can be created,
+ * in an existing, writable directory, and is neither a directory nor one
+ * of the inputs (or another output). `dirs` are directories a run will
+ * create or fill (their parent, or they, must be writable). One line names
+ * the first that fails. */
+int pp_cli_check_outputs(const char *const *outs, int nout, const char *const *dirs, int ndirs,
+                         const char *const *ins, int nin, pp_err *e);
 
 /* Writes whichever of the Chrome trace, SVG timeline and per-micro-batch
  * CSV were asked for (NULL paths are skipped). */

@@ -45,7 +45,7 @@ typedef struct {
     section sec;
     value_type type;
     size_t offset;            /* into pp_cli_opts */
-    double min, max;          /* V_INT: range; V_DOUBLE: min only */
+    double min, max;          /* V_INT: range; V_DOUBLE: range, max 0 for none */
     const char *help;         /* lines after the first start with '\n' */
 } option;
 
@@ -73,6 +73,8 @@ static const option options[] = {
      "PACI's accumulation factor (alias of --microbatches)"},
     {"--steps", NULL, "S", BOTH, SEC_SCHEDULE, V_INT, AT(gen.steps), 1, IMAX,
      "optimizer steps (default 16)"},
+    {"--max-input-bytes", NULL, "N", BOTH, SEC_SCHEDULE, V_DOUBLE, AT(max_input_bytes), 1, 1e15,
+     "refuse schedule, profile and CSV files larger than N\nbytes (default 2^30)"},
     {"--recompute", NULL, NULL, BOTH, SEC_SCHEDULE, V_FLAG, AT(gen.recompute), 0, 0,
      "PACI: keep only stage inputs, recompute in backward"},
     {"--seed", NULL, "N", SIM, SEC_COST, V_SEED, AT(seed), 0, 0, "jitter seed (default 1)"},
@@ -84,9 +86,9 @@ static const option options[] = {
      "backward duration (default 2); split backward I=W=B/2"},
     {"--opt", NULL, "T", SIM, SEC_COST, V_STR, AT(sim.opt), 0, 0,
      "optimizer step duration (default 0)"},
-    {"--comm-latency", NULL, "T", SIM, SEC_COST, V_DOUBLE, AT(comm_latency), 0, 0,
+    {"--comm-latency", NULL, "T", SIM, SEC_COST, V_DOUBLE, AT(comm_latency), 0, PP_MAX_DURATION,
      "per message latency (default 0)"},
-    {"--comm-bandwidth", NULL, "B", SIM, SEC_COST, V_DOUBLE, AT(comm_bandwidth), 0, 0,
+    {"--comm-bandwidth", NULL, "B", SIM, SEC_COST, V_DOUBLE, AT(comm_bandwidth), 0, 1e30,
      "bytes per time unit (default 0 = infinite)"},
     {"--jitter", NULL, "X", SIM, SEC_COST, V_DOUBLE, AT(sim.jitter), 0, 0,
      "each duration times U[1-X, 1+X] (0 <= X < 1)"},
@@ -123,9 +125,9 @@ static const option options[] = {
      "llm.c .bin token shard (--val-bin FILE for validation)"},
     {"--val-bin", NULL, "FILE", RUN, SEC_TRAINING, V_STR, AT(run.val_bin), 0, 0,
      "llm.c .bin token shard for validation"},
-    {"--lr", NULL, "X", RUN, SEC_TRAINING, V_DOUBLE, AT(run.lr), 0, 0,
+    {"--lr", NULL, "X", RUN, SEC_TRAINING, V_DOUBLE, AT(run.lr), 0, 10,
      "peak learning rate (default 1e-3)"},
-    {"--min-lr", NULL, "X", RUN, SEC_TRAINING, V_DOUBLE, AT(run.min_lr), 0, 0,
+    {"--min-lr", NULL, "X", RUN, SEC_TRAINING, V_DOUBLE, AT(run.min_lr), 0, 10,
      "end of the cosine decay (default lr/10)"},
     {"--warmup", NULL, "N", RUN, SEC_TRAINING, V_INT, AT(run.warmup), 0, 1 << 30,
      "warm-up updates (default 10)"},
@@ -147,12 +149,13 @@ static const option options[] = {
      "multi-process run)"},
     {"--sm-partitions", NULL, "on|off", RUN, SEC_TRAINING, V_STR, AT(run.sm_partitions), 0, 0,
      "stages sharing a GPU each get their own SMs (green\ncontexts; default on)"},
-    {"--timeout", NULL, "S", RUN, SEC_TRAINING, V_DOUBLE, AT(run.timeout), 0.001, 0,
+    {"--timeout", NULL, "S", RUN, SEC_TRAINING, V_DOUBLE, AT(run.timeout), 0.001, 1e9,
      "a stage waiting longer fails the run (default 600)"},
-    {"--comm-latency", NULL, "S", RUN, SEC_TRAINING, V_DOUBLE, AT(comm_latency), 0, 0,
+    {"--comm-latency", NULL, "S", RUN, SEC_TRAINING, V_DOUBLE, AT(comm_latency), 0,
+     PP_MAX_DURATION,
      "model the link between stages of one process: every\nmessage waits S seconds more, "
      "one at a time per link\n(as ppsim does)"},
-    {"--comm-bandwidth", NULL, "B/S", RUN, SEC_TRAINING, V_DOUBLE, AT(comm_bandwidth), 0, 0,
+    {"--comm-bandwidth", NULL, "B/S", RUN, SEC_TRAINING, V_DOUBLE, AT(comm_bandwidth), 0, 1e30,
      "... and its bytes over B/S bytes per second"},
 
     /* pprun's optimizer */
@@ -160,11 +163,11 @@ static const option options[] = {
      "first-moment decay (default 0.9)"},
     {"--beta2", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.beta2), 0, 0,
      "second-moment decay (default 0.95)"},
-    {"--eps", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.eps), 0, 0,
+    {"--eps", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.eps), 0, 1,
      "added to the root of the second moment (default 1e-8)"},
-    {"--weight-decay", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.weight_decay), 0, 0,
+    {"--weight-decay", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.weight_decay), 0, 100,
      "decoupled, on matrices only (default 0.1)"},
-    {"--grad-clip", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.grad_clip), 0, 0,
+    {"--grad-clip", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.grad_clip), 0, 1e30,
      "clip the gradient's global norm to X (default 0: off)"},
 
     /* pprun's multi-process runs */
@@ -218,6 +221,7 @@ void pp_cli_defaults(pp_cli_opts *o, pp_tool tool)
     o->gen.steps = 16;
     o->seed = 1;
     o->model = tool == PP_TOOL_SIM ? "gpt2-medium" : "tiny";
+    o->max_input_bytes = (double)(1 << 30);
     o->sim.format = PP_FORMAT_TABLE;
     o->run.backend = "cpu";
     o->run.lr = 1e-3;
@@ -340,7 +344,11 @@ int pp_cli_option(pp_cli_opts *o, pp_tool tool, int argc, char **argv, int *i, p
     case V_INT:
         return pp_cli_parse_int(name, v, (long)op->min, (long)op->max, field, e) < 0 ? -1 : 1;
     case V_DOUBLE:
-        return pp_cli_parse_double(name, v, op->min, field, e) < 0 ? -1 : 1;
+        if (pp_cli_parse_double(name, v, op->min, field, e) < 0)
+            return -1;
+        if (op->max > 0 && *(double *)field > op->max)
+            return pp_errf(e, "%s: %g is above the maximum %g", name, *(double *)field, op->max);
+        return 1;
     case V_SEED:
         return parse_seed(v, field, e) < 0 ? -1 : 1;
     case V_FORMAT:

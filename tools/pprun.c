@@ -42,7 +42,7 @@ typedef struct {
 
 static int fail(int code, const pp_err *e)
 {
-    fprintf(stderr, "pprun: error: %s\n", e->msg);
+    pp_err_print(stderr, "pprun", e);
     return code;
 }
 
@@ -358,7 +358,7 @@ int main(int argc, char **argv)
     memset(&p, 0, sizeof p);
     pp_err e = {{0}};
     pp_cli_defaults(&p.o, PP_TOOL_RUN);
-    if (pprun_parse(&p.o, argc, argv, &e) < 0)
+    if (pprun_parse(&p.o, argc, argv, &e) < 0 || pprun_check_paths(&p.o, &e) < 0)
         return fail(EXIT_BAD_INPUT, &e);
     if (pp_dist_env_detect(&p.dist.env, &e) < 0)
         return fail(EXIT_BAD_INPUT, &e);

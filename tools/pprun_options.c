@@ -25,6 +25,15 @@ int pprun_parse(pp_cli_opts *o, int argc, char **argv, pp_err *e)
     return 0;
 }
 
+int pprun_check_paths(const pp_cli_opts *o, pp_err *e)
+{
+    const pp_run_opts *r = &o->run;
+    const char *outs[] = {r->log, o->trace, o->svg, r->versions, o->profile};
+    const char *dirs[] = {r->checkpoint};
+    const char *ins[] = {r->data, r->data_bin, r->val_bin, o->ir_file, o->csv_file};
+    return pp_cli_check_outputs(outs, 5, dirs, 1, ins, 5, e);
+}
+
 int pprun_schedule(const pp_cli_opts *o, pp_schedule *ir, pp_err *e)
 {
     int r = pp_cli_load_ir(o, ir, e);

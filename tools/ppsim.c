@@ -32,7 +32,7 @@ static void print_usage(FILE *f)
 
 static int fail(const pp_err *e)
 {
-    fprintf(stderr, "ppsim: error: %s\n", e->msg);
+    pp_err_print(stderr, "ppsim", e);
     return EXIT_BAD_INPUT;
 }
 
@@ -257,6 +257,10 @@ int main(int argc, char **argv)
     const char *positional = NULL;
     int is_validate = !strcmp(cmd, "validate");
     if (parse_options(&o, argc, argv, 2, is_validate ? &positional : NULL, &e) < 0)
+        return fail(&e);
+    const char *outs[] = {o.trace, o.svg, o.sim.per_mb, o.sim.output};
+    const char *ins[] = {o.ir_file, o.csv_file, o.profile, positional};
+    if (pp_cli_check_outputs(outs, 4, NULL, 0, ins, 4, &e) < 0)
         return fail(&e);
     int rc;
     if (!strcmp(cmd, "list")) {
