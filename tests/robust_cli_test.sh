@@ -44,6 +44,12 @@ refused "$PPSIM" "is a directory" export --schedule paci -o "$tmp"
 "$PPSIM" export --schedule paci --stages 2 -o "$tmp/ir.json" 2>/dev/null || bad "export"
 refused "$PPSIM" "is also an input" run --ir "$tmp/ir.json" --trace "$tmp/ir.json"
 
+# a malformed rendezvous spec is bad input (2), found before connecting
+export RANK=0 WORLD_SIZE=2
+refused "$PPRUN" 'expected tcp://HOST:PORT, file:DIR or mpi' "${run[@]}" --rendezvous bogus:1
+refused "$PPRUN" 'expected tcp://HOST:PORT' "${run[@]}" --rendezvous tcp://host:99999
+unset RANK WORLD_SIZE
+
 # --- numbers: finite and in range, from flags and from files
 refused "$PPSIM" "above the largest duration" run --schedule paci --fwd 1e308
 refused "$PPSIM" "above the maximum" run --schedule paci --comm-latency 1e300

@@ -106,6 +106,9 @@ static int prepare(pprun *p, pp_err *e)
          (!p->rdzv &&
           !(p->rdzv = pp_dist_rendezvous(&p->dist.env, p->rdzv_buf, sizeof p->rdzv_buf, e)))))
         return -1;
+    pp_store_spec spec;
+    if (p->multi && pp_store_parse(p->rdzv, &spec, e) < 0)
+        return -1;
     if (load_data(o, &p->c, &p->m, e) < 0)
         return -1;
     p->have_data = 1;

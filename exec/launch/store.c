@@ -9,11 +9,39 @@
 
 #include "store_impl.h"
 
+int pp_store_parse(const char *spec, pp_store_spec *out, pp_err *e)
+{
+    memset(out, 0, sizeof *out);
+    if (strncmp(spec, "tcp://", 6) == 0) {
+        const char *colon = strrchr(spec + 6, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : -1;
+        size_t hl = colon ? (size_t)(colon - (spec + 6)) : 0;
+        if (!colon || !*(colon + 1) || *end || port < 1 || port > 65535 || hl == 0 ||
+            hl >= sizeof out->host)
+            return pp_errf(e, "--rendezvous \"%s\": expected tcp://HOST:PORT", spec);
+        out->kind = PP_STORE_TCP;
+        memcpy(out->host, spec + 6, hl);
+        out->port = (int)port;
+    } else if (strncmp(spec, "file:", 5) == 0 && spec[5]) {
+        out->kind = PP_STORE_FILE;
+        out->dir = spec + 5;
+    } else if (strcmp(spec, "mpi") == 0) {
+        out->kind = PP_STORE_MPI;
+    } else {
+        return pp_errf(e, "--rendezvous \"%s\": expected tcp://HOST:PORT, file:DIR or mpi", spec);
+    }
+    return 0;
+}
+
 int pp_store_open(const char *spec, int rank, int world, double timeout_s, pp_store **out,
                   pp_err *e)
 {
     if (world < 1 || rank < 0 || rank >= world)
         return pp_errf(e, "rendezvous: rank %d is not a rank of a world of %d", rank, world);
+    pp_store_spec sp;
+    if (world > 1 && pp_store_parse(spec, &sp, e) < 0)
+        return -1;
     pp_store *st = calloc(1, sizeof *st);
     if (!st)
         return pp_errf(e, "out of memory");
@@ -23,27 +51,12 @@ int pp_store_open(const char *spec, int rank, int world, double timeout_s, pp_st
     int rc;
     if (world == 1) /* nobody to meet: every call is local (see below) */
         rc = 0;
-    else if (strncmp(spec, "tcp://", 6) == 0) {
-        char host[256];
-        const char *colon = strrchr(spec + 6, ':');
-        char *end = NULL;
-        long port = colon ? strtol(colon + 1, &end, 10) : -1;
-        size_t hl = colon ? (size_t)(colon - (spec + 6)) : 0;
-        if (!colon || !*(colon + 1) || *end || port < 1 || port > 65535 || hl == 0 ||
-            hl >= sizeof host)
-            rc = pp_errf(e, "--rendezvous \"%s\": expected tcp://HOST:PORT", spec);
-        else {
-            memcpy(host, spec + 6, hl);
-            host[hl] = 0;
-            rc = pp_store_tcp_open(st, host, (int)port, e);
-        }
-    } else if (strncmp(spec, "file:", 5) == 0 && spec[5]) {
-        rc = pp_store_file_open(st, spec + 5, e);
-    } else if (strcmp(spec, "mpi") == 0) {
+    else if (sp.kind == PP_STORE_TCP)
+        rc = pp_store_tcp_open(st, sp.host, sp.port, e);
+    else if (sp.kind == PP_STORE_FILE)
+        rc = pp_store_file_open(st, sp.dir, e);
+    else
         rc = pp_store_mpi_open(st, e);
-    } else {
-        rc = pp_errf(e, "--rendezvous \"%s\": expected tcp://HOST:PORT, file:DIR or mpi", spec);
-    }
     if (rc < 0) {
         free(st);
         return -1;

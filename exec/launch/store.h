@@ -19,6 +19,17 @@
 
 typedef struct pp_store pp_store;
 
+/* A rendezvous spec taken apart: bad input (exit 2), checked before
+ * anything connects. dir points into spec. */
+typedef enum { PP_STORE_TCP, PP_STORE_FILE, PP_STORE_MPI } pp_store_kind;
+typedef struct {
+    pp_store_kind kind;
+    char host[256];
+    int port;
+    const char *dir;
+} pp_store_spec;
+int pp_store_parse(const char *spec, pp_store_spec *out, pp_err *e);
+
 int pp_store_open(const char *spec, int rank, int world, double timeout_s, pp_store **out,
                   pp_err *e);
 /* Closes the connections; rank 0 removes a file store's files. */
