@@ -75,5 +75,18 @@ refused "$PPSIM" "larger than 1000 bytes" validate "$tmp/big.json" --max-input-b
 printf '{"format": "ppsched-ir", "version": 1, "schedule": "x", "stages": 1, "microbatches_per_step": 1, "steps": 1, "actions": [["F0\\nppsim: error: forged \\u001b[31m"]]}\n' >"$tmp/crafted.json"
 refused "$PPSIM" 'unknown action "F0\x0appsim: error: forged \x1b[31m"' validate "$tmp/crafted.json"
 
+# --- an interrupted run keeps its log at its own path, with a last line
+# saying so, and leaves no temporary file
+"$PPRUN" "${run[@]}" --steps 100000 --log "$tmp/int.jsonl" >/dev/null 2>"$tmp/int.err" &
+pid=$!
+sleep 2
+kill -INT "$pid"
+wait "$pid"
+rc=$?
+[ "$rc" -eq 1 ] && grep -q '"interrupted": true' "$tmp/int.jsonl" 2>/dev/null &&
+    grep -q 'pprun: error: interrupted after update' "$tmp/int.err" &&
+    [ -z "$(ls "$tmp" | grep 'int.jsonl.tmp')" ] && ok ||
+    bad "interrupted run: exit $rc, log: $(tail -1 "$tmp/int.jsonl" 2>&1), $(cat "$tmp/int.err")"
+
 echo "robust_cli: $passes passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -5,6 +5,7 @@
  * The multi-process side is in pprun_dist.c. */
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -276,6 +277,38 @@ static int finish(pprun *p, const pp_run_config *cfg, pp_run_result *res, pp_err
     return prc < 0 ? rc : 0;
 }
 
+/* SIGINT or SIGTERM: the run stops; the log keeps the updates so far. */
+static void on_signal(int sig)
+{
+    (void)sig;
+    pp_run_interrupt();
+}
+
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* An interrupted run: its log, with the updates it reported and a last
+ * line saying so, goes to its own path. */
+static int interrupted(pprun *p, pp_err *e)
+{
+    if (p->c.log) {
+        fprintf(p->c.log, "{\"interrupted\": true, \"steps\": %d}\n", p->c.last_step);
+        p->c.log = NULL;
+        if (pp_atomic_commit(&p->logf, e) < 0)
+            return EXIT_RUNTIME;
+    }
+    pp_errf(e, "interrupted after update %d%s%s", p->c.last_step,
+            p->o.run.log ? "; the log is in " : "", p->o.run.log ? p->o.run.log : "");
+    return EXIT_RUNTIME;
+}
+
 /* Prepares, runs and finishes; returns an exit status. */
 static int train(pprun *p, pp_err *e)
 {
@@ -305,6 +338,8 @@ static int train(pprun *p, pp_err *e)
     int rc = pp_run(&cfg, &res, e);
     if (p->c.tty)
         fputc('\n', stderr);
+    if (rc < 0 && pp_run_interrupted())
+        return interrupted(p, e);
     if (rc < 0) {
         if (p->multi)
             pp_err_prefix(e, "rank %d", p->dist.env.rank);
@@ -376,6 +411,7 @@ int main(int argc, char **argv)
      * logs the updates, rank 0 writes the timelines and the summary */
     p.writes_log = !p.multi || p.dist.env.rank == p.P - 1;
     p.writes_summary = p.dist.env.rank == 0;
+    catch_signals();
     int rc = train(&p, &e);
     pprun_free(&p, rc != 0);
     return rc ? fail(rc, &e) : 0;

@@ -28,6 +28,7 @@ typedef struct {
     pp_sampler sampler; /* training micro-batch mb and validation batch i */
     FILE *log;
     int total_steps;
+    int last_step;    /* the last update logged */
     int tty;
     double last_print;
 } run_ctx;

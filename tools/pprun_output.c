@@ -12,6 +12,7 @@ void pprun_on_step(void *ctx, const pp_step_record *r)
 {
     run_ctx *c = ctx;
     double tps = r->elapsed_s > 0 ? r->tokens / r->elapsed_s : 0;
+    c->last_step = r->step;
     if (c->log) {
         fprintf(c->log, "{\"step\": %d, \"loss\": %.6f", r->step, r->loss);
         if (r->has_val)

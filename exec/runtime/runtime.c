@@ -5,12 +5,25 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "model/cpu_pool.h"
 #include "runtime_private.h"
+
+static atomic_int interrupt_requested;
+
+void pp_run_interrupt(void)
+{
+    atomic_store(&interrupt_requested, 1);
+}
+
+int pp_run_interrupted(void)
+{
+    return atomic_load(&interrupt_requested);
+}
 
 double pp_now_s(void)
 {
@@ -182,9 +195,11 @@ static int run_stages(run *r, void **eval_stages, pp_err *e)
     free(threads);
     for (int s = r->lo; s < r->lo + r->nloc; s++)
         if (r->st[s].failed) { /* the first stage that failed has the cause */
-            *e = r->st[s].err;
+            int caused = !strstr(r->st[s].err.msg, "aborted");
+            if (caused || src == 0)
+                *e = r->st[s].err; /* else the supervisor's reason stands */
             rc = -1;
-            if (!strstr(e->msg, "aborted"))
+            if (caused)
                 break;
         }
     return rc;

@@ -120,6 +120,12 @@ int pp_schedule_synchronous(const pp_schedule *ir, pp_err *e);
 double pp_now_s(void);
 
 int pp_run(const pp_run_config *cfg, pp_run_result *res, pp_err *e);
+
+/* Asks the runs of this process to stop soon (async-signal-safe: for a
+ * SIGINT/SIGTERM handler): pp_run then fails with "interrupted" after the
+ * updates it has reported. pp_run_interrupted says whether it was asked. */
+void pp_run_interrupt(void);
+int pp_run_interrupted(void);
 void pp_run_result_free(pp_run_result *r);
 
 /* Mean validation loss of the full model over n batches, with weights

@@ -4,6 +4,7 @@
  * to the writer, until every local stage is done. */
 #include <math.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "runtime_private.h"
 
@@ -107,6 +108,12 @@ int pp_supervise(run *r, reporter *rep, pp_err *e)
         /* read before reporting: reporting unlocks, and what arrives
          * meanwhile (its wake-up lost) must still be reported */
         int done = r->stages_done == r->nloc, emitted = rep->emitted, handed = 0;
+        if (rc == 0 && !done && pp_run_interrupted()) {
+            rc = pp_errf(e, "interrupted");
+            pthread_mutex_unlock(&r->mu);
+            pp_run_abort(r);
+            pthread_mutex_lock(&r->mu);
+        }
         if (rc == 0 && (report_ready(r, rep, e) < 0 || (handed = checkpoints_ready(r, e)) < 0)) {
             rc = -1;
             pthread_mutex_unlock(&r->mu);
@@ -117,8 +124,16 @@ int pp_supervise(run *r, reporter *rep, pp_err *e)
             break;
         if (rc == 0 && (rep->emitted > emitted || handed > 0))
             continue; /* it unlocked: look again before sleeping */
-        if (r->stages_done < r->nloc)
-            pthread_cond_wait(&r->cv, &r->mu);
+        if (r->stages_done < r->nloc) { /* a wake-up, or a look at the interrupt flag */
+            struct timespec at;
+            clock_gettime(CLOCK_REALTIME, &at);
+            at.tv_nsec += 200 * 1000000L;
+            if (at.tv_nsec >= 1000000000L) {
+                at.tv_sec++;
+                at.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&r->cv, &r->mu, &at);
+        }
     }
     pthread_mutex_unlock(&r->mu);
     return rc;
