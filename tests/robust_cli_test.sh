@@ -79,6 +79,12 @@ refused "$PPSIM" "larger than 1000 bytes" validate "$tmp/big.json" --max-input-b
 printf '{"format": "ppsched-ir", "version": 1, "schedule": "x", "stages": 1, "microbatches_per_step": 1, "steps": 1, "actions": [["F0\\nppsim: error: forged \\u001b[31m"]]}\n' >"$tmp/crafted.json"
 refused "$PPSIM" 'unknown action "F0\x0appsim: error: forged \x1b[31m"' validate "$tmp/crafted.json"
 
+# --- resuming with another micro-batch size says so (it read past the
+# stage state before)
+"$PPRUN" "${run[@]}" --steps 6 --checkpoint "$tmp/ckmb" --stop-after 2 >/dev/null 2>&1 || bad "checkpoint for the resume test"
+refused "$PPRUN" "written with --micro-batch-size 2, this run has 4" "${run[@]}" --steps 6 \
+    --micro-batch-size 4 --resume "$tmp/ckmb"   # (the last --micro-batch-size counts)
+
 # --- an interrupted run keeps its log at its own path, with a last line
 # saying so, and leaves no temporary file
 "$PPRUN" "${run[@]}" --steps 100000 --log "$tmp/int.jsonl" >/dev/null 2>"$tmp/int.err" &

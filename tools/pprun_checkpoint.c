@@ -34,11 +34,12 @@ int pprun_write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double
     int n = snprintf(run, sizeof run,
                      "{\"schedule\": \"%s\", \"stages\": %d, \"microbatches_per_step\": %d, "
                      "\"steps\": %d, \"update\": %d, \"tokens\": %.0f, \"ir_hash\": \"%016llx\", "
-                     "\"seed\": %llu, \"data_order\": \"%s\", \"data_seed\": \"%016llx\"}",
+                     "\"seed\": %llu, \"data_order\": \"%s\", \"data_seed\": \"%016llx\", "
+                     "\"micro_batch\": %d}",
                      c->ir->info.name, c->ir->info.stages, c->ir->info.microbatches_per_step,
                      c->ir->info.steps, K, tokens, (unsigned long long)c->ir_hash,
                      (unsigned long long)c->seed, pp_data_order_name(c->data->order),
-                     (unsigned long long)c->data->seed);
+                     (unsigned long long)c->data->seed, c->data->B);
     if (pp_ckpt_writer_add(&w, "run.json", run, (size_t)n, e) < 0)
         goto fail;
     for (int s = 0; s < c->ir->info.stages; s++) {
@@ -67,11 +68,16 @@ static const char *field(const char *run, const char *key)
 }
 
 /* The resumed run must draw the batches the checkpointed one would have:
- * the same data order and data seed. A record without them was written
- * before they were recorded, when the order was sequential; its seed is
- * not compared. */
+ * the same micro-batch size, data order and data seed. A record without
+ * them was written before they were recorded, when the order was
+ * sequential; its seed and micro-batch size are not compared (the stage
+ * state's size still is). */
 static int check_data(const char *dir, const char *run, const ckpt_ctx *want, pp_err *e)
 {
+    const char *mb = field(run, "micro_batch");
+    if (mb && atoi(mb) != want->data->B)
+        return pp_errf(e, "%s: checkpoint was written with --micro-batch-size %d, this run has "
+                          "%d; resume with the same size", dir, atoi(mb), want->data->B);
     char order[16] = "sequential", seed[24] = "?";
     const char *o = field(run, "data_order"), *ds = field(run, "data_seed");
     const char *sd = field(run, "seed");
