@@ -304,9 +304,5 @@ int main(void)
     tcase_add_test(tc, gelu_and_attention_on_a_team_equal_one_thread);
     tcase_add_test(tc, training_repeats_bit_for_bit_at_one_and_two_threads);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }

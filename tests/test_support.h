@@ -58,6 +58,16 @@ static inline pp_run_config test_run_config(const pp_schedule *ir, pp_model_desc
     return c;
 }
 
+/* Runs a suite (each test in a forked child) and returns the exit status. */
+static inline int run_suite(Suite *suite)
+{
+    SRunner *sr = srunner_create(suite);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
+
 #ifdef PP_TEST_NEEDS_GPU
 #include "cuda/cuda_backend.h"
 /* The GPU suites' start: 1 (after printing "SKIP: no CUDA GPU: why", which
