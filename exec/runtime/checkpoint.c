@@ -257,8 +257,15 @@ static int read_header(pp_ckpt_reader *r, pp_err *e)
     return 0;
 }
 
+/* A pipeline's checkpoint has a section per stage and a few more; the cap
+ * keeps the duplicate check below (quadratic) well under a second. */
+#define MAX_SECTIONS 8192
+
 static int add_section(pp_ckpt_reader *r, const pp_ckpt_section *s, int *cap, pp_err *e)
 {
+    if (r->nsections >= MAX_SECTIONS)
+        return pp_errf(e, "%s: more than %d sections: not a checkpoint of this program", r->path,
+                       MAX_SECTIONS);
     if (pp_ckpt_find(r, s->name))
         return pp_errf(e, "%s: section '%s' appears twice", r->path, s->name);
     if (r->nsections == *cap) {

@@ -155,13 +155,66 @@ static int restore_versions(stage_rt *s, reader *r, int nversions, int current, 
 {
     pp_weights_reset(&s->ws, current, pinned);
     for (int i = 0; i < nversions; i++) {
-        int v = (int)get_i64(r);
+        int64_t v64 = get_i64(r);
+        int v = (int)v64;
+        if (v64 < 0 || v64 > current || pp_weights_get(&s->ws, v))
+            return pp_errf(e, "stage %d: checkpoint holds weight version %lld (current %d) "
+                              "or holds it twice", s->s, (long long)v64, current);
         void *buf = get_dev(r, s, s->ws.bytes);
         if (!buf)
             return pp_errf(e, "stage %d: checkpoint truncated or out of memory", s->s);
         if (pp_weights_adopt(&s->ws, v, buf, (v == current) + (v == pinned)) < 0)
             return pp_errf(e, "out of memory");
     }
+    return 0;
+}
+
+/* The OPTs among the first `pos` actions of the stage: the updates (and
+ * the current weight version) a stage has made when it resumes at pos. */
+static int64_t opts_before(const pp_action_list *l, size_t pos)
+{
+    int64_t n = 0;
+    for (size_t i = 0; i < pos; i++)
+        n += l->items[i].op == PP_OP_OPT;
+    return n;
+}
+
+/* The header of a stage's state, checked against the schedule it resumes:
+ * a checkpoint with valid CRCs may still hold numbers that would index out
+ * of range or contradict the IR (a crafted or foreign file). */
+static int check_head(const stage_rt *s, const int64_t *h, pp_err *e)
+{
+    const pp_action_list *l = &s->r->cfg->ir->stage[s->s];
+    int64_t N = s->r->N;
+    if (h[2] < 0 || (uint64_t)h[2] > l->count)
+        return pp_errf(e, "stage %d: checkpoint resumes at action %lld of %zu", s->s,
+                       (long long)h[2], l->count);
+    int64_t updates = opts_before(l, (size_t)h[2]);
+    if (h[3] != updates || h[4] != updates)
+        return pp_errf(e, "stage %d: checkpoint says %lld updates and weight version %lld; its "
+                          "schedule position has %lld", s->s, (long long)h[3], (long long)h[4],
+                       (long long)updates);
+    if (h[5] < -1 || h[5] > h[4])
+        return pp_errf(e, "stage %d: checkpoint pins weight version %lld", s->s, (long long)h[5]);
+    if (h[6] < 1 || h[6] > h[4] + 1 || h[6] > 4096)
+        return pp_errf(e, "stage %d: checkpoint holds %lld weight versions", s->s, (long long)h[6]);
+    if (h[7] < 0 || h[7] > N || h[8] < 0 || h[8] > 2 * N || h[9] < 0 || h[9] > N)
+        return pp_errf(e, "stage %d: checkpoint counts out of range (%lld in flight, %lld "
+                          "messages, %lld losses)", s->s, (long long)h[7], (long long)h[8],
+                       (long long)h[9]);
+    return 0;
+}
+
+/* A kept message must be one this stage sends: an activation to s+1 or a
+ * gradient to s-1, of a real micro-batch, of the boundary's size. */
+static int check_message(const stage_rt *s, const pp_outbox_msg *m, size_t boundary, pp_err *e)
+{
+    int ok = (m->kind == PP_MSG_ACT && m->dst == s->s + 1 && m->dst < s->r->P) ||
+             (m->kind == PP_MSG_GRAD && m->dst == s->s - 1 && m->dst >= 0);
+    if (!ok || m->mb < 0 || m->mb >= s->r->N || m->bytes != boundary)
+        return pp_errf(e, "stage %d: checkpoint keeps a message this stage cannot send (kind "
+                          "%d to stage %d, micro-batch %d, %zu bytes)", s->s, m->kind, m->dst,
+                       m->mb, m->bytes);
     return 0;
 }
 
@@ -174,6 +227,8 @@ int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, p
         head[i] = get_i64(&r);
     if (r.bad || head[0] != STATE_MAGIC || head[1] != s->s)
         return pp_errf(e, "checkpoint state of stage %d is damaged", s->s);
+    if (check_head(s, head, e) < 0)
+        return -1;
     *pos = (size_t)head[2];
     s->updates = (int)head[3];
     int nversions = (int)head[6], ninflight = (int)head[7], nout = (int)head[8];
@@ -192,16 +247,21 @@ int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, p
     r.at += s->ws.bytes;
     size_t ab = bk->acts_bytes(s->bk);
     for (int i = 0; i < ninflight; i++) {
-        int mb = (int)get_i64(&r), vf = (int)get_i64(&r);
-        if (r.bad || mb < 0 || mb >= s->r->N)
-            return pp_errf(e, "stage %d: checkpoint names a bad micro-batch", s->s);
-        s->v_f[mb] = vf;
+        int64_t mb = get_i64(&r), vf = get_i64(&r);
+        if (r.bad || mb < 0 || mb >= s->r->N || s->acts[mb])
+            return pp_errf(e, "stage %d: checkpoint names a bad micro-batch or one twice", s->s);
+        if (vf < 0 || vf > head[4])
+            return pp_errf(e, "stage %d: checkpoint's micro-batch %lld read weight version %lld",
+                           s->s, (long long)mb, (long long)vf);
+        s->v_f[mb] = (int)vf;
         get(&r, &s->loss[mb], sizeof s->loss[mb]);
         if (!(s->acts[mb] = get_dev(&r, s, ab)))
             return pp_errf(e, "stage %d: checkpoint truncated or out of memory", s->s);
-        if (s->stash[mb] && pp_weights_ref(&s->ws, vf, 1) < 0)
-            return pp_errf(e, "stage %d: stashed version %d missing from the checkpoint", s->s, vf);
+        if (s->stash[mb] && pp_weights_ref(&s->ws, (int)vf, 1) < 0)
+            return pp_errf(e, "stage %d: stashed version %lld missing from the checkpoint", s->s,
+                           (long long)vf);
     }
+    size_t boundary = bk->boundary_floats(s->bk) * sizeof(float);
     for (int i = 0; i < nout; i++) {
         pp_outbox_msg m = {0};
         m.kind = (int)get_i64(&r);
@@ -210,6 +270,8 @@ int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, p
         m.bytes = (size_t)get_i64(&r);
         if (r.bad || m.bytes > r.n - r.at)
             return pp_errf(e, "stage %d: checkpoint truncated", s->s);
+        if (check_message(s, &m, boundary, e) < 0)
+            return -1;
         m.buf = malloc(m.bytes ? m.bytes : 1);
         if (!m.buf)
             return pp_errf(e, "out of memory");
@@ -225,6 +287,9 @@ int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, p
     }
     if (r.bad || r.at != r.n)
         return pp_errf(e, "checkpoint state of stage %d has the wrong size", s->s);
+    if (!pp_weights_get(&s->ws, s->ws.current))
+        return pp_errf(e, "stage %d: checkpoint lacks the current weight version %d", s->s,
+                       s->ws.current);
     return 0;
 }
 
