@@ -45,7 +45,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "sim_bench: error: %s\n", e.msg);
         return 2;
     }
-    pp_sim_config cfg = {&cost, NULL, 0, NULL};
+    pp_sim_config cfg = {&cost, NULL, 0, NULL, NULL, NULL};
     pp_metrics met;
     double times[99];
     for (int r = 0; r < repeat; r++) {

@@ -41,6 +41,7 @@ typedef struct {
     double comm; /* transfer time of one message */
     int at_barrier;
     pp_metrics_acc acc;
+    uint64_t finished; /* actions finished, for cfg->progress */
 } engine;
 
 static int schedule(engine *g, double t, int kind, int stage, int mb, pp_err *e)
@@ -157,9 +158,18 @@ static int send(engine *g, int src, int dst, int mb, double now, pp_err *e)
     return schedule(g, t1, kind, dst, mb, e);
 }
 
+/* Every stage's F and B (or I and W) of every micro-batch plus its OPTs:
+ * the actions a run will finish, for the progress report. */
+static uint64_t total_actions(const pp_ir_info *info)
+{
+    return (uint64_t)info->stages * (2 * (uint64_t)info->total_microbatches + info->steps);
+}
+
 static int on_end(engine *g, int s, double now, pp_err *e)
 {
     stage_state *st = &g->st[s];
+    if (g->cfg->progress && (++g->finished & ((1u << 20) - 1)) == 0)
+        g->cfg->progress(g->cfg->progress_ctx, g->finished, total_actions(&g->src->info));
     const pp_action *a = &st->cur.act;
     st->busy = 0;
     if (a->op == PP_OP_F && s < g->P - 1 && send(g, s, s + 1, a->mb, now, e) < 0)

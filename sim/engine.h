@@ -5,6 +5,8 @@
 #ifndef PP_ENGINE_H
 #define PP_ENGINE_H
 
+#include <stdint.h>
+
 #include "cost.h"
 #include "ir.h"
 #include "metrics.h"
@@ -16,6 +18,10 @@ typedef struct {
     const pp_model_desc *model; /* memory and tokens; NULL for none */
     int recompute;              /* PACI's low-memory mode */
     pp_timeline *timeline;      /* full mode: every action recorded; NULL = summary */
+    /* Optional: called every 2^20 finished actions with the count so far
+     * and the schedule's total (a progress line for long runs). */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    void *progress_ctx;
 } pp_sim_config;
 
 /* Runs the stream to the end. Errors: a deadlock (naming the stage, its

@@ -96,7 +96,7 @@ static void check_versions_match(const char *name, int P, int m, int S)
     ck_assert(pp_cost_init(&cost, P, &e) == 0);
     pp_timeline sim;
     ck_assert(pp_timeline_init(&sim, &ir.info, &e) == 0);
-    pp_sim_config cfg = {&cost, NULL, 0, &sim};
+    pp_sim_config cfg = {&cost, NULL, 0, &sim, NULL, NULL};
     pp_metrics met;
     ck_assert_msg(pp_simulate(st, &cfg, &met, &e) == 0, "%s", e.msg);
 

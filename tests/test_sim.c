@@ -24,7 +24,7 @@ static pp_metrics sim_cost(const char *name, pp_gen_opts o, const pp_cost *cost,
     pp_err e = {{0}};
     pp_stream *st;
     ck_assert_msg(pp_generate(name, &o, &st, &e) == 0, "%s", e.msg);
-    pp_sim_config cfg = {cost, model, o.recompute, NULL};
+    pp_sim_config cfg = {cost, model, o.recompute, NULL, NULL, NULL};
     pp_metrics m;
     ck_assert_msg(pp_simulate(st, &cfg, &m, &e) == 0, "%s: %s", name, e.msg);
     pp_stream_free(st);
@@ -171,7 +171,7 @@ static pp_metrics sim_full(const char *name, pp_gen_opts o, pp_timeline *tl)
     pp_cost c;
     ck_assert(pp_cost_init(&c, o.stages, &e) == 0);
     ck_assert(pp_timeline_init(tl, &s.info, &e) == 0);
-    pp_sim_config cfg = {&c, NULL, 0, tl};
+    pp_sim_config cfg = {&c, NULL, 0, tl, NULL, NULL};
     pp_metrics m;
     ck_assert_msg(pp_simulate(st, &cfg, &m, &e) == 0, "%s", e.msg);
     pp_stream_free(st);
@@ -405,7 +405,7 @@ START_TEST(engine_reports_deadlock)
     ck_assert(pp_stream_from_schedule(&s, &st, &e) == 0);
     pp_cost c;
     pp_cost_init(&c, 2, &e);
-    pp_sim_config cfg = {&c, NULL, 0, NULL};
+    pp_sim_config cfg = {&c, NULL, 0, NULL, NULL, NULL};
     pp_metrics m;
     ck_assert_int_eq(pp_simulate(st, &cfg, &m, &e), -1);
     ck_assert_msg(strstr(e.msg, "deadlock: stage 0") && strstr(e.msg, "B0"), "%s", e.msg);
@@ -449,7 +449,7 @@ START_TEST(pytorch_csv_equals_generated)
     pp_stream *st;
     ck_assert(pp_stream_from_schedule(&parsed, &st, &e) == 0);
     ck_assert(pp_cost_init(&unit, P, &e) == 0);
-    pp_sim_config cfg = {&unit, NULL, 0, NULL};
+    pp_sim_config cfg = {&unit, NULL, 0, NULL, NULL, NULL};
     pp_metrics got;
     ck_assert_msg(pp_simulate(st, &cfg, &got, &e) == 0, "%s", e.msg);
     ck_assert_double_eq(got.makespan, ref.makespan);

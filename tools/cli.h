@@ -27,6 +27,7 @@ typedef struct {
     double jitter;
     pp_format format;
     const char *per_mb, *output, *schedules;
+    int quiet;       /* no progress line */
 } pp_sim_opts;
 
 /* pprun only: training, placement, multi-process runs, checkpoints, logs. */

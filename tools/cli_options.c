@@ -202,6 +202,8 @@ static const option options[] = {
      "stage,microbatch,v_f,v_b,drift,f_start,f_end,b_start,\nb_end"},
     {"--profile", NULL, "FILE.json", RUN, SEC_OUTPUT, V_STR, AT(profile), 0, 0,
      "measured per-stage op times (ppsim --profile FILE)"},
+    {"--quiet", NULL, NULL, SIM, SEC_OUTPUT, V_FLAG, AT(sim.quiet), 0, 0,
+     "no progress line on a terminal (shown for runs over 2 s)"},
     {"--output", "-o", "FILE", SIM, SEC_OUTPUT, V_STR, AT(sim.output), 0, 0,
      "export: where the IR JSON goes"},
 };

@@ -118,7 +118,7 @@ int pprun_print_prediction(const pp_schedule *ir, const pp_timeline *tl, double 
     pp_metrics pred;
     if (profile_from_timeline(tl, link_s, &cost, e) < 0)
         return -1;
-    pp_sim_config cfg = {&cost, m, 0, NULL};
+    pp_sim_config cfg = {&cost, m, 0, NULL, NULL, NULL};
     int rc = pp_stream_from_schedule(ir, &st, e);
     if (rc == 0)
         rc = pp_simulate(st, &cfg, &pred, e);

@@ -1,7 +1,10 @@
 /* ppsim: simulate pipeline-parallel schedules and compare them (DESIGN §7). */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "engine.h"
@@ -80,6 +83,34 @@ static int open_schedule(const pp_cli_opts *o, const char *name, int full, pp_sc
     return pp_stream_from_schedule(held, st, e);
 }
 
+/* The progress line on a terminal, for runs longer than two seconds. */
+typedef struct {
+    const char *name;
+    double t0, last;
+    int shown;
+} progress;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void show_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    progress *p = ctx;
+    double t = now_s();
+    if (t - p->t0 < 2.0 || t - p->last < 0.5)
+        return;
+    double frac = total ? (double)done / (double)total : 0;
+    double eta = frac > 0 ? (t - p->t0) * (1 - frac) / frac : 0;
+    fprintf(stderr, "\rppsim: simulating %s: %3.0f%% of %.3g M actions, ETA %.0f s   ",
+            p->name, 100.0 * frac, total / 1e6, eta);
+    p->last = t;
+    p->shown = 1;
+}
+
 /* Simulates one schedule; fills *m (and *tl when tl is not NULL). */
 static int simulate(const pp_cli_opts *o, const char *name, pp_model_desc *model, pp_metrics *m,
                     pp_timeline *tl, pp_err *e)
@@ -104,8 +135,12 @@ static int simulate(const pp_cli_opts *o, const char *name, pp_model_desc *model
         snprintf(tl->unit, sizeof tl->unit, "%s", cost.unit);
         tl->us_per_unit = strcmp(cost.unit, "s") == 0 ? 1e6 : 1000.0;
     }
-    pp_sim_config cfg = {&cost, model, recompute, tl};
+    progress pr = {st->info.name, now_s(), 0, 0};
+    int tty = !o->sim.quiet && isatty(2);
+    pp_sim_config cfg = {&cost, model, recompute, tl, tty ? show_progress : NULL, &pr};
     rc = pp_simulate(st, &cfg, m, e);
+    if (pr.shown) /* the line goes; the report follows */
+        fprintf(stderr, "\r%*s\r", 79, "");
     if (rc < 0 && tl)
         pp_timeline_free(tl);
 out:
