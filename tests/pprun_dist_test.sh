@@ -152,5 +152,26 @@ expect2 "WORLD_SIZE=4" RANK=7 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}"
 expect2 "--devices: only with --backend cuda" "$PPRUN" --schedule paci "${run[@]}" --devices 0
 expect2 "--sm-partitions: expected on or off" "$PPRUN" --schedule paci "${run[@]}" --sm-partitions maybe
 
+# --- two ranks that disagree on the micro-batch size: every message is
+# checked for its kind and size, so both stop (they trained on heap
+# garbage and exited 0 before), one naming the mismatch
+mp=$(port)
+pids=()
+for r in 0 1; do
+    mbs=$((2 + 2 * r))
+    env RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$mp timeout 120 "$PPRUN" \
+        --schedule paci --stages 2 --accum 2 --steps 4 --model tiny --layers 2 --dim 32 --heads 2 \
+        --seq-len 16 --micro-batch-size $mbs --data "$DATA" --timeout 30 \
+        >"$tmp/mbs.$r.out" 2>"$tmp/mbs.$r.err" &
+    pids+=($!)
+done
+rcs=()
+for q in "${pids[@]}"; do wait "$q"; rcs+=($?); done
+pids=()
+if [ "${rcs[0]}" -ne 0 ] && [ "${rcs[0]}" -ne 124 ] && [ "${rcs[1]}" -ne 0 ] && [ "${rcs[1]}" -ne 124 ] &&
+    grep -qE 'disagree on the schedule, model or micro-batch size|announced a message of' \
+        "$tmp"/mbs.*.err; then ok
+else bad "ranks with micro-batch sizes 2 and 4: exit ${rcs[*]}: $(cat "$tmp"/mbs.*.err)"; fi
+
 echo "pprun_dist: $passes passed, $fails failed"
 [ $fails -eq 0 ]

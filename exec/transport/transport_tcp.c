@@ -28,6 +28,18 @@ typedef struct {
     uint64_t bytes;
 } msg_header;
 
+/* A received message as the mailbox holds it: its kind and size travel
+ * with the bytes, so the receive checks them against what it expects. */
+typedef struct {
+    uint64_t bytes;
+    int32_t kind;
+    unsigned char data[];
+} tmsg;
+
+/* No message of a run is larger than its boundary tensor (set on attach);
+ * until then, a generous cap keeps a bogus length from taking the memory. */
+#define MAX_MESSAGE_BEFORE_ATTACH ((uint64_t)1 << 30)
+
 typedef struct tcp_link {
     struct tcp_transport *t;
     int peer;                 /* stage at the other end; -1: no tlink */
@@ -48,6 +60,7 @@ typedef struct tcp_transport {
     void *bk;
     tlink up, down;            /* to s-1, to s+1 */
     atomic_int aborted;       /* set by abort from another thread */
+    _Atomic uint64_t max_bytes; /* the largest message a peer may send */
 } tcp_transport;
 
 static tlink *link_to(tcp_transport *t, int peer)
@@ -78,18 +91,29 @@ static void *reader_main(void *arg)
             reader_stop(l, e.msg);
             return NULL;
         }
-        void *buf = malloc(h.bytes ? h.bytes : 1);
-        if (!buf) {
+        uint64_t max = atomic_load(&l->t->max_bytes);
+        if (h.bytes > max) {
+            char why[128];
+            snprintf(why, sizeof why, "stage %d announced a message of %llu bytes; this run "
+                                      "sends at most %llu", l->peer, (unsigned long long)h.bytes,
+                     (unsigned long long)max);
+            reader_stop(l, why);
+            return NULL;
+        }
+        tmsg *m = malloc(sizeof *m + (h.bytes ? h.bytes : 1));
+        if (!m) {
             reader_stop(l, "out of memory for a message");
             return NULL;
         }
-        if (pp_net_read_all(l->fd, buf, h.bytes, -1, &e) < 0) {
-            free(buf);
+        m->bytes = h.bytes;
+        m->kind = h.kind;
+        if (pp_net_read_all(l->fd, m->data, h.bytes, -1, &e) < 0) {
+            free(m);
             reader_stop(l, e.msg);
             return NULL;
         }
-        if (pp_queue_push(&l->in.q, h.mb, buf) != PP_QUEUE_OK) {
-            free(buf); /* aborted */
+        if (pp_queue_push(&l->in.q, h.mb, m) != PP_QUEUE_OK) {
+            free(m); /* aborted */
             return NULL;
         }
     }
@@ -123,7 +147,6 @@ static int tcp_send(pp_transport *tp, int src, int dst, int kind, int mb, const 
 static int tcp_recv(pp_transport *tp, int dst, int src, int kind, int mb, void *buf,
                     size_t bytes, pp_err *e)
 {
-    (void)kind;
     tcp_transport *t = tp->state;
     tlink *l = link_to(t, src);
     if (!l || dst != t->stage)
@@ -146,8 +169,18 @@ static int tcp_recv(pp_transport *tp, int dst, int src, int kind, int mb, void *
         pthread_mutex_unlock(&l->mu);
         return -1;
     }
-    t->b->from_host(t->bk, buf, msg, bytes);
-    free(msg);
+    tmsg *m = msg;
+    if (m->kind != kind || m->bytes != bytes) {
+        pp_errf(e, "stage %d sent %s of %llu bytes for micro-batch %d where this stage expects "
+                   "%s of %zu: the ranks disagree on the schedule, model or micro-batch size",
+                src, m->kind == PP_MSG_ACT ? "activations" : "a gradient",
+                (unsigned long long)m->bytes, mb, kind == PP_MSG_ACT ? "activations" : "a gradient",
+                bytes);
+        free(m);
+        return -1;
+    }
+    t->b->from_host(t->bk, buf, m->data, bytes);
+    free(m);
     return 0;
 }
 
@@ -203,6 +236,7 @@ static int tcp_attach(pp_transport *tp, int stage, const pp_backend_ops *b, void
                        stage);
     t->b = b;
     t->bk = bk;
+    atomic_store(&t->max_bytes, (uint64_t)b->boundary_floats(bk) * sizeof(float));
     return 0;
 }
 
@@ -287,6 +321,7 @@ int pp_transport_tcp_create(pp_store *st, int stage, int P, int capacity, double
         return pp_errf(e, "out of memory");
     }
     t->stage = stage;
+    atomic_store(&t->max_bytes, MAX_MESSAGE_BEFORE_ATTACH);
     t->P = P;
     t->timeout_s = timeout_s;
     t->up.peer = t->down.peer = -1;
