@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "mailbox.h"
+#include "spares.h"
 #include "transport.h"
 
 /* A message in a mailbox: the sender's copy and when it has crossed the link. */
@@ -30,8 +31,7 @@ typedef struct {
 /* Spent messages of one link and direction, for its sender to reuse. */
 typedef struct {
     pthread_mutex_t mu;
-    inproc_msg **items;
-    int n, cap;
+    pp_spares msgs;
 } msg_pool;
 
 typedef struct {
@@ -55,10 +55,8 @@ static pp_mailbox *inbox_of(inproc *t, int dst, int kind)
 static inproc_msg *msg_get(inproc *t, int src, int dst, int kind, size_t bytes)
 {
     msg_pool *p = &t->spent[dst * 2 + kind];
-    inproc_msg *m = NULL;
     pthread_mutex_lock(&p->mu);
-    if (p->n > 0)
-        m = p->items[--p->n];
+    inproc_msg *m = pp_spares_pop(&p->msgs);
     pthread_mutex_unlock(&p->mu);
     if (m)
         return m;
@@ -81,19 +79,10 @@ static void msg_put(inproc *t, int src, int dst, int kind, inproc_msg *m)
 {
     msg_pool *p = &t->spent[dst * 2 + kind];
     pthread_mutex_lock(&p->mu);
-    if (p->n == p->cap) {
-        int cap = p->cap ? 2 * p->cap : 4;
-        inproc_msg **x = realloc(p->items, (size_t)cap * sizeof *x);
-        if (!x) {
-            pthread_mutex_unlock(&p->mu);
-            msg_free(t->b, t->stages[src], m);
-            return;
-        }
-        p->items = x;
-        p->cap = cap;
-    }
-    p->items[p->n++] = m;
+    int kept = pp_spares_push(&p->msgs, m) == 0;
     pthread_mutex_unlock(&p->mu);
+    if (!kept) /* no room to keep it: let it go */
+        msg_free(t->b, t->stages[src], m);
 }
 
 static double clock_s(void)
@@ -179,9 +168,9 @@ static void inproc_destroy(pp_transport *tp)
             release_ctx rc = {t->b, t->stages[src >= 0 && src < t->P ? src : d]};
             pp_mailbox_free(inbox_of(t, d, k), release_msg, &rc);
             msg_pool *p = &t->spent[d * 2 + k];
-            for (int i = 0; i < p->n; i++)
-                release_msg(&rc, p->items[i]);
-            free(p->items);
+            for (void *m; (m = pp_spares_pop(&p->msgs));)
+                release_msg(&rc, m);
+            free(p->msgs.items);
             pthread_mutex_destroy(&p->mu);
         }
     free(t->spent);

@@ -1,5 +1,5 @@
-/* A growable stack of spare buffers (the runtime keeps buffers it will
- * need again instead of freeing them: activations, weight copies). */
+/* A growable stack of spare buffers: what the executor keeps to use again
+ * instead of freeing it (activations, weight copies, message buffers). */
 #ifndef PP_SPARES_H
 #define PP_SPARES_H
 
