@@ -27,11 +27,11 @@ say "== machine"
   nvcc --version | tail -2; cmake --version | head -1; uname -a; nproc
   grep -m1 PRETTY_NAME /etc/os-release; } 2>&1 | tee -a "$log"
 
-# cJSON, Check and pkg-config from the carried Debian packages if missing
+# cJSON, Check, pkg-config and libcrypto from the carried Debian packages if missing
 deps=/tmp/ppdeps
 cmake_extra=()
-if ! command -v pkg-config >/dev/null || ! pkg-config --exists libcjson check 2>/dev/null; then
-    say "== unpacking .deps/debs (missing pkg-config, cJSON or Check)"
+if ! command -v pkg-config >/dev/null || ! pkg-config --exists libcjson check libcrypto 2>/dev/null; then
+    say "== unpacking .deps/debs (missing pkg-config, cJSON, Check or libcrypto)"
     mkdir -p "$deps"
     for f in .deps/debs/*.deb; do
         if command -v dpkg >/dev/null; then dpkg -x "$f" "$deps"

@@ -3,6 +3,8 @@
 # checkpoint and a resume that continues the losses exactly, and one clear
 # error line with exit status 2 for every kind of bad input.
 set -u
+# the multi-process cases below stop at checks made before any rank meets
+export PPSCHED_JOB_SECRET=pprun-cli-test-secret-0123456789
 PPRUN=$1
 DATA=$2
 tmp=$(mktemp -d)

@@ -17,6 +17,8 @@ fails=0 passes=0
 ok() { passes=$((passes + 1)); }
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 port() { echo $((20000 + RANDOM % 30000)); }
+# every rank of a job holds its secret (a file: rendezvous makes its own)
+export PPSCHED_JOB_SECRET=pprun-dist-test-secret-0123456789abcdef
 
 P=4
 small=(--model tiny --layers 4 --dim 32 --heads 2 --seq-len 16 --micro-batch-size 2)
@@ -68,7 +70,8 @@ for sched in 1f1b-flush paci; do
 done
 
 # srun-style ranks and a rendezvous directory (as on a shared filesystem)
-if launch file paci SLURM_PROCID=RANKVAR SLURM_NTASKS=$P PPSCHED_RENDEZVOUS="file:$tmp/rdzv"; then ok
+if launch file paci -u PPSCHED_JOB_SECRET SLURM_PROCID=RANKVAR SLURM_NTASKS=$P \
+    PPSCHED_RENDEZVOUS="file:$tmp/rdzv"; then ok
 else bad "paci over a file rendezvous: $(cat "$tmp"/file.*.err)"; fi
 diff <(losses "$tmp/one-paci.jsonl") <(losses "$tmp/file.jsonl") >/dev/null && ok || bad "file rendezvous: losses differ"
 [ ! -e "$tmp/rdzv" ] && ok || bad "the rendezvous directory was not cleaned up"
@@ -152,26 +155,40 @@ expect2 "WORLD_SIZE=4" RANK=7 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}"
 expect2 "--devices: only with --backend cuda" "$PPRUN" --schedule paci "${run[@]}" --devices 0
 expect2 "--sm-partitions: expected on or off" "$PPRUN" --schedule paci "${run[@]}" --sm-partitions maybe
 
-# --- two ranks that disagree on the micro-batch size: every message is
-# checked for its kind and size, so both stop (they trained on heap
-# garbage and exited 0 before), one naming the mismatch
-mp=$(port)
-pids=()
-for r in 0 1; do
-    mbs=$((2 + 2 * r))
-    env RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$mp timeout 120 "$PPRUN" \
-        --schedule paci --stages 2 --accum 2 --steps 4 --model tiny --layers 2 --dim 32 --heads 2 \
-        --seq-len 16 --micro-batch-size $mbs --data "$DATA" --timeout 30 \
-        >"$tmp/mbs.$r.out" 2>"$tmp/mbs.$r.err" &
-    pids+=($!)
-done
-rcs=()
-for q in "${pids[@]}"; do wait "$q"; rcs+=($?); done
-pids=()
-if [ "${rcs[0]}" -ne 0 ] && [ "${rcs[0]}" -ne 124 ] && [ "${rcs[1]}" -ne 0 ] && [ "${rcs[1]}" -ne 124 ] &&
-    grep -qE 'disagree on the schedule, model or micro-batch size|announced a message of' \
-        "$tmp"/mbs.*.err; then ok
-else bad "ranks with micro-batch sizes 2 and 4: exit ${rcs[*]}: $(cat "$tmp"/mbs.*.err)"; fi
+# --- two honest ranks launched differently: the handshake compares what
+# they must agree on, and both stop at once with exit 2 naming it (they
+# trained on heap garbage and exited 0 before)
+# disagree NAME FRAGMENT ARGS0 -- ARGS1
+disagree() {
+    local name=$1 frag=$2; shift 2
+    local a0=() a1=() side=0 arg mp r rcs=()
+    for arg in "$@"; do
+        if [ "$arg" = -- ]; then side=1; elif [ $side = 0 ]; then a0+=("$arg"); else a1+=("$arg"); fi
+    done
+    mp=$(port)
+    pids=()
+    local start=$(date +%s)
+    for r in 0 1; do
+        if [ $r = 0 ]; then set -- "${a0[@]}"; else set -- "${a1[@]}"; fi
+        env RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$mp timeout 120 "$PPRUN" \
+            --stages 2 --steps 4 --model tiny --layers 2 --dim 32 --heads 2 --seq-len 16 \
+            --data "$DATA" --timeout 30 "$@" >"$tmp/$name.$r.out" 2>"$tmp/$name.$r.err" &
+        pids+=($!)
+    done
+    for q in "${pids[@]}"; do wait "$q"; rcs+=($?); done
+    pids=()
+    local elapsed=$(( $(date +%s) - start ))
+    if [ "${rcs[*]}" = "2 2" ] && [ $elapsed -lt 20 ] &&
+        grep -q "^pprun: error: .*the ranks disagree: rank 1 has $frag" "$tmp/$name.0.err" &&
+        grep -q "^pprun: error: .*the ranks disagree: rank 1 has $frag" "$tmp/$name.1.err"; then ok
+    else bad "$name: exit ${rcs[*]} after $elapsed s: $(cat "$tmp/$name".*.err)"; fi
+}
+disagree mbs "micro-batch size 4, rank 0 has 2" --schedule paci --accum 2 --micro-batch-size 2 \
+    -- --schedule paci --accum 2 --micro-batch-size 4
+disagree sched "schedule paci, rank 0 has gpipe" --schedule gpipe --microbatches 2 \
+    -- --schedule paci --accum 2
+disagree seed "seed 8, rank 0 has 7" --schedule paci --accum 2 --seed 7 \
+    -- --schedule paci --accum 2 --seed 8
 
 echo "pprun_dist: $passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -21,10 +21,28 @@
 static int free_port(void)
 {
     pp_err e;
-    int port = 0, fd = pp_net_listen(0, &port, &e);
+    int port = 0, fd = pp_net_listen("127.0.0.1", 0, &port, &e);
     ck_assert_int_ge(fd, 0);
     close(fd);
     return port;
+}
+
+/* Every rank of a test job holds this secret. */
+static pp_store_opts opts(double timeout_s)
+{
+    pp_store_opts o = {timeout_s, {{0}, 0}, NULL, NULL};
+    const char *key = "a test job's secret, 32 bytes..";
+    o.secret.len = strlen(key);
+    memcpy(o.secret.key, key, o.secret.len);
+    return o;
+}
+
+static int open_store(const char *spec, int rank, int world, double timeout_s, pp_store **st,
+                      pp_err *e)
+{
+    pp_store_opts o = opts(timeout_s);
+    int refused;
+    return pp_store_open(spec, rank, world, &o, st, &refused, e);
 }
 
 /* What every rank does: bcast, gather of rank-dependent sizes, allgather,
@@ -33,7 +51,7 @@ static int exercise(const char *spec, int rank)
 {
     pp_err e;
     pp_store *st;
-    if (pp_store_open(spec, rank, WORLD, 20, &st, &e) < 0) {
+    if (open_store(spec, rank, WORLD, 20, &st, &e) < 0) {
         fprintf(stderr, "rank %d: %s\n", rank, e.msg);
         return 10;
     }
@@ -116,7 +134,7 @@ START_TEST(test_store_world_of_one)
 {
     pp_err e;
     pp_store *st;
-    ck_assert_int_eq(pp_store_open("tcp://127.0.0.1:1", 0, 1, 1, &st, &e), 0);
+    ck_assert_int_eq(open_store("tcp://127.0.0.1:1", 0, 1, 1, &st, &e), 0);
     int x = 5, all = 0;
     ck_assert_int_eq(pp_store_allgather(st, &x, sizeof x, &all, &e), 0);
     ck_assert_int_eq(all, 5);
@@ -133,24 +151,21 @@ START_TEST(test_store_timeouts)
     char spec[64];
     snprintf(spec, sizeof spec, "tcp://127.0.0.1:%d", free_port());
     double t0 = pp_net_now();
-    ck_assert_int_lt(pp_store_open(spec, 1, 2, 1.0, &st, &e), 0);
+    ck_assert_int_lt(open_store(spec, 1, 2, 1.0, &st, &e), 0);
     ck_assert_msg(strstr(e.msg, "cannot connect"), "%s", e.msg);
     ck_assert_double_lt(pp_net_now() - t0, 5.0);
     t0 = pp_net_now();
-    ck_assert_int_lt(pp_store_open(spec, 0, 2, 1.0, &st, &e), 0);
+    ck_assert_int_lt(open_store(spec, 0, 2, 1.0, &st, &e), 0);
     ck_assert_msg(strstr(e.msg, "rank 1 did not"), "%s", e.msg);
     ck_assert_double_lt(pp_net_now() - t0, 5.0);
 
     char dir[] = "/tmp/ppsched-store-XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(spec, sizeof spec, "file:%s", dir);
-    ck_assert_int_eq(pp_store_open(spec, 1, 2, 1.0, &st, &e), 0);
-    int x = 1;
-    t0 = pp_net_now();
-    ck_assert_int_lt(pp_store_bcast(st, &x, sizeof x, &e), 0);
+    t0 = pp_net_now(); /* opening waits for rank 0's word on the secret */
+    ck_assert_int_lt(open_store(spec, 1, 2, 1.0, &st, &e), 0);
     ck_assert_msg(strstr(e.msg, "rank 0 wrote nothing after 1 s"), "%s", e.msg);
     ck_assert_double_lt(pp_net_now() - t0, 5.0);
-    pp_store_close(st); /* rank 1's last word; rank 0 would remove it */
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     ck_assert_int_eq(system(cmd), 0);
@@ -164,10 +179,10 @@ START_TEST(test_store_bad_specs)
     const char *bad[] = {"tcp://host", "tcp://:80", "tcp://h:0", "tcp://h:99999", "tcp://h:8x",
                          "file:", "udp://h:1", "mpi://x"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        ck_assert_int_lt(pp_store_open(bad[i], 0, 2, 1, &st, &e), 0);
+        ck_assert_int_lt(open_store(bad[i], 0, 2, 1, &st, &e), 0);
         ck_assert_msg(strstr(e.msg, "--rendezvous"), "%s: %s", bad[i], e.msg);
     }
-    ck_assert_int_lt(pp_store_open("tcp://h:1", 2, 2, 1, &st, &e), 0);
+    ck_assert_int_lt(open_store("tcp://h:1", 2, 2, 1, &st, &e), 0);
     ck_assert_msg(strstr(e.msg, "rank 2"), "%s", e.msg);
 }
 END_TEST

@@ -35,6 +35,7 @@ typedef struct {
     const char *backend, *data, *data_bin, *val_bin, *log, *versions;
     const char *devices, *checkpoint, *resume, *rendezvous, *transport, *sm_partitions;
     const char *data_order;  /* random (default) or sequential */
+    const char *bind, *job_secret_file; /* multi-process runs */
     double lr, min_lr, timeout;
     double beta1, beta2, eps, weight_decay, grad_clip; /* AdamW; grad_clip 0: off */
     int warmup, eval_every, eval_batches, checkpoint_every, stop_after;

@@ -176,6 +176,11 @@ static const option options[] = {
      "$PPSCHED_RENDEZVOUS, then\ntcp://$MASTER_ADDR:$MASTER_PORT, then mpi under mpirun"},
     {"--transport", NULL, "NAME", RUN, SEC_MULTI, V_STR, AT(run.transport), 0, 0,
      "nccl (default with cuda) or tcp (default with cpu)"},
+    {"--job-secret-file", NULL, "FILE", RUN, SEC_MULTI, V_STR, AT(run.job_secret_file), 0, 0,
+     "the job's shared secret (chmod 600), when\n$PPSCHED_JOB_SECRET is not set; tcp:// needs one"},
+    {"--bind", NULL, "ADDR", RUN, SEC_MULTI, V_STR, AT(run.bind), 0, 0,
+     "listen on ADDR (0.0.0.0: every interface);\ndefault: the rendezvous host (rank 0), the\n"
+     "address the others are told (other ranks)"},
 
     /* pprun's checkpoints */
     {"--checkpoint", NULL, "DIR", RUN, SEC_CHECKPOINT, V_STR, AT(run.checkpoint), 0, 0,

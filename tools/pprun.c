@@ -108,7 +108,8 @@ static int prepare(pprun *p, pp_err *e)
           !(p->rdzv = pp_dist_rendezvous(&p->dist.env, p->rdzv_buf, sizeof p->rdzv_buf, e)))))
         return -1;
     pp_store_spec spec;
-    if (p->multi && pp_store_parse(p->rdzv, &spec, e) < 0)
+    if (p->multi && (pp_store_parse(p->rdzv, &spec, e) < 0 ||
+                     pprun_dist_secret(&p->dist, &spec, o->run.job_secret_file, e) < 0))
         return -1;
     if (load_data(o, &p->c, &p->m, e) < 0)
         return -1;
@@ -323,8 +324,11 @@ static int train(pprun *p, pp_err *e)
     if (p->writes_summary)
         print_banner(p);
     if (p->multi) {
-        if (pprun_dist_connect(&p->dist, &p->ir, p->rdzv, p->transport, p->o.run.timeout, e) < 0)
-            return EXIT_RUNTIME;
+        pp_job job;
+        pprun_dist_job(&job, &p->ir, &p->m, &p->o, &p->c.data, p->backend->name, p->transport);
+        if (pprun_dist_connect(&p->dist, &p->ir, p->rdzv, p->transport, p->o.run.timeout,
+                               p->o.run.bind, &job, e) < 0)
+            return p->dist.refused ? EXIT_BAD_INPUT : EXIT_RUNTIME;
         /* a common time origin: every process leaves the barrier together */
         if (pp_store_barrier(p->dist.store, e) < 0)
             return EXIT_RUNTIME;

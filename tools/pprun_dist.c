@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pprun.h"
 #include "transport/transport_tcp.h"
 #ifdef PPSCHED_HAVE_NCCL
 #include "cuda/transport_nccl.h"
@@ -39,12 +40,88 @@ int pprun_dist_check(const pprun_dist *d, const pp_schedule *ir, const pp_backen
     return 0;
 }
 
-/* Meets the other processes and connects the transport (run time, exit 1). */
+int pprun_dist_secret(pprun_dist *d, const pp_store_spec *spec, const char *file, pp_err *e)
+{
+    if (pp_secret_load(&d->secret, file, e) < 0)
+        return -1;
+    if (spec->kind == PP_STORE_TCP && d->secret.len == 0)
+        return pp_errf(e, "a tcp:// rendezvous needs a job secret: give every rank the same "
+                          "PPSCHED_JOB_SECRET (e.g. from openssl rand -hex 16) or "
+                          "--job-secret-file FILE");
+    return 0;
+}
+
+/* A digest of the data that does not read all of a large set: its sizes,
+ * its first and last MiB and 64 pieces spread in between. */
+static void add_data(pp_job *j, const char *name, const uint16_t *tok, size_t n)
+{
+    const size_t edge = (size_t)1 << 19, piece = 2048, pieces = 64; /* in tokens */
+    size_t cap = 2 * edge + pieces * piece + 1;
+    uint16_t *sample = malloc((n < cap ? n : cap) * sizeof *sample + sizeof n);
+    if (!sample) { /* a digest of the size alone still catches most mistakes */
+        pp_job_bytes(j, name, &n, sizeof n);
+        return;
+    }
+    size_t k = 0;
+    if (n <= cap) {
+        memcpy(sample, tok, n * sizeof *tok);
+        k = n;
+    } else {
+        memcpy(sample, tok, edge * sizeof *tok);
+        k = edge;
+        for (size_t i = 0; i < pieces; i++) {
+            memcpy(sample + k, tok + edge + (n - 2 * edge - piece) / pieces * i,
+                   piece * sizeof *tok);
+            k += piece;
+        }
+        memcpy(sample + k, tok + n - edge, edge * sizeof *tok);
+        k += edge;
+    }
+    memcpy(sample + k, &n, sizeof n);
+    pp_job_bytes(j, name, sample, k * sizeof *sample + sizeof n);
+    free(sample);
+}
+
+void pprun_dist_job(pp_job *j, const pp_schedule *ir, const pp_model_desc *m,
+                    const pp_cli_opts *o, const pp_data *data, const char *backend,
+                    const char *transport)
+{
+    const pp_run_opts *r = &o->run;
+    pp_job_init(j);
+    pp_job_text(j, "schedule", ir->info.name);
+    pp_job_hash(j, "schedule IR", pprun_ir_hash(ir));
+    pp_job_number(j, "layers", m->layers);
+    pp_job_number(j, "model width", m->dim);
+    pp_job_number(j, "heads", m->heads);
+    pp_job_number(j, "sequence length", m->seq_len);
+    pp_job_number(j, "vocabulary", m->vocab);
+    pp_job_number(j, "micro-batch size", m->micro_batch);
+    add_data(j, "training data", data->train, data->n_train);
+    add_data(j, "validation data", data->val, data->n_val);
+    pp_job_number(j, "seed", (double)o->seed);
+    pp_job_text(j, "data order", r->data_order);
+    pp_job_number(j, "eval batches", r->eval_batches);
+    pp_job_text(j, "backend", backend);
+    pp_job_text(j, "transport", transport);
+    pp_job_number(j, "learning rate", r->lr);
+    pp_job_number(j, "min learning rate", r->min_lr);
+    pp_job_number(j, "warmup", r->warmup);
+    pp_job_number(j, "beta1", r->beta1);
+    pp_job_number(j, "beta2", r->beta2);
+    pp_job_number(j, "eps", r->eps);
+    pp_job_number(j, "weight decay", r->weight_decay);
+    pp_job_number(j, "grad clip", r->grad_clip);
+}
+
+/* Meets the other processes and connects the transport (run time, exit 1;
+ * d->refused when the cause is the user's, exit 2). */
 int pprun_dist_connect(pprun_dist *d, const pp_schedule *ir, const char *spec,
-                       const char *transport, double timeout_s, pp_err *e)
+                       const char *transport, double timeout_s, const char *bind,
+                       const pp_job *job, pp_err *e)
 {
     int P = ir->info.stages, rank = d->env.rank;
-    if (pp_store_open(spec, rank, P, timeout_s, &d->store, e) < 0)
+    pp_store_opts so = {timeout_s, d->secret, bind, job};
+    if (pp_store_open(spec, rank, P, &so, &d->store, &d->refused, e) < 0)
         return -1;
     int capacity = ir->info.microbatches_per_step + P;
     if (!strcmp(transport, "tcp"))

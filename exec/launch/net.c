@@ -2,6 +2,7 @@
 #include "net.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -41,31 +42,48 @@ static int wait_fd(int fd, short events, double deadline)
     }
 }
 
-int pp_net_listen(int port, int *bound, pp_err *e)
+int pp_net_listen(const char *host, int port, int *bound, pp_err *e)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return pp_errf(e, "socket: %s", strerror(errno));
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_ANY);
     a.sin_port = htons((uint16_t)port);
+    if (host && *host) {
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_INET;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE;
+        int gai = getaddrinfo(host, NULL, &hints, &res);
+        if (gai != 0)
+            return pp_errf(e, "cannot resolve host \"%s\": %s", host, gai_strerror(gai));
+        a.sin_addr = ((struct sockaddr_in *)res->ai_addr)->sin_addr;
+        freeaddrinfo(res);
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return pp_errf(e, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     socklen_t len = sizeof a;
     if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 128) < 0 ||
         getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
         int err = errno;
         close(fd);
-        return pp_errf(e, "cannot listen on port %d: %s", port, strerror(err));
+        char where[INET_ADDRSTRLEN] = "?";
+        inet_ntop(AF_INET, &a.sin_addr, where, sizeof where);
+        return pp_errf(e, "cannot listen on %s port %d: %s%s", where, port, strerror(err),
+                       err == EADDRNOTAVAIL ? " (not an address of this machine; --bind "
+                                              "0.0.0.0 listens on every interface)"
+                                            : "");
     }
     if (bound)
         *bound = ntohs(a.sin_port);
     return fd;
 }
 
-static void tune(int fd)
+void pp_net_nodelay(int fd)
 {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -78,7 +96,7 @@ int pp_net_accept(int lfd, double deadline, pp_err *e)
             return pp_errf(e, "timed out waiting for a connection");
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0) {
-            tune(fd);
+            pp_net_nodelay(fd);
             return fd;
         }
         if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
@@ -120,7 +138,7 @@ int pp_net_connect(const char *host, int port, double deadline, pp_err *e)
     freeaddrinfo(res);
     if (fd < 0)
         return pp_errf(e, "cannot connect to %s:%d: %s", host, port, strerror(err));
-    tune(fd);
+    pp_net_nodelay(fd);
     return fd;
 }
 

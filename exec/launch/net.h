@@ -11,8 +11,11 @@
 
 double pp_net_now(void); /* CLOCK_MONOTONIC, seconds */
 
-/* Listens on every interface; port 0 picks a free one (*bound gets it). */
-int pp_net_listen(int port, int *bound, pp_err *e);
+/* Listens on the address host names (NULL or "0.0.0.0": every
+ * interface); port 0 picks a free one (*bound gets it). */
+int pp_net_listen(const char *host, int port, int *bound, pp_err *e);
+/* Sends small messages at once (TCP_NODELAY). */
+void pp_net_nodelay(int fd);
 /* Accepts one connection; -1 with "timed out" past the deadline. */
 int pp_net_accept(int lfd, double deadline, pp_err *e);
 /* Connects, retrying while the listener is not up yet, until the deadline. */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "job.h"
 #include "store_impl.h"
 
 int pp_store_parse(const char *spec, pp_store_spec *out, pp_err *e)
@@ -34,20 +35,59 @@ int pp_store_parse(const char *spec, pp_store_spec *out, pp_err *e)
     return 0;
 }
 
-int pp_store_open(const char *spec, int rank, int world, double timeout_s, pp_store **out,
-                  pp_err *e)
+/* file: and mpi: rank 0 makes the job's secret when none was given; their
+ * channel is already private to the job. */
+static int share_secret(pp_store *st, pp_err *e)
 {
+    unsigned char have = st->secret.len > 0, all_have = 1;
+    unsigned char *every = malloc((size_t)st->world);
+    int rc = every ? pp_store_allgather(st, &have, 1, every, e) : pp_errf(e, "out of memory");
+    for (int r = 0; rc == 0 && r < st->world; r++)
+        all_have &= every[r];
+    free(every);
+    if (rc < 0 || all_have)
+        return rc;
+    if (have) { /* some ranks were given one, others not: a launch mistake */
+        st->refused = 1;
+        return pp_errf(e, "some ranks have a job secret (PPSCHED_JOB_SECRET) and some not");
+    }
+    if (st->rank == 0 && pp_secret_generate(&st->secret, e) < 0)
+        st->secret.len = 0; /* the others learn it from the broadcast */
+    pp_secret s = st->secret;
+    rc = pp_store_bcast(st, &s, sizeof s, e);
+    if (rc == 0 && s.len == 0)
+        rc = pp_errf(e, "rank 0 could not make a job secret");
+    st->secret = s;
+    return rc;
+}
+
+int pp_store_open(const char *spec, int rank, int world, const pp_store_opts *o,
+                  pp_store **out, int *refused, pp_err *e)
+{
+    *refused = 0;
     if (world < 1 || rank < 0 || rank >= world)
         return pp_errf(e, "rendezvous: rank %d is not a rank of a world of %d", rank, world);
     pp_store_spec sp;
-    if (world > 1 && pp_store_parse(spec, &sp, e) < 0)
+    if (world > 1 && pp_store_parse(spec, &sp, e) < 0) {
+        *refused = 1;
         return -1;
+    }
+    if (world > 1 && sp.kind == PP_STORE_TCP && o->secret.len == 0) {
+        *refused = 1;
+        return pp_errf(e, "rendezvous %s: no job secret: give every rank the same "
+                          "PPSCHED_JOB_SECRET (e.g. $(openssl rand -hex 16)) or "
+                          "--job-secret-file", spec);
+    }
     pp_store *st = calloc(1, sizeof *st);
     if (!st)
         return pp_errf(e, "out of memory");
     st->rank = rank;
     st->world = world;
-    st->timeout_s = timeout_s > 0 ? timeout_s : 600;
+    st->timeout_s = o->timeout_s > 0 ? o->timeout_s : 600;
+    st->secret = o->secret;
+    if (o->job)
+        pp_job_digest(o->job, st->digest);
+    snprintf(st->bind, sizeof st->bind, "%s", o->bind ? o->bind : "");
     int rc;
     if (world == 1) /* nobody to meet: every call is local (see below) */
         rc = 0;
@@ -58,7 +98,15 @@ int pp_store_open(const char *spec, int rank, int world, double timeout_s, pp_st
     else
         rc = pp_store_mpi_open(st, e);
     if (rc < 0) {
+        *refused = st->refused;
         free(st);
+        return -1;
+    }
+    int differ = 0;
+    if (world > 1 &&
+        (share_secret(st, e) < 0 || (o->job && pp_job_agree(st, o->job, &differ, e) < 0))) {
+        *refused = st->refused || differ;
+        pp_store_close(st);
         return -1;
     }
     *out = st;
@@ -177,6 +225,21 @@ void pp_store_local_host(pp_store *st, char *buf, size_t n)
     else if (gethostname(buf, n - 1) < 0)
         snprintf(buf, n, "localhost");
     buf[n - 1] = 0;
+}
+
+const pp_secret *pp_store_secret(const pp_store *st)
+{
+    return &st->secret;
+}
+
+const unsigned char *pp_store_digest(const pp_store *st)
+{
+    return st->digest;
+}
+
+const char *pp_store_bind(const pp_store *st)
+{
+    return st->bind[0] ? st->bind : NULL;
 }
 
 int pp_store_rank(const pp_store *st)

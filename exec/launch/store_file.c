@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +38,11 @@ static int put(const char *path, const void *buf, size_t n, pp_err *e)
 {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *fp = fopen(tmp, "wb");
+    /* only this user may read it: a broadcast may carry the job secret */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *fp = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (!fp && fd >= 0)
+        close(fd);
     if (!fp)
         return pp_errf(e, "rendezvous: cannot write %s: %s", tmp, strerror(errno));
     int ok = fwrite(buf, 1, n, fp) == n;

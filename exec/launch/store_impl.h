@@ -23,6 +23,10 @@ struct pp_store {
     int rank, world;
     double timeout_s;
     void *impl;
+    pp_secret secret;
+    unsigned char digest[PP_DIGEST_BYTES];
+    char bind[256]; /* "" when not given */
+    int refused;    /* set by an implementation: the failure is the user's */
 };
 
 int pp_store_tcp_open(pp_store *st, const char *host, int port, pp_err *e);

@@ -11,9 +11,12 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "auth.h"
 #include "net.h"
 #include "store_impl.h"
 
+/* a gather's parts (timelines, a stage's final weights) from authenticated
+ * ranks; a broadcast's size is known */
 #define MAX_MSG ((size_t)1 << 34)
 
 typedef struct {
@@ -38,7 +41,7 @@ static int tcp_bcast(pp_store *st, void *buf, size_t n, pp_err *e)
     }
     void *got;
     size_t len;
-    if (pp_net_read_msg(t->fd[0], &got, &len, MAX_MSG, dl, e) < 0)
+    if (pp_net_read_msg(t->fd[0], &got, &len, n, dl, e) < 0)
         return pp_err_prefix(e, "rendezvous %s: rank 0", t->where);
     int rc = len == n ? 0
                       : pp_errf(e, "rendezvous %s: rank 0 sent %zu bytes, expected %zu", t->where,
@@ -97,39 +100,45 @@ static int tcp_local_addr(pp_store *st, char *buf, size_t n)
 
 static const pp_store_ops tcp_ops = {tcp_bcast, tcp_gather, tcp_close, tcp_local_addr};
 
-/* Rank 0: accepts world-1 connections; each says {rank, world}. */
-static int accept_all(pp_store *st, tcp_store *t, int port, pp_err *e)
+/* Rank 0 admits each other rank once, by its authenticated hello. A
+ * different job digest is let in: the agreement after the rendezvous
+ * names what differs, on every rank. */
+static pp_auth_verdict admit_rank(void *ctx, const pp_hello *h, int fd)
 {
-    int lfd = pp_net_listen(port, NULL, e);
+    pp_store *st = ctx;
+    tcp_store *t = st->impl;
+    if (h->world != st->world || h->id < 1 || h->id >= st->world || t->fd[h->id] >= 0)
+        return PP_AUTH_NOT_WANTED;
+    if (fd >= 0)
+        t->fd[h->id] = fd;
+    return PP_AUTH_ADMIT;
+}
+
+/* Rank 0: listens on the spec's address (or --bind) and admits world-1
+ * ranks; strangers are dropped on the way. */
+static int accept_all(pp_store *st, tcp_store *t, const char *host, int port, pp_err *e)
+{
+    int lfd = pp_net_listen(st->bind[0] ? st->bind : host, port, NULL, e);
     if (lfd < 0)
         return pp_err_prefix(e, "rendezvous %s", t->where);
-    double dl = deadline_of(st);
-    int rc = 0;
-    for (int k = 1; rc == 0 && k < st->world; k++) {
-        int fd = pp_net_accept(lfd, dl, e), hello[2];
-        if (fd < 0) {
-            int missing = 0;
-            for (int r = 1; r < st->world && !missing; r++)
-                if (t->fd[r] < 0)
-                    missing = r;
-            rc = pp_err_prefix(e, "rendezvous %s: %d of %d ranks arrived (rank %d did not)",
-                               t->where, k, st->world, missing);
-            break;
-        }
-        if (pp_net_read_all(fd, hello, sizeof hello, dl, e) < 0) {
-            close(fd);
-            rc = pp_err_prefix(e, "rendezvous %s", t->where);
-        } else if (hello[1] != st->world || hello[0] < 1 || hello[0] >= st->world ||
-                   t->fd[hello[0]] >= 0) {
-            close(fd);
-            rc = pp_errf(e, "rendezvous %s: a process says it is rank %d of %d; this is a "
-                            "world of %d (another job on the same port?)",
-                         t->where, hello[0], hello[1], st->world);
-        } else {
-            t->fd[hello[0]] = fd;
-        }
-    }
+    pp_auth_stats stats = {0};
+    int rc = pp_auth_accept(lfd, &st->secret, PP_HELLO_STORE, st->world - 1, deadline_of(st),
+                            pp_auth_handshake_s(st->timeout_s), admit_rank, st, &stats, e);
     close(lfd);
+    if (rc < 0) {
+        int missing = 0;
+        for (int r = 1; r < st->world && !missing; r++)
+            if (t->fd[r] < 0)
+                missing = r;
+        char note[256];
+        pp_auth_stats_note(&stats, note, sizeof note);
+        if (!strcmp(e->msg, "timed out"))
+            rc = pp_errf(e, "rendezvous %s: %d of %d ranks arrived within %.0f s (rank %d did "
+                            "not%s)", t->where, stats.admitted + 1, st->world, st->timeout_s,
+                         missing, note);
+        else
+            rc = pp_err_prefix(e, "rendezvous %s", t->where);
+    }
     return rc;
 }
 
@@ -148,12 +157,13 @@ int pp_store_tcp_open(pp_store *st, const char *host, int port, pp_err *e)
     st->ops = &tcp_ops;
     int rc = 0;
     if (st->rank == 0) {
-        rc = accept_all(st, t, port, e);
+        rc = accept_all(st, t, host, port, e);
     } else {
+        pp_hello me = {st->rank, st->world, {0}};
+        memcpy(me.digest, st->digest, sizeof me.digest);
         t->fd[0] = pp_net_connect(host, port, deadline_of(st), e);
-        int hello[2] = {st->rank, st->world};
-        if (t->fd[0] < 0 ||
-            pp_net_write_all(t->fd[0], hello, sizeof hello, deadline_of(st), e) < 0)
+        if (t->fd[0] < 0 || pp_auth_connect(t->fd[0], &st->secret, PP_HELLO_STORE, &me,
+                                            deadline_of(st), &st->refused, e) < 0)
             rc = pp_err_prefix(e, "rendezvous %s: rank %d", t->where, st->rank);
     }
     if (rc < 0)

@@ -1,11 +1,13 @@
 #include "mailbox.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 int pp_mailbox_init(pp_mailbox *m, int capacity, pp_err *e)
 {
     m->parked = NULL;
     m->nparked = m->capparked = 0;
+    m->unwanted_mb = -1;
     return pp_queue_init(&m->q, capacity, e);
 }
 
@@ -32,36 +34,55 @@ static int take_parked(pp_mailbox *m, int mb, void **buf)
     return 0;
 }
 
+/* A message that arrived before it was wanted. At most the queue's
+ * capacity wait here: a sender that can legally be that far ahead has
+ * filled the queue and blocks. */
 static int park(pp_mailbox *m, int mb, void *buf)
 {
+    for (int i = 0; i < m->nparked; i++)
+        if (m->parked[i].mb == mb)
+            return PP_MAILBOX_UNWANTED;
+    if (m->nparked >= m->q.capacity)
+        return PP_MAILBOX_UNWANTED;
     if (m->nparked == m->capparked) {
         int cap = m->capparked ? m->capparked * 2 : 8;
         pp_parked_msg *p = realloc(m->parked, (size_t)cap * sizeof *p);
         if (!p)
-            return -1;
+            return PP_MAILBOX_NOMEM;
         m->parked = p;
         m->capparked = cap;
     }
     m->parked[m->nparked++] = (pp_parked_msg){mb, buf};
-    return 0;
+    return PP_QUEUE_OK;
 }
 
 int pp_mailbox_take(pp_mailbox *m, int mb, double timeout_s, void **buf)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double deadline = ts.tv_sec + ts.tv_nsec * 1e-9 + timeout_s;
     while (!take_parked(m, mb, buf)) {
         int tag;
         void *ptr;
-        int rc = pp_queue_pop_timed(&m->q, &tag, &ptr, timeout_s);
+        double left = -1;
+        if (timeout_s >= 0) {
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            left = deadline - (ts.tv_sec + ts.tv_nsec * 1e-9);
+            if (left < 0)
+                left = 0;
+        }
+        int rc = pp_queue_pop_timed(&m->q, &tag, &ptr, left);
         if (rc != PP_QUEUE_OK)
             return rc;
         if (tag == mb) {
             *buf = ptr;
             return PP_QUEUE_OK;
         }
-        if (park(m, tag, ptr) < 0) {
-            /* keep it queued-equivalent: the caller fails the run anyway */
+        if ((rc = park(m, tag, ptr)) != PP_QUEUE_OK) {
+            /* handed back for the caller to free: the run fails anyway */
+            m->unwanted_mb = tag;
             *buf = ptr;
-            return PP_MAILBOX_NOMEM;
+            return rc;
         }
     }
     return PP_QUEUE_OK;

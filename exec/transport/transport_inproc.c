@@ -121,9 +121,12 @@ static int inproc_recv(pp_transport *tp, int dst, int src, int kind, int mb, voi
     inproc *t = tp->state;
     inproc_msg *msg = NULL;
     int rc = pp_mailbox_take(inbox_of(t, dst, kind), mb, t->timeout_s, (void **)&msg);
-    if (rc == PP_MAILBOX_NOMEM) {
+    if (rc == PP_MAILBOX_NOMEM || rc == PP_MAILBOX_UNWANTED) {
         msg_free(t->b, t->stages[src], msg);
-        return pp_errf(e, "out of memory");
+        return rc == PP_MAILBOX_NOMEM
+                   ? pp_errf(e, "out of memory")
+                   : pp_errf(e, "stage %d sent micro-batch %d twice or too far ahead", src,
+                             inbox_of(t, dst, kind)->unwanted_mb);
     }
     if (rc == PP_QUEUE_TIMEOUT)
         return pp_errf(e, "timed out after %.0f s waiting for micro-batch %d from stage %d",

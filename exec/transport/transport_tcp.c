@@ -20,7 +20,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+
 #include "mailbox.h"
+#include "launch/auth.h"
 #include "launch/net.h"
 
 typedef struct {
@@ -61,6 +64,8 @@ typedef struct tcp_transport {
     tlink up, down;            /* to s-1, to s+1 */
     atomic_int aborted;       /* set by abort from another thread */
     _Atomic uint64_t max_bytes; /* the largest message a peer may send */
+    unsigned char digest[PP_DIGEST_BYTES]; /* the job's, from the store */
+    int up_fd;                /* stage s-1's connection, while admitting it */
 } tcp_transport;
 
 static tlink *link_to(tcp_transport *t, int peer)
@@ -153,9 +158,13 @@ static int tcp_recv(pp_transport *tp, int dst, int src, int kind, int mb, void *
         return pp_errf(e, "stage %d cannot receive from stage %d", dst, src);
     void *msg = NULL;
     int rc = pp_mailbox_take(&l->in, mb, t->timeout_s, &msg);
-    if (rc == PP_MAILBOX_NOMEM) {
+    if (rc == PP_MAILBOX_NOMEM || rc == PP_MAILBOX_UNWANTED) {
         free(msg);
-        return pp_errf(e, "out of memory");
+        if (rc == PP_MAILBOX_NOMEM)
+            return pp_errf(e, "out of memory");
+        return pp_errf(e, "stage %d sent micro-batch %d twice, or more than %d messages ahead "
+                          "of what this stage asked for: the ranks disagree on the schedule",
+                       src, l->in.unwanted_mb, l->in.q.capacity);
     }
     if (rc == PP_QUEUE_TIMEOUT)
         return pp_errf(e, "no message for micro-batch %d from stage %d after %.0f s (peer "
@@ -264,15 +273,32 @@ static int link_start(tlink *l, int fd, pp_err *e)
     return 0;
 }
 
-/* Connects to s+1 and accepts s-1; each connector says which stage it is. */
-static int connect_links(tcp_transport *t, int lfd, const address *all, pp_err *e)
+/* Stage s admits one connection: stage s-1 of this job. */
+static pp_auth_verdict admit_up(void *ctx, const pp_hello *h, int fd)
+{
+    tcp_transport *t = ctx;
+    if (h->world != t->P || h->id != t->stage - 1)
+        return PP_AUTH_NOT_WANTED;
+    if (memcmp(h->digest, t->digest, sizeof t->digest) != 0)
+        return PP_AUTH_OTHER_JOB;
+    if (fd >= 0)
+        t->up_fd = fd;
+    return PP_AUTH_ADMIT;
+}
+
+/* Connects to s+1 and admits s-1; both ends prove they hold the job's
+ * secret (auth.h), and whoever else connects to the port is dropped. */
+static int connect_links(tcp_transport *t, int lfd, const address *all, const pp_secret *secret,
+                         pp_err *e)
 {
     double dl = pp_net_now() + t->timeout_s;
     if (t->down.peer >= 0) {
         const address *a = &all[t->stage + 1];
+        pp_hello me = {t->stage, t->P, {0}};
+        memcpy(me.digest, t->digest, sizeof me.digest);
+        int refused = 0;
         int fd = pp_net_connect(a->host, a->port, dl, e);
-        int32_t me = t->stage;
-        if (fd < 0 || pp_net_write_all(fd, &me, sizeof me, dl, e) < 0) {
+        if (fd < 0 || pp_auth_connect(fd, secret, PP_HELLO_LINK, &me, dl, &refused, e) < 0) {
             if (fd >= 0)
                 close(fd);
             return pp_err_prefix(e, "stage %d: link to stage %d at %s:%d", t->stage,
@@ -284,24 +310,32 @@ static int connect_links(tcp_transport *t, int lfd, const address *all, pp_err *
         }
     }
     if (t->up.peer >= 0) {
-        int32_t who = -1;
-        int fd = pp_net_accept(lfd, dl, e);
-        if (fd < 0 || pp_net_read_all(fd, &who, sizeof who, dl, e) < 0) {
-            if (fd >= 0)
-                close(fd);
-            return pp_err_prefix(e, "stage %d: link from stage %d", t->stage, t->stage - 1);
+        pp_auth_stats stats = {0};
+        t->up_fd = -1;
+        if (pp_auth_accept(lfd, secret, PP_HELLO_LINK, 1, dl, pp_auth_handshake_s(t->timeout_s),
+                           admit_up, t, &stats, e) < 0) {
+            char note[256];
+            pp_auth_stats_note(&stats, note, sizeof note);
+            return pp_err_prefix(e, "stage %d: link from stage %d%s", t->stage, t->stage - 1,
+                                 note);
         }
-        if (who != t->stage - 1) {
-            close(fd);
-            return pp_errf(e, "stage %d: stage %d connected, expected stage %d", t->stage, who,
-                           t->stage - 1);
-        }
-        if (link_start(&t->up, fd, e) < 0) {
-            close(fd);
+        if (link_start(&t->up, t->up_fd, e) < 0) {
+            close(t->up_fd);
             return -1;
         }
     }
     return 0;
+}
+
+/* Where a stage listens: --bind, else the address it tells the others
+ * when that is a numeric one, else every interface (a host name may
+ * resolve to a loopback address here and to the network one elsewhere). */
+static const char *listen_host(const pp_store *st, const char *advertised)
+{
+    struct in_addr a;
+    if (pp_store_bind(st))
+        return pp_store_bind(st);
+    return inet_pton(AF_INET, advertised, &a) == 1 ? advertised : NULL;
 }
 
 int pp_transport_tcp_create(pp_store *st, int stage, int P, int capacity, double timeout_s,
@@ -321,6 +355,7 @@ int pp_transport_tcp_create(pp_store *st, int stage, int P, int capacity, double
         return pp_errf(e, "out of memory");
     }
     t->stage = stage;
+    memcpy(t->digest, pp_store_digest(st), sizeof t->digest);
     atomic_store(&t->max_bytes, MAX_MESSAGE_BEFORE_ATTACH);
     t->P = P;
     t->timeout_s = timeout_s;
@@ -339,7 +374,7 @@ int pp_transport_tcp_create(pp_store *st, int stage, int P, int capacity, double
     memset(&me, 0, sizeof me);
     pp_store_local_host(st, me.host, sizeof me.host);
     int port = 0;
-    if (rc == 0 && (lfd = pp_net_listen(0, &port, e)) < 0)
+    if (rc == 0 && (lfd = pp_net_listen(listen_host(st, me.host), 0, &port, e)) < 0)
         rc = -1;
     me.port = port;
     /* every rank takes part in the swap, even one whose listen failed, so
@@ -348,7 +383,7 @@ int pp_transport_tcp_create(pp_store *st, int stage, int P, int capacity, double
     if (pp_store_allgather(st, &me, sizeof me, all, rc == 0 ? e : &(pp_err){{0}}) < 0 && ok)
         rc = -1;
     if (rc == 0)
-        rc = connect_links(t, lfd, all, e);
+        rc = connect_links(t, lfd, all, pp_store_secret(st), e);
     if (lfd >= 0)
         close(lfd);
     free(all);
