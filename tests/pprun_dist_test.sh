@@ -155,6 +155,50 @@ expect2 "WORLD_SIZE=4" RANK=7 WORLD_SIZE=4 "$PPRUN" --schedule paci "${run[@]}"
 expect2 "--devices: only with --backend cuda" "$PPRUN" --schedule paci "${run[@]}" --devices 0
 expect2 "--sm-partitions: expected on or off" "$PPRUN" --schedule paci "${run[@]}" --sm-partitions maybe
 
+# --- strangers at rank 0's port while the ranks gather (a port scanner, a
+# silent connection, junk, a huge length prefix, a wrong secret): each is
+# dropped and the honest ranks train exactly the one-process losses
+p=$(port)
+pids=()
+RANK=0 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$p timeout 120 "$PPRUN" --schedule paci \
+    "${run[@]}" --log "$tmp/poked.jsonl" >/dev/null 2>"$tmp/poked.0.err" &
+pids+=($!)
+poke() { # poke BYTES HOLD_S: connect, write, wait, close (bash's /dev/tcp)
+    for _ in $(seq 50); do
+        if { exec 7<>"/dev/tcp/127.0.0.1/$p"; } 2>/dev/null; then
+            printf "$1" >&7 2>/dev/null; sleep "$2"; exec 7>&-; return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+poke "" 0 && poke "" 20 & silent=$! # still silent when the ranks are in
+poke "GET / HTTP/1.0\r\n\r\n$(printf '%0200d' 0)" 0.2
+poke '\xff\xff\xff\xff\xff\xff\xff\x7f' 0.5
+PPSCHED_JOB_SECRET=not-this-jobs-secret-0123456789 RANK=1 WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 \
+    MASTER_PORT=$p timeout 60 "$PPRUN" --schedule paci "${run[@]}" >/dev/null 2>"$tmp/wrong.err"
+wrong_rc=$?
+for r in 1 2 3; do
+    RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$p timeout 120 "$PPRUN" --schedule paci \
+        "${run[@]}" --log "$tmp/poked.jsonl" >/dev/null 2>"$tmp/poked.$r.err" &
+    pids+=($!)
+done
+codes=()
+for q in "${pids[@]}"; do wait "$q"; codes+=($?); done
+pkill -P $silent 2>/dev/null; kill $silent 2>/dev/null; wait $silent 2>/dev/null
+pids=()
+[ "${codes[*]}" = "0 0 0 0" ] && ok || bad "ranks with strangers around: exit ${codes[*]}: $(cat "$tmp"/poked.*.err)"
+diff <(losses "$tmp/one-paci.jsonl") <(losses "$tmp/poked.jsonl") >/dev/null && ok \
+    || bad "ranks with strangers around trained other losses"
+grep -q "^pprun: note: rendezvous: 4 connections dropped (the last: a wrong job secret)" \
+    "$tmp/poked.0.err" && ok || bad "rank 0 did not say what it dropped: $(cat "$tmp/poked.0.err")"
+[ $wrong_rc = 2 ] && grep -q "^pprun: error: .*the job secrets differ" "$tmp/wrong.err" && ok \
+    || bad "a rank with the wrong secret: exit $wrong_rc: $(cat "$tmp/wrong.err")"
+
+# --- a tcp:// rendezvous without a secret is refused before any work
+expect2 "needs a job secret" -u PPSCHED_JOB_SECRET RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci \
+    "${run[@]}" --rendezvous tcp://127.0.0.1:1
+
 # --- two honest ranks launched differently: the handshake compares what
 # they must agree on, and both stop at once with exit 2 naming it (they
 # trained on heap garbage and exited 0 before)

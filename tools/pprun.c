@@ -329,6 +329,8 @@ static int train(pprun *p, pp_err *e)
         if (pprun_dist_connect(&p->dist, &p->ir, p->rdzv, p->transport, p->o.run.timeout,
                                p->o.run.bind, &job, e) < 0)
             return p->dist.refused ? EXIT_BAD_INPUT : EXIT_RUNTIME;
+        if (pp_store_strangers(p->dist.store)[0])
+            fprintf(stderr, "pprun: note: rendezvous: %s\n", pp_store_strangers(p->dist.store));
         /* a common time origin: every process leaves the barrier together */
         if (pp_store_barrier(p->dist.store, e) < 0)
             return EXIT_RUNTIME;

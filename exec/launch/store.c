@@ -242,6 +242,11 @@ const char *pp_store_bind(const pp_store *st)
     return st->bind[0] ? st->bind : NULL;
 }
 
+const char *pp_store_strangers(const pp_store *st)
+{
+    return st->strangers;
+}
+
 int pp_store_rank(const pp_store *st)
 {
     return st->rank;

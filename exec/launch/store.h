@@ -80,6 +80,10 @@ const pp_secret *pp_store_secret(const pp_store *st);
 const unsigned char *pp_store_digest(const pp_store *st);
 const char *pp_store_bind(const pp_store *st);
 
+/* What rank 0 dropped while the ranks gathered ("4 connections dropped
+ * (the last: a wrong job secret)"), or "" : worth a line to the user. */
+const char *pp_store_strangers(const pp_store *st);
+
 int pp_store_rank(const pp_store *st);
 int pp_store_world(const pp_store *st);
 

@@ -27,6 +27,7 @@ struct pp_store {
     unsigned char digest[PP_DIGEST_BYTES];
     char bind[256]; /* "" when not given */
     int refused;    /* set by an implementation: the failure is the user's */
+    char strangers[256]; /* what was dropped on the way in, "" if nothing */
 };
 
 int pp_store_tcp_open(pp_store *st, const char *host, int port, pp_err *e);

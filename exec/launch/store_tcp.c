@@ -125,13 +125,15 @@ static int accept_all(pp_store *st, tcp_store *t, const char *host, int port, pp
     int rc = pp_auth_accept(lfd, &st->secret, PP_HELLO_STORE, st->world - 1, deadline_of(st),
                             pp_auth_handshake_s(st->timeout_s), admit_rank, st, &stats, e);
     close(lfd);
+    char note[256];
+    pp_auth_stats_note(&stats, note, sizeof note);
+    if (note[0]) /* without its leading "; " */
+        snprintf(st->strangers, sizeof st->strangers, "%s", note + 2);
     if (rc < 0) {
         int missing = 0;
         for (int r = 1; r < st->world && !missing; r++)
             if (t->fd[r] < 0)
                 missing = r;
-        char note[256];
-        pp_auth_stats_note(&stats, note, sizeof note);
         if (!strcmp(e->msg, "timed out"))
             rc = pp_errf(e, "rendezvous %s: %d of %d ranks arrived within %.0f s (rank %d did "
                             "not%s)", t->where, stats.admitted + 1, st->world, st->timeout_s,
