@@ -17,6 +17,7 @@ args=(--schedule "$sched" --stages $P --microbatches 4 --steps "$steps" --model 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 "$build/pprun" "${args[@]}" --log "$out/one.jsonl" >"$out/one.txt" 2>/dev/null
 port=$((20000 + RANDOM % 30000))
+export PPSCHED_JOB_SECRET=${PPSCHED_JOB_SECRET:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 pids=()
 for r in $(seq 0 $((P - 1))); do
     RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$build/pprun" "${args[@]}" \
