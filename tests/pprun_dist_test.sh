@@ -195,6 +195,10 @@ grep -q "^pprun: note: rendezvous: 4 connections dropped (the last: a wrong job 
 [ $wrong_rc = 2 ] && grep -q "^pprun: error: .*the job secrets differ" "$tmp/wrong.err" && ok \
     || bad "a rank with the wrong secret: exit $wrong_rc: $(cat "$tmp/wrong.err")"
 
+# --- --bind names an address of this machine, checked before any work
+expect2 "--bind 192.0.2.1: cannot listen on 192.0.2.1" RANK=1 WORLD_SIZE=4 "$PPRUN" \
+    --schedule paci "${run[@]}" --rendezvous tcp://127.0.0.1:1 --bind 192.0.2.1
+
 # --- a tcp:// rendezvous without a secret is refused before any work
 expect2 "needs a job secret" -u PPSCHED_JOB_SECRET RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci \
     "${run[@]}" --rendezvous tcp://127.0.0.1:1

@@ -6,7 +6,10 @@
  * difference; a peer's flood of unwanted messages is bounded and does not
  * hold a receive past its timeout. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <check.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,13 +247,15 @@ END_TEST
 
 /* --- the job agreement over a real store, one process per rank -------- */
 
+static double job_timeout_s = 10;
+
 static int rank_with_job(const char *spec, int rank, int mbs, const char *sched, char *msg)
 {
     pp_job j;
     pp_job_init(&j);
     pp_job_text(&j, "schedule", sched);
     pp_job_number(&j, "micro-batch size", mbs);
-    pp_store_opts o = {10, secret_of(KEY), NULL, &j};
+    pp_store_opts o = {job_timeout_s, secret_of(KEY), NULL, &j};
     pp_store *st;
     pp_err e = {{0}};
     int refused = 0;
@@ -335,6 +340,62 @@ START_TEST(a_tcp_rendezvous_without_a_secret_is_refused)
     ck_assert_int_lt(pp_store_open("tcp://127.0.0.1:1", 1, 2, &o, &st, &refused, &e), 0);
     ck_assert_int_eq(refused, 1);
     ck_assert_msg(strstr(e.msg, "no job secret"), "%s", e.msg);
+}
+END_TEST
+
+/* --- where rank 0 listens ---------------------------------------------- */
+
+/* An IPv4 address of this machine other than loopback, or 0. */
+static int other_address(char *buf, size_t n)
+{
+    struct ifaddrs *ifs, *i;
+    int found = 0;
+    if (getifaddrs(&ifs) < 0)
+        return 0;
+    for (i = ifs; i && !found; i = i->ifa_next)
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && !(i->ifa_flags & IFF_LOOPBACK) &&
+            (i->ifa_flags & IFF_UP))
+            found = inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, buf,
+                              (socklen_t)n) != NULL;
+    freeifaddrs(ifs);
+    return found;
+}
+
+START_TEST(rank_0_listens_only_on_the_rendezvous_address)
+{
+    char other[64];
+    if (!other_address(other, sizeof other)) {
+        printf("skipped: no network address besides loopback\n");
+        return;
+    }
+    int port = free_port();
+    char spec[64];
+    snprintf(spec, sizeof spec, "tcp://127.0.0.1:%d", port);
+    pid_t pid = fork();
+    job_timeout_s = 1.5;
+    if (pid == 0) { /* rank 0 waits 1.5 s for ranks that never come */
+        char msg[512];
+        _exit(rank_with_job(spec, 0, 8, "paci", msg) == 1 ? 0 : 3);
+    }
+    sleep_s(0.5);
+    pp_err e;
+    int fd = pp_net_connect(other, port, pp_net_now() + 0.3, &e);
+    ck_assert_msg(fd < 0, "rank 0 took a connection at %s:%d", other, port);
+    ck_assert_msg(strstr(e.msg, "refused"), "%s", e.msg);
+    fd = pp_net_connect("127.0.0.1", port, pp_net_now() + 1, &e);
+    ck_assert_msg(fd >= 0, "%s", e.msg);
+    close(fd);
+    int status;
+    waitpid(pid, &status, 0);
+    ck_assert_int_eq(WEXITSTATUS(status), 0);
+    /* --bind 0.0.0.0 takes every interface */
+    int any_port, lfd = -1;
+    lfd = pp_net_listen("0.0.0.0", 0, &any_port, &e);
+    ck_assert_int_ge(lfd, 0);
+    fd = pp_net_connect(other, any_port, pp_net_now() + 1, &e);
+    ck_assert_msg(fd >= 0, "%s", e.msg);
+    close(fd);
+    close(lfd);
 }
 END_TEST
 
@@ -455,6 +516,7 @@ int main(void)
     tcase_add_test(tc, a_flood_of_connections_does_not_lock_out_the_rank);
     tcase_add_test(tc, ranks_that_disagree_all_stop_naming_the_difference);
     tcase_add_test(tc, a_tcp_rendezvous_without_a_secret_is_refused);
+    tcase_add_test(tc, rank_0_listens_only_on_the_rendezvous_address);
     tcase_add_test(tc, the_secret_comes_from_the_environment_or_a_private_file);
     tcase_add_test(tc, unwanted_messages_are_bounded);
     tcase_add_test(tc, other_messages_do_not_restart_the_wait);

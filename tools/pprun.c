@@ -101,7 +101,7 @@ static int prepare(pprun *p, pp_err *e)
         return -1;
     p->rdzv = o->run.rendezvous;
     pprun_dist_opts dopts = {o->run.transport, o->run.checkpoint || o->run.resume,
-                             o->run.eval_every};
+                             o->run.eval_every, o->run.bind};
     if (p->multi &&
         (pprun_dist_check(&p->dist, &p->ir, p->backend, &dopts, &p->transport, e) < 0 ||
          (!p->rdzv &&

@@ -7,7 +7,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "launch/net.h"
 #include "pprun.h"
 #include "transport/transport_tcp.h"
 #ifdef PPSCHED_HAVE_NCCL
@@ -36,6 +38,12 @@ int pprun_dist_check(const pprun_dist *d, const pp_schedule *ir, const pp_backen
 #endif
     if (!strcmp(tr, "nccl") && strcmp(b->name, "cuda"))
         return pp_errf(e, "--transport nccl needs --backend cuda");
+    if (o->bind) { /* an address of this machine, before any work */
+        int port, fd = pp_net_listen(o->bind, 0, &port, e);
+        if (fd < 0)
+            return pp_err_prefix(e, "--bind %s", o->bind);
+        close(fd);
+    }
     *transport = tr;
     return 0;
 }

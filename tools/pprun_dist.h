@@ -26,11 +26,13 @@ typedef struct {
     const char *transport; /* --transport, or NULL */
     int checkpointing;     /* --checkpoint or --resume given */
     int eval_every;        /* --eval-every */
+    const char *bind;      /* --bind, or NULL */
 } pprun_dist_opts;
 
 /* What can be checked before meeting the others: one process per stage, no
  * options a multi-process run lacks, a transport the backend can use (the
- * default: nccl for cuda, tcp for cpu) in *transport. Bad input: exit 2. */
+ * default: nccl for cuda, tcp for cpu) in *transport, a --bind address
+ * of this machine. Bad input: exit 2. */
 int pprun_dist_check(const pprun_dist *d, const pp_schedule *ir, const pp_backend_ops *b,
                      const pprun_dist_opts *o, const char **transport, pp_err *e);
 /* The job secret ($PPSCHED_JOB_SECRET or the file); a tcp:// rendezvous
