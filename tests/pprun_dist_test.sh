@@ -196,8 +196,8 @@ grep -q "^pprun: note: rendezvous: 4 connections dropped (the last: a wrong job 
     || bad "a rank with the wrong secret: exit $wrong_rc: $(cat "$tmp/wrong.err")"
 
 # --- --bind names an address of this machine, checked before any work
-expect2 "--bind 192.0.2.1: cannot listen on 192.0.2.1" RANK=1 WORLD_SIZE=4 "$PPRUN" \
-    --schedule paci "${run[@]}" --rendezvous tcp://127.0.0.1:1 --bind 192.0.2.1
+expect2 "--bind 198.51.100.7: cannot listen on 198.51.100.7" RANK=1 WORLD_SIZE=4 "$PPRUN" \
+    --schedule paci "${run[@]}" --rendezvous tcp://127.0.0.1:1 --bind 198.51.100.7
 
 # --- a tcp:// rendezvous without a secret is refused before any work
 expect2 "needs a job secret" -u PPSCHED_JOB_SECRET RANK=1 WORLD_SIZE=4 "$PPRUN" --schedule paci \
