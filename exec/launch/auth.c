@@ -27,8 +27,10 @@ static const char magic[8] = "ppsched";
 #define NONCE 16
 #define MAC 32
 #define CHALLENGE_BYTES (8 + 4 + 4 + NONCE)
+_Static_assert(CHALLENGE_BYTES == PP_AUTH_CHALLENGE_BYTES, "challenge size");
 #define HELLO_SIGNED (8 + 4 + 4 + 4 + 4 + PP_DIGEST_BYTES + NONCE)
 #define HELLO_BYTES (HELLO_SIGNED + MAC)
+_Static_assert(HELLO_BYTES == PP_AUTH_HELLO_BYTES, "hello size");
 #define REPLY_SIGNED 8
 #define REPLY_BYTES (REPLY_SIGNED + MAC)
 #define MAX_PENDING 16 /* unfinished handshakes at once; the oldest goes first */
@@ -228,31 +230,40 @@ static void reply(pending *p, const pp_secret *s, uint32_t verdict, double deadl
     pp_net_write_all(p->fd, r, sizeof r, deadline, &ignored);
 }
 
+int pp_auth_check_hello(const pp_secret *s, pp_hello_purpose purpose,
+                        const unsigned char *challenge, const unsigned char *hello, pp_hello *h)
+{
+    if (memcmp(hello, magic, 8) != 0 || get32(hello + 12) != (uint32_t)purpose)
+        return -1;
+    if (get32(hello + 8) != VERSION)
+        return PP_AUTH_VERSION;
+    unsigned char want[MAC];
+    mac_of(s, "ppsched hello", challenge, CHALLENGE_BYTES, hello, HELLO_SIGNED, NULL, 0, want);
+    if (CRYPTO_memcmp(want, hello + HELLO_SIGNED, MAC) != 0)
+        return PP_AUTH_BAD_MAC;
+    h->id = (int32_t)get32(hello + 16);
+    h->world = (int32_t)get32(hello + 20);
+    memcpy(h->digest, hello + 24, PP_DIGEST_BYTES);
+    return PP_AUTH_ADMIT;
+}
+
 /* A complete hello: checks it, asks admit, answers. 1 when admitted. */
 static int judge(pending *p, const pp_secret *s, pp_hello_purpose purpose, pp_auth_admit_fn admit,
                  void *ctx, pp_auth_stats *st)
 {
-    const unsigned char *h = p->h;
-    if (memcmp(h, magic, 8) != 0 || get32(h + 12) != (uint32_t)purpose) {
+    pp_hello hello;
+    int v = pp_auth_check_hello(s, purpose, p->ch, p->h, &hello);
+    if (v < 0) {
         drop(p, st, 0, "sent something that is not a hello");
         return 0;
     }
-    if (get32(h + 8) != VERSION) {
-        reply(p, s, PP_AUTH_VERSION, p->until);
-        drop(p, st, 0, "another version of ppsched");
+    if (v != PP_AUTH_ADMIT) {
+        reply(p, s, (uint32_t)v, p->until);
+        drop(p, st, 0, v == PP_AUTH_VERSION ? "another version of ppsched" : "a wrong job secret");
         return 0;
     }
-    unsigned char want[MAC];
-    mac_of(s, "ppsched hello", p->ch, sizeof p->ch, h, HELLO_SIGNED, NULL, 0, want);
-    if (CRYPTO_memcmp(want, h + HELLO_SIGNED, MAC) != 0) {
-        reply(p, s, PP_AUTH_BAD_MAC, p->until);
-        drop(p, st, 0, "a wrong job secret");
-        return 0;
-    }
-    pp_hello hello = {(int32_t)get32(h + 16), (int32_t)get32(h + 20), {0}};
-    memcpy(hello.digest, h + 24, PP_DIGEST_BYTES);
-    pp_auth_verdict v = admit(ctx, &hello, -1);
-    reply(p, s, v, p->until);
+    v = admit(ctx, &hello, -1);
+    reply(p, s, (uint32_t)v, p->until);
     if (v != PP_AUTH_ADMIT) {
         close(p->fd);
         p->fd = -1;

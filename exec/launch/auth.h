@@ -63,6 +63,16 @@ typedef enum {
 int pp_auth_connect(int fd, const pp_secret *s, pp_hello_purpose purpose, const pp_hello *mine,
                     double deadline, int *refused, pp_err *e);
 
+/* The acceptor's check of one hello (PP_AUTH_HELLO_BYTES from the
+ * connector) against the challenge it sent: PP_AUTH_ADMIT with *h filled
+ * when it is well formed, of this version and purpose, and signed with
+ * the secret; PP_AUTH_VERSION or PP_AUTH_BAD_MAC; -1 when it is not a
+ * hello at all. Pure: the fuzzer calls it too. */
+#define PP_AUTH_CHALLENGE_BYTES 32
+#define PP_AUTH_HELLO_BYTES 104
+int pp_auth_check_hello(const pp_secret *s, pp_hello_purpose purpose,
+                        const unsigned char *challenge, const unsigned char *hello, pp_hello *h);
+
 /* Decides on an authenticated hello: PP_AUTH_ADMIT takes the connection
  * (the callee keeps fd), anything else refuses it. */
 typedef pp_auth_verdict (*pp_auth_admit_fn)(void *ctx, const pp_hello *h, int fd);
