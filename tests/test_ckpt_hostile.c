@@ -4,6 +4,7 @@
  * 3-stage paci run stopped after update 2, then one number in it is
  * changed. */
 #include <check.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,28 @@ static size_t inflight_at(state *st, int s)
     return 10 * 8 + 8 + (size_t)nversions * (8 + w) + ob + w;
 }
 
+/* Where the optimizer state's last field, AdamW's step count t (a double),
+ * lies in stage s's state: right before the gradient. */
+static size_t adamw_t_at(state *st, int s)
+{
+    pp_model_desc md = model();
+    void *bk;
+    pp_err e = {{0}};
+    ck_assert(pp_backend_cpu.create(&md, P, s, NULL, &bk, &e) == 0);
+    size_t w = pp_backend_cpu.nparams(bk) * sizeof(float);
+    pp_backend_cpu.destroy(bk);
+    return inflight_at(st, s) - w - sizeof(double);
+}
+
+static void set_adamw_t(state *st, int s, double t)
+{
+    size_t at = adamw_t_at(st, s);
+    double was;
+    memcpy(&was, (char *)st->blobs[s] + at, sizeof was);
+    ck_assert_msg(was == K, "stage %d: t is %g after update %d", s, was, K);
+    memcpy((char *)st->blobs[s] + at, &t, sizeof t);
+}
+
 static size_t acts_bytes(int s)
 {
     pp_model_desc md = model();
@@ -157,6 +180,11 @@ static void microbatch_in_flight_twice(state *st)
     set_i64(st, s, at + 16 + sizeof(float) + acts_bytes(s), first);
 }
 
+static void adamw_steps_negative(state *st) { set_adamw_t(st, 1, -5); }
+static void adamw_steps_beyond_the_updates(state *st) { set_adamw_t(st, 0, K + 1); }
+static void adamw_steps_overflowing(state *st) { set_adamw_t(st, 2, 1e300); }
+static void adamw_steps_nan(state *st) { set_adamw_t(st, 0, NAN); }
+
 static void microbatch_out_of_range(state *st)
 {
     ck_assert_int_ge(head_of(st, 0)[7], 1);
@@ -173,6 +201,13 @@ START_TEST(crafted_stage_states_are_refused)
     expect_refused(counts_out_of_range, "counts out of range");
     expect_refused(microbatch_in_flight_twice, "bad micro-batch or one twice");
     expect_refused(microbatch_out_of_range, "bad micro-batch");
+    /* AdamW's t: one step per update, so exactly K; a resume used to cast
+     * whatever it found to an integer (bias correction 1 - beta^t) */
+    expect_refused(adamw_steps_negative, "stage 1: checkpoint's AdamW step count t is -5, the "
+                                         "stage has made 2 updates");
+    expect_refused(adamw_steps_beyond_the_updates, "AdamW step count t is 3");
+    expect_refused(adamw_steps_overflowing, "AdamW step count t is 1e+300");
+    expect_refused(adamw_steps_nan, "AdamW step count t is nan");
 }
 END_TEST
 

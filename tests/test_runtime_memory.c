@@ -74,9 +74,9 @@ START_TEST(allocations_do_not_grow_with_the_run)
         long acts4, acts24, P = cases[i].P, m = cases[i].m;
         long a4 = run_allocs(cases[i].name, cases[i].P, cases[i].m, 4, &acts4);
         long a24 = run_allocs(cases[i].name, cases[i].P, cases[i].m, 24, &acts24);
-        /* links: P - 1 each way, each holding at most m + P messages (the
-         * in-process transport's capacity); one allocation per message
-         * would add 2 (P - 1) m per update */
+        /* links: P - 1 each way, each holding at most m + P messages (what
+         * these schedules send ahead: test_ir_plan); one allocation per
+         * message would add 2 (P - 1) m per update */
         long slack = 2 * (P - 1) * (m + P);
         ck_assert_msg(labs(a24 - a4) <= slack,
                       "%s: %ld allocations for 4 updates, %ld for 24 (%ld apart at most)",

@@ -27,6 +27,9 @@ typedef struct {
     int have_data, have_tl;
     pp_atomic_file logf;
     pp_timeline tl;
+    pprun_measure meas;
+    int have_meas;
+    int whole_ir; /* ir holds the action lists (else it is streamed: info only) */
     ckpt_ctx ck;
     void **blobs; /* [P] stage states read by --resume */
     size_t *sizes;
@@ -63,6 +66,57 @@ static int val_batch(void *ctx, long index, int *tokens, int *targets, pp_err *e
     run_ctx *c = ctx;
     pp_sampler_val_batch(&c->sampler, index, tokens, targets);
     return 0;
+}
+
+/* The schedule. A file is held whole, and so is a generated schedule
+ * that a multi-process run (its transports, the job's hash) or checkpoints
+ * (their cuts) need whole; otherwise the generator is streamed to the run,
+ * opened once per pass, so that a long run never holds its IR (its memory
+ * would grow with the steps). */
+static int open_schedule(pprun *p, pp_err *e)
+{
+    const pp_cli_opts *o = &p->o;
+    p->whole_ir = !o->schedule || o->ir_file || o->csv_file || p->multi || o->run.checkpoint ||
+                  o->run.resume;
+    if (p->whole_ir)
+        return pprun_schedule(o, &p->ir, e);
+    pp_stream *st;
+    if (pp_generate(o->schedule, &o->gen, &st, e) < 0)
+        return -1;
+    memset(&p->ir, 0, sizeof p->ir);
+    p->ir.info = st->info;
+    pp_stream_free(st);
+    return 0;
+}
+
+static int open_generated(void *ctx, pp_stream **out, pp_err *e)
+{
+    const pp_cli_opts *o = ctx;
+    return pp_generate(o->schedule, &o->gen, out, e);
+}
+
+/* A fresh stream over the schedule, held or generated. */
+static int open_ir(const pprun *p, pp_stream **out, pp_err *e)
+{
+    return p->whole_ir ? pp_stream_from_schedule(&p->ir, out, e)
+                       : open_generated((void *)&p->o, out, e);
+}
+
+static int schedule_synchronous(const pprun *p, pp_err *e)
+{
+    pp_stream *st;
+    if (open_ir(p, &st, e) < 0)
+        return -1;
+    int sync = pp_stream_synchronous(st, e);
+    pp_stream_free(st);
+    return sync;
+}
+
+/* Every measured action is kept where a file shows them all, or rank 0
+ * gathers them. */
+static int keeps_timeline(const pprun *p)
+{
+    return p->multi || p->o.trace || p->o.svg || p->o.run.versions;
 }
 
 static int load_data(const pp_cli_opts *o, run_ctx *c, pp_model_desc *m, pp_err *e)
@@ -123,12 +177,19 @@ static int prepare(pprun *p, pp_err *e)
     const pp_model_desc *m = &p->m;
     p->ck = (ckpt_ctx){o->run.checkpoint ? o->run.checkpoint : o->run.resume,
                        {m->layers, m->dim, m->heads, m->seq_len, m->vocab, p->P}, &p->ir,
-                       pprun_ir_hash(&p->ir), o->seed, &p->c.sampler};
+                       p->whole_ir ? pprun_ir_hash(&p->ir) : 0, o->seed, &p->c.sampler};
     if (o->run.resume && pprun_read_checkpoint(o->run.resume, &p->ck, &p->blobs, &p->sizes,
                                                &p->tokens0, &p->first_update, e) < 0)
         return -1;
     p->ck.dir = o->run.checkpoint;
     if (pprun_plan_cuts(o, &p->ir, p->first_update, &p->cuts, &p->ncuts, &p->stop_cut, e) < 0)
+        return -1;
+    /* the metrics of a whole run, fed as the actions finish; a
+     * multi-process run computes them from the timeline rank 0 gathers */
+    int metrics = !p->multi && !o->run.resume && p->stop_cut < 0;
+    p->have_meas = 1;
+    if (pprun_measure_init(&p->meas, &p->ir.info, &p->m, metrics,
+                           keeps_timeline(p) ? &p->tl : NULL, e) < 0)
         return -1;
     if (p->writes_log && o->run.log) {
         if (pp_atomic_open(&p->logf, o->run.log, e) < 0)
@@ -142,7 +203,9 @@ static int configure(pprun *p, pp_run_config *cfg, pp_err *e)
 {
     const pp_cli_opts *o = &p->o;
     memset(cfg, 0, sizeof *cfg);
-    cfg->ir = &p->ir;
+    cfg->ir = p->whole_ir ? &p->ir : NULL;
+    cfg->open_ir = p->whole_ir ? NULL : open_generated;
+    cfg->open_ir_ctx = &p->o;
     cfg->model = p->m;
     cfg->backend = p->backend;
     cfg->placement = p->placement;
@@ -160,7 +223,7 @@ static int configure(pprun *p, pp_run_config *cfg, pp_err *e)
     cfg->adamw = (pp_adamw_hparams){(float)r->beta1, (float)r->beta2, (float)r->eps,
                                     (float)r->weight_decay};
     cfg->grad_clip = r->grad_clip;
-    int sync = r->grad_clip > 0 ? pp_schedule_synchronous(&p->ir, e) : 0;
+    int sync = r->grad_clip > 0 ? schedule_synchronous(p, e) : 0;
     if (sync < 0)
         return -1;
     if (sync && p->multi)
@@ -185,7 +248,9 @@ static int configure(pprun *p, pp_run_config *cfg, pp_err *e)
     if (p->multi && cfg->link_s > 0)
         return pp_errf(e, "--comm-latency/--comm-bandwidth model the link between stages of one "
                           "process; a multi-process run has real links");
-    cfg->timeline = &p->tl;
+    cfg->timeline = keeps_timeline(p) ? &p->tl : NULL;
+    cfg->on_action = p->multi ? NULL : pprun_measure_action;
+    cfg->on_action_ctx = &p->meas;
     cfg->cuts = p->cuts;
     cfg->ncuts = p->ncuts;
     cfg->stop_cut = p->stop_cut;
@@ -219,6 +284,17 @@ static void print_banner(const pprun *p)
                               "sqrt(its parameters / the model's) (%s is asynchronous: a "
                               "global norm would make every update wait for every stage)\n",
                 clip, p->ir.info.name);
+}
+
+/* What starts: the checkpoint it resumes from, the run, the clipping. */
+static void announce(void *ctx)
+{
+    const pprun *p = ctx;
+    if (p->o.run.resume)
+        fprintf(stderr, "pprun: resuming after update %d from %s/%s\n", p->first_update,
+                p->o.run.resume, PPRUN_CKPT_NAME);
+    if (p->writes_summary)
+        print_banner(p);
 }
 
 /* After a successful pp_run: the final log line, the timelines (gathered
@@ -257,9 +333,12 @@ static int finish(pprun *p, const pp_run_config *cfg, pp_run_result *res, pp_err
      * also add the memory counters to the trace */
     pp_metrics met;
     int whole = !p->o.run.resume && p->stop_cut < 0;
-    if (whole && pp_metrics_from_timeline(&p->tl, &p->m, 0, &p->tl, &met, e) < 0)
+    if (p->multi)
+        pprun_measure_timeline(&p->meas, &p->tl);
+    if (whole && (p->multi ? pp_metrics_from_timeline(&p->tl, &p->m, 0, &p->tl, &met, e)
+                           : pprun_measure_metrics(&p->meas, &met, e)) < 0)
         return rc;
-    if (pprun_write_outputs(&p->o, &p->tl, cfg->link_s, e) < 0) {
+    if (pprun_write_outputs(&p->o, &p->tl, &p->meas, cfg->link_s, e) < 0) {
         if (whole)
             pp_metrics_free(&met);
         return rc;
@@ -273,7 +352,12 @@ static int finish(pprun *p, const pp_run_config *cfg, pp_run_result *res, pp_err
     char val_what[128];
     pprun_val_coverage(&p->c.sampler, val_what, sizeof val_what);
     pprun_print_summary(&met, &sum, val_loss, val_what, &p->m);
-    int prc = pprun_print_prediction(&p->ir, &p->tl, cfg->link_s, &met, &p->m, e);
+    pp_stream *st;
+    int prc = open_ir(p, &st, e);
+    if (prc == 0) {
+        prc = pprun_print_prediction(st, &p->meas, cfg->link_s, &met, &p->m, e);
+        pp_stream_free(st);
+    }
     pp_metrics_free(&met);
     return prc < 0 ? rc : 0;
 }
@@ -316,14 +400,14 @@ static int train(pprun *p, pp_err *e)
     pp_run_config cfg;
     if (prepare(p, e) < 0 || configure(p, &cfg, e) < 0)
         return EXIT_BAD_INPUT;
-    if (p->o.run.resume)
-        fprintf(stderr, "pprun: resuming after update %d from %s/%s\n", p->first_update,
-                p->o.run.resume, PPRUN_CKPT_NAME);
     p->c.total_steps = p->ir.info.steps;
     p->c.tty = p->writes_log && isatty(2);
-    if (p->writes_summary)
-        print_banner(p);
+    /* one process: the banner once the stages are ready, so that a resume
+     * the runtime refuses is the only line; several: before meeting */
+    cfg.on_ready = p->multi ? NULL : announce;
+    cfg.on_ready_ctx = p;
     if (p->multi) {
+        announce(p);
         pp_job job;
         pprun_dist_job(&job, &p->ir, &p->m, &p->o, &p->c.data, p->backend->name, p->transport);
         if (pprun_dist_connect(&p->dist, &p->ir, p->rdzv, p->transport, p->o.run.timeout,
@@ -349,7 +433,8 @@ static int train(pprun *p, pp_err *e)
     if (rc < 0) {
         if (p->multi)
             pp_err_prefix(e, "rank %d", p->dist.env.rank);
-        return EXIT_RUNTIME;
+        /* a checkpoint whose stage states make no sense is bad input */
+        return res.bad_resume ? EXIT_BAD_INPUT : EXIT_RUNTIME;
     }
     rc = finish(p, &cfg, &res, e);
     pp_run_result_free(&res);
@@ -373,6 +458,8 @@ static void pprun_free(pprun *p, int failed)
         pp_atomic_abort(&p->logf);
     if (p->have_tl)
         pp_timeline_free(&p->tl);
+    if (p->have_meas)
+        pprun_measure_free(&p->meas);
     if (p->have_data)
         pp_data_free(&p->c.data);
     pp_schedule_free(&p->ir);
@@ -408,10 +495,10 @@ int main(int argc, char **argv)
         return fail(EXIT_BAD_INPUT, &e);
     if (!(p.backend = pp_backend_find(p.o.run.backend, &e)))
         return fail(EXIT_BAD_INPUT, &e);
-    if (pprun_schedule(&p.o, &p.ir, &e) < 0)
+    p.multi = p.dist.env.world > 1;
+    if (open_schedule(&p, &e) < 0)
         return fail(EXIT_BAD_INPUT, &e);
     p.P = p.ir.info.stages;
-    p.multi = p.dist.env.world > 1;
     p.stop_cut = -1;
     /* in a multi-process run, rank r runs stage r; the last stage's process
      * logs the updates, rank 0 writes the timelines and the summary */

@@ -74,8 +74,32 @@ int pprun_plan_cuts(const pp_cli_opts *o, const pp_schedule *ir, int first_updat
 /* pprun_output.c */
 /* pp_run's on_step: the --log line and the progress line on a terminal. */
 void pprun_on_step(void *ctx, const pp_step_record *r);
-/* The timeline files and --profile, after the run. */
-int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, double link_s, pp_err *e);
+/* What pprun measures as the actions finish (pp_run's on_action, ctx a
+ * pprun_measure): each stage's op times (--profile, the prediction) and,
+ * with `metrics` (a whole run), the simulator's metrics fed in start
+ * order, with memory samples into mem_out when a trace wants them. Nothing
+ * per action is kept: the timeline files have their own copy. A
+ * multi-process run takes the op times from the gathered timeline. */
+typedef struct {
+    int P;
+    double (*sum)[PP_OP_COUNT]; /* [P] seconds per op */
+    long (*n)[PP_OP_COUNT];
+    int metrics;
+    pp_metrics_acc acc;
+    int failed;                 /* the metrics refused an action: err */
+    pp_err err;
+} pprun_measure;
+int pprun_measure_init(pprun_measure *m, const pp_ir_info *info, const pp_model_desc *model,
+                       int metrics, pp_timeline *mem_out, pp_err *e);
+int pprun_measure_action(void *ctx, int stage, const pp_timed_action *a, pp_err *e);
+void pprun_measure_timeline(pprun_measure *m, const pp_timeline *tl);
+/* The metrics of a whole run (fills *out, freed with pp_metrics_free). */
+int pprun_measure_metrics(pprun_measure *m, pp_metrics *out, pp_err *e);
+void pprun_measure_free(pprun_measure *m);
+/* The timeline files (tl holds the actions when one is asked for) and
+ * --profile, after the run. */
+int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, const pprun_measure *m,
+                        double link_s, pp_err *e);
 /* What the validation loss covers, e.g. "whole validation split: 1742
  * sequences" or "48 random batches of 8 sequences". */
 void pprun_val_coverage(const pp_sampler *s, char *buf, size_t n);
@@ -84,9 +108,9 @@ void pprun_val_coverage(const pp_sampler *s, char *buf, size_t n);
  * validation loss covers. */
 void pprun_print_summary(const pp_metrics *met, const pp_dist_summary *sum, double val_loss,
                          const char *val_what, const pp_model_desc *m);
-/* The simulator's prediction for this IR from this run's own op times,
- * against the measured figures. */
-int pprun_print_prediction(const pp_schedule *ir, const pp_timeline *tl, double link_s,
+/* The simulator's prediction for this IR (a fresh stream over it) from
+ * this run's own op times, against the measured figures. */
+int pprun_print_prediction(pp_stream *st, const pprun_measure *times, double link_s,
                            const pp_metrics *met, const pp_model_desc *m, pp_err *e);
 
 #endif

@@ -131,7 +131,10 @@ int pprun_dist_connect(pprun_dist *d, const pp_schedule *ir, const char *spec,
     pp_store_opts so = {timeout_s, d->secret, bind, job};
     if (pp_store_open(spec, rank, P, &so, &d->store, &d->refused, e) < 0)
         return -1;
-    int capacity = ir->info.microbatches_per_step + P;
+    /* as many messages per link as the schedule can have waiting at once */
+    int capacity = pp_schedule_link_slots(ir, e);
+    if (capacity < 0)
+        return -1;
     if (!strcmp(transport, "tcp"))
         return pp_transport_tcp_create(d->store, rank, P, capacity, timeout_s, &d->tr, e);
 #ifdef PPSCHED_HAVE_NCCL

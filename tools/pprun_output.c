@@ -1,8 +1,11 @@
-/* What pprun writes: the --log line per update and the progress line, the
+/* What pprun writes: the --log line per update and the progress line,
+ * what it measures as the actions finish (op times, the metrics), the
  * measured timeline's files and profile, the summary of the measured run
  * and the simulator's prediction from this run's own op times. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "engine.h"
 #include "pprun.h"
@@ -28,22 +31,80 @@ void pprun_on_step(void *ctx, const pp_step_record *r)
     }
 }
 
-/* Measured mean op durations per stage: the simulator's cost model. */
-static int profile_from_timeline(const pp_timeline *tl, double link_s, pp_cost *c, pp_err *e)
+int pprun_measure_init(pprun_measure *m, const pp_ir_info *info, const pp_model_desc *model,
+                       int metrics, pp_timeline *mem_out, pp_err *e)
 {
-    int P = tl->info.stages;
+    memset(m, 0, sizeof *m);
+    m->P = info->stages;
+    m->sum = calloc((size_t)m->P, sizeof *m->sum);
+    m->n = calloc((size_t)m->P, sizeof *m->n);
+    if (!m->sum || !m->n)
+        return pp_errf(e, "out of memory");
+    if (metrics && pp_acc_init(&m->acc, info, model, 0, mem_out, e) < 0)
+        return -1;
+    m->metrics = metrics;
+    return 0;
+}
+
+void pprun_measure_free(pprun_measure *m)
+{
+    if (m->metrics)
+        pp_acc_free(&m->acc);
+    free(m->sum);
+    free(m->n);
+    memset(m, 0, sizeof *m);
+}
+
+static void add_time(pprun_measure *m, int stage, const pp_timed_action *a)
+{
+    m->sum[stage][a->act.op] += a->end - a->start;
+    m->n[stage][a->act.op]++;
+}
+
+int pprun_measure_action(void *ctx, int stage, const pp_timed_action *a, pp_err *e)
+{
+    (void)e;
+    pprun_measure *m = ctx;
+    add_time(m, stage, a);
+    if (!m->metrics || m->failed)
+        return 0;
+    pp_timed_action ta = *a; /* the metrics write the version they derive */
+    m->failed = pp_acc_action(&m->acc, stage, &ta, &m->err) < 0;
+    return 0; /* reported with the metrics, after the run, as before */
+}
+
+void pprun_measure_timeline(pprun_measure *m, const pp_timeline *tl)
+{
+    for (int s = 0; s < m->P; s++)
+        for (size_t i = 0; i < tl->stage[s].count; i++)
+            add_time(m, s, &tl->stage[s].items[i]);
+}
+
+int pprun_measure_metrics(pprun_measure *m, pp_metrics *out, pp_err *e)
+{
+    if (!m->metrics)
+        return pp_errf(e, "the metrics were not measured");
+    if (m->failed) {
+        *e = m->err;
+        return -1;
+    }
+    if (pp_acc_finish(&m->acc, out, e) < 0)
+        return -1;
+    snprintf(out->unit, sizeof out->unit, "s");
+    return 0;
+}
+
+/* Measured mean op durations per stage: the simulator's cost model. */
+static int profile_from_times(const pprun_measure *m, double link_s, pp_cost *c, pp_err *e)
+{
+    int P = m->P;
     if (pp_cost_init(c, P, e) < 0)
         return -1;
     snprintf(c->unit, sizeof c->unit, "s");
     c->comm_latency = link_s; /* the modelled link, when there is one */
     for (int s = 0; s < P; s++) {
-        double sum[PP_OP_COUNT] = {0};
-        int n[PP_OP_COUNT] = {0};
-        for (size_t i = 0; i < tl->stage[s].count; i++) {
-            const pp_timed_action *a = &tl->stage[s].items[i];
-            sum[a->act.op] += a->end - a->start;
-            n[a->act.op]++;
-        }
+        const double *sum = m->sum[s];
+        const long *n = m->n[s];
         double *dst[] = {c->fwd, c->bwd, c->inp, c->wgt, c->opt};
         for (int op = 0; op <= PP_OP_OPT; op++)
             dst[op][s] = n[op] ? sum[op] / n[op] : 0.0;
@@ -57,21 +118,22 @@ static int profile_from_timeline(const pp_timeline *tl, double link_s, pp_cost *
     return 0;
 }
 
-static int save_profile(const char *path, const pp_timeline *tl, double link_s, pp_err *e)
+static int save_profile(const char *path, const pprun_measure *m, double link_s, pp_err *e)
 {
     pp_cost c;
-    if (profile_from_timeline(tl, link_s, &c, e) < 0)
+    if (profile_from_times(m, link_s, &c, e) < 0)
         return -1;
     int rc = pp_cost_save_profile(&c, path, e);
     pp_cost_free(&c);
     return rc;
 }
 
-int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, double link_s, pp_err *e)
+int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, const pprun_measure *m,
+                        double link_s, pp_err *e)
 {
     if (pp_cli_write_timeline(tl, o->trace, o->svg, o->run.versions, e) < 0)
         return -1;
-    if (o->profile && save_profile(o->profile, tl, link_s, e) < 0)
+    if (o->profile && save_profile(o->profile, m, link_s, e) < 0)
         return -1;
     return 0;
 }
@@ -110,24 +172,20 @@ void pprun_print_summary(const pp_metrics *met, const pp_dist_summary *sum, doub
 /* What the simulator predicts for this very IR from this run's own op
  * times (exactly what `ppsim run --profile` computes from the saved
  * profile), printed against the measured figures. */
-int pprun_print_prediction(const pp_schedule *ir, const pp_timeline *tl, double link_s,
+int pprun_print_prediction(pp_stream *st, const pprun_measure *times, double link_s,
                            const pp_metrics *met, const pp_model_desc *m, pp_err *e)
 {
     pp_cost cost;
-    pp_stream *st = NULL;
     pp_metrics pred;
-    if (profile_from_timeline(tl, link_s, &cost, e) < 0)
+    const pp_ir_info *info = &st->info;
+    if (profile_from_times(times, link_s, &cost, e) < 0)
         return -1;
     pp_sim_config cfg = {&cost, m, 0, NULL, NULL, NULL};
-    int rc = pp_stream_from_schedule(ir, &st, e);
-    if (rc == 0)
-        rc = pp_simulate(st, &cfg, &pred, e);
-    if (st)
-        pp_stream_free(st);
+    int rc = pp_simulate(st, &cfg, &pred, e);
     pp_cost_free(&cost);
     if (rc < 0)
         return -1;
-    double S = ir->info.steps > 0 ? ir->info.steps : 1;
+    double S = info->steps > 0 ? info->steps : 1;
     double err = met->makespan > 0 ? (pred.makespan - met->makespan) / met->makespan : 0;
     printf("\nsimulator fed this run's op times (ppsim run --profile):\n");
     printf("  step time        predicted %.6g s, measured %.6g s, error %+.1f%%\n",
@@ -140,7 +198,7 @@ int pprun_print_prediction(const pp_schedule *ir, const pp_timeline *tl, double 
     printf("PREDICTION schedule=%s stages=%d m=%d steps=%d measured_step_s=%.6g "
            "predicted_step_s=%.6g error=%.4f measured_bubble=%.4f predicted_bubble=%.4f "
            "measured_steady_bubble=%.4f predicted_steady_bubble=%.4f tokens_per_s=%.1f\n",
-           ir->info.name, ir->info.stages, ir->info.microbatches_per_step, ir->info.steps,
+           info->name, info->stages, info->microbatches_per_step, info->steps,
            met->makespan / S, pred.makespan / S, err, met->bubble_fraction, pred.bubble_fraction,
            met->has_steady ? met->steady_bubble_fraction : -1.0,
            pred.has_steady ? pred.steady_bubble_fraction : -1.0, met->throughput_tokens);

@@ -120,7 +120,8 @@ static void mac_of(const pp_secret *s, const char *label, const unsigned char *a
     n += na;
     memcpy(msg + n, b, nb);
     n += nb;
-    memcpy(msg + n, c, nc);
+    if (nc) /* c may be NULL */
+        memcpy(msg + n, c, nc);
     n += nc;
     unsigned int len = MAC;
     HMAC(EVP_sha256(), s->key, (int)s->len, msg, n, out, &len);

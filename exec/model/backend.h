@@ -84,7 +84,9 @@ struct pp_backend_ops {
      * clipping), in double and in a fixed order; waits for the stage's
      * queued work. NaN when the device failed. */
     double (*grad_sumsq)(void *stage, const void *grad);
-    /* Optimizer state for checkpoints: bytes, and copy out / in (host). */
+    /* Optimizer state for checkpoints: bytes, and copy out / in (host).
+     * It ends with AdamW's step count t as a double, which a resume checks
+     * against the stage's updates before handing the state back. */
     size_t (*opt_state_bytes)(void *stage);
     void (*opt_state_get)(void *stage, void *host);
     void (*opt_state_put)(void *stage, const void *host);

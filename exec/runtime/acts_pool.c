@@ -10,27 +10,12 @@
 
 #include "runtime_private.h"
 
-/* The most micro-batches the stage's actions hold at once: F takes a
- * buffer, B or W returns it. */
-static int peak_in_flight(const pp_action_list *l)
-{
-    int held = 0, peak = 0;
-    for (size_t i = 0; i < l->count; i++) {
-        int op = l->items[i].op;
-        if (op == PP_OP_F && ++held > peak)
-            peak = held;
-        else if (op == PP_OP_B || op == PP_OP_W)
-            held--;
-    }
-    return peak;
-}
-
 int pp_acts_reserve(stage_rt *s, pp_err *e)
 {
     const pp_backend_ops *b = s->r->cfg->backend;
-    int want = peak_in_flight(&s->r->cfg->ir->stage[s->s]);
-    for (int mb = 0; mb < s->r->N; mb++) /* restored from a checkpoint */
-        want -= s->acts[mb] != NULL;
+    /* the most micro-batches the stage's actions hold at once (F takes a
+     * buffer, B or W returns it), less those a resume restored */
+    int want = s->r->plan.peak_held[s->s] - (int)s->flying.n;
     size_t bytes = b->acts_bytes(s->bk);
     for (int i = 0; i < want; i++) {
         void *p = b->alloc(s->bk, bytes);

@@ -1,6 +1,6 @@
-/* What a finished run hands back: per-update losses, the measured
- * timeline, and (for a multi-process run's evaluation) host copies of the
- * local stages' final weights. */
+/* What a finished run hands back: per-update losses and (for a
+ * multi-process run's evaluation) host copies of the local stages' final
+ * weights. The measured actions went out as the run went (timed_log.c). */
 #include <stdlib.h>
 
 #include "runtime_private.h"
@@ -32,10 +32,5 @@ int pp_run_collect(run *r, pp_run_result *res, pp_err *e)
     for (int i = 0; i < r->nrecords; i++)
         res->step_loss[i] = r->records[i].loss;
     res->tokens = r->tokens;
-    pp_timeline *tl = r->cfg->timeline;
-    for (int s = r->lo; tl && s < r->lo + r->nloc; s++)
-        for (size_t i = 0; i < r->st[s].log.count; i++)
-            if (pp_timeline_add_action(tl, s, &r->st[s].log.items[i]) < 0)
-                return pp_errf(e, "out of memory");
     return 0;
 }

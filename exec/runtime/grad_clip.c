@@ -32,62 +32,96 @@
 
 /* --- is the schedule synchronous? ------------------------------------- */
 
-/* upd[mb] = the OPT (0-based) that applies micro-batch mb's weight
- * gradient on this stage, -1 if none does. Returns the number of OPTs, or
- * -1 when a micro-batch is in flight at an OPT. */
-static int stage_updates(const pp_action_list *l, int *upd, size_t N)
+/* One stage's actions up to its next OPT (or its end): the micro-batches
+ * whose weight gradient that OPT applies, and the BARRIERs on the way. */
+typedef struct {
+    int32_t *mbs;
+    size_t n, cap;
+    long barriers;
+    int opt;           /* ends at an OPT (else: the stage's end) */
+} segment;
+
+static int cmp_i32(const void *a, const void *b)
 {
-    int opts = 0, inflight = 0;
-    for (size_t mb = 0; mb < N; mb++)
-        upd[mb] = -1;
-    for (size_t i = 0; i < l->count; i++) {
-        const pp_action *a = &l->items[i];
-        if (a->op == PP_OP_F)
-            inflight++;
-        else if ((a->op == PP_OP_B || a->op == PP_OP_W) && (size_t)a->mb < N) {
-            inflight--;
-            upd[a->mb] = opts;
-        } else if (a->op == PP_OP_OPT) {
-            if (inflight != 0)
-                return -1;
-            opts++;
-        }
-    }
-    return opts;
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
 }
 
-/* Whether two stages meet the others (OPT, BARRIER) in the same order. */
-static int same_meetings(const pp_action_list *a, const pp_action_list *b)
+/* Reads stage s's next segment; *inflight counts its micro-batches
+ * forwarded and not yet through their weight gradient. -1 when out of
+ * memory, 0 when one is in flight at the OPT, else 1. */
+static int read_segment(pp_stream *st, int s, int *inflight, segment *g)
 {
-    size_t i = 0, j = 0;
-    for (;;) {
-        while (i < a->count && a->items[i].op != PP_OP_OPT && a->items[i].op != PP_OP_BARRIER)
-            i++;
-        while (j < b->count && b->items[j].op != PP_OP_OPT && b->items[j].op != PP_OP_BARRIER)
-            j++;
-        if (i == a->count || j == b->count)
-            return i == a->count && j == b->count;
-        if (a->items[i++].op != b->items[j++].op)
-            return 0;
+    g->n = 0;
+    g->barriers = 0;
+    g->opt = 0;
+    pp_action a;
+    while (pp_stream_next(st, s, &a)) {
+        if (a.op == PP_OP_OPT) {
+            g->opt = 1;
+            break;
+        }
+        g->barriers += a.op == PP_OP_BARRIER;
+        if (a.op == PP_OP_F)
+            ++*inflight;
+        if (a.op != PP_OP_B && a.op != PP_OP_W)
+            continue;
+        --*inflight;
+        if (a.mb < 0 || a.mb >= st->info.total_microbatches)
+            continue;
+        if (g->n == g->cap) {
+            size_t cap = g->cap ? 2 * g->cap : 64;
+            int32_t *x = realloc(g->mbs, cap * sizeof *x);
+            if (!x)
+                return -1;
+            g->mbs = x;
+            g->cap = cap;
+        }
+        g->mbs[g->n++] = a.mb;
     }
+    qsort(g->mbs, g->n, sizeof *g->mbs, cmp_i32);
+    return !(g->opt && *inflight != 0);
+}
+
+static int same_segment(const segment *a, const segment *b)
+{
+    return a->opt == b->opt && a->barriers == b->barriers && a->n == b->n &&
+           (a->n == 0 || memcmp(a->mbs, b->mbs, a->n * sizeof *a->mbs) == 0);
+}
+
+/* Update by update, every stage's k-th OPT must apply the same
+ * micro-batches, with none in flight, and meet the others (OPT, BARRIER)
+ * in the same order: O(micro-batches per update) of memory, however long
+ * the run. */
+int pp_stream_synchronous(pp_stream *st, pp_err *e)
+{
+    int P = st->info.stages, sync = 1;
+    segment first = {0}, other = {0};
+    int *inflight = calloc((size_t)(P > 0 ? P : 1), sizeof *inflight);
+    if (!inflight)
+        return pp_errf(e, "out of memory");
+    for (int more = 1; sync > 0 && more;) {
+        sync = read_segment(st, 0, &inflight[0], &first);
+        for (int s = 1; sync > 0 && s < P; s++) {
+            sync = read_segment(st, s, &inflight[s], &other);
+            if (sync > 0)
+                sync = same_segment(&first, &other);
+        }
+        more = first.opt;
+    }
+    free(first.mbs);
+    free(other.mbs);
+    free(inflight);
+    return sync < 0 ? pp_errf(e, "out of memory") : sync;
 }
 
 int pp_schedule_synchronous(const pp_schedule *ir, pp_err *e)
 {
-    size_t N = (size_t)ir->info.total_microbatches;
-    int *first = malloc((N ? N : 1) * sizeof *first), *upd = malloc((N ? N : 1) * sizeof *upd);
-    if (!first || !upd) {
-        free(first);
-        free(upd);
-        return pp_errf(e, "out of memory");
-    }
-    int sync = stage_updates(&ir->stage[0], first, N) >= 0;
-    for (int st = 1; sync && st < ir->info.stages; st++)
-        sync = stage_updates(&ir->stage[st], upd, N) >= 0 &&
-               memcmp(first, upd, N * sizeof *upd) == 0 &&
-               same_meetings(&ir->stage[0], &ir->stage[st]);
-    free(first);
-    free(upd);
+    pp_stream *st;
+    if (pp_stream_from_schedule(ir, &st, e) < 0)
+        return -1;
+    int sync = pp_stream_synchronous(st, e);
+    pp_stream_free(st);
     return sync;
 }
 
@@ -98,12 +132,16 @@ int pp_clip_init(run *r, pp_err *e)
     const pp_run_config *c = r->cfg;
     if (!(c->grad_clip > 0))
         return 0;
-    int sync = pp_schedule_synchronous(c->ir, e);
+    pp_stream *st;
+    if (pp_run_open_ir(c, &st, e) < 0)
+        return -1;
+    int sync = pp_stream_synchronous(st, e);
+    pp_stream_free(st);
     if (sync <= 0)
         return sync;
     if (r->nloc < r->P)
         return pp_errf(e, "clipping by the global gradient norm (%s is synchronous) needs every "
-                          "stage in one process", c->ir->info.name);
+                          "stage in one process", r->info.name);
     r->clip_global = 1;
     for (int i = 0; i < 2; i++) {
         r->clip[i].k = -1;

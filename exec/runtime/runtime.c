@@ -60,8 +60,8 @@ static int create_stages(run *r, void ***eval_stages, pp_err *e)
         pp_placement at = placement_of(r, s);
         if (c->backend->create(&c->model, r->P, s, &at, &r->st[s].bk, e) < 0)
             return pp_err_prefix(e, "stage %d", s);
-        if (pp_stage_prepare(&r->st[s], e) < 0)
-            return pp_err_prefix(e, "stage %d", s);
+        if (pp_stage_prepare(&r->st[s], e) < 0) /* a refused resume names the stage */
+            return r->bad_resume ? -1 : pp_err_prefix(e, "stage %d", s);
     }
     if (!pp_run_evaluates(r))
         return 0;
@@ -84,6 +84,15 @@ int pp_run_stage_threads(int threads, int local_stages)
     return per > 1 ? per : 1;
 }
 
+int pp_run_open_ir(const pp_run_config *c, pp_stream **out, pp_err *e)
+{
+    if (c->ir)
+        return pp_stream_from_schedule(c->ir, out, e);
+    if (!c->open_ir)
+        return pp_errf(e, "no schedule to run");
+    return c->open_ir(c->open_ir_ctx, out, e);
+}
+
 /* Configuration errors, found before anything is allocated. */
 static int check_config(const run *r, pp_err *e)
 {
@@ -98,12 +107,21 @@ static int check_config(const run *r, pp_err *e)
                        r->P);
     if (r->nloc < r->P && (c->ncuts || c->resume_blobs))
         return pp_errf(e, "checkpoints need every stage in one process");
-    for (int st = 0; r->nloc < r->P && st < r->P; st++)
-        for (size_t i = 0; i < c->ir->stage[st].count; i++)
-            if (c->ir->stage[st].items[i].op == PP_OP_BARRIER)
-                return pp_errf(e, "stage %d, action %zu: BARRIER needs every stage in one "
-                                  "process", st, i);
     return 0;
+}
+
+/* The IR's needs (pp_ir_plan), from a pass over it before the run. */
+static int plan_ir(run *r, pp_err *e)
+{
+    pp_stream *st;
+    if (pp_run_open_ir(r->cfg, &st, e) < 0)
+        return -1;
+    int rc = pp_ir_plan_make(st, &r->plan, e);
+    pp_stream_free(st);
+    if (rc == 0 && r->nloc < r->P && r->plan.barrier_stage >= 0)
+        rc = pp_errf(e, "stage %d, action %zu: BARRIER needs every stage in one process",
+                     r->plan.barrier_stage, r->plan.barrier_pos);
+    return rc;
 }
 
 /* Per checkpoint cut, a slot for each stage's state blob. */
@@ -153,10 +171,9 @@ static int open_transport(run *r, pp_err *e)
         void **bks = malloc((size_t)r->P * sizeof *bks);
         for (int s = 0; bks && s < r->P; s++)
             bks[s] = r->st[s].bk;
-        /* room for a step's messages per link: bounded, yet loose enough not
-         * to couple the stages more tightly than the schedule does */
-        int capacity = c->ir->info.microbatches_per_step + r->P;
-        rc = bks ? pp_transport_inproc_create(r->P, capacity,
+        /* as many messages per link as the IR can send ahead (ir_plan.c):
+         * fewer can stall a valid schedule until its timeout */
+        rc = bks ? pp_transport_inproc_create(r->P, r->plan.slots,
                                               c->timeout_s > 0 ? c->timeout_s : 600, c->link_s,
                                               c->backend, bks, &r->tr, e)
                  : pp_errf(e, "out of memory");
@@ -211,12 +228,17 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     run r;
     memset(&r, 0, sizeof r);
     r.cfg = c;
-    r.P = c->ir->info.stages;
-    r.N = c->ir->info.total_microbatches;
+    if (pp_run_open_ir(c, &r.ir, e) < 0)
+        return -1;
+    r.info = r.ir->info;
+    r.P = r.info.stages;
+    r.N = r.info.total_microbatches;
     r.lo = c->local_first;
     r.nloc = c->local_count ? c->local_count : r.P;
-    if (check_config(&r, e) < 0)
+    if (check_config(&r, e) < 0 || plan_ir(&r, e) < 0) {
+        pp_stream_free(r.ir);
         return -1;
+    }
     pthread_mutex_init(&r.mu, NULL);
     pthread_cond_init(&r.cv, NULL);
     r.tokens = c->resume_tokens;
@@ -231,6 +253,8 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         rc = create_stages(&r, &eval_stages, e);
     if (rc == 0)
         rc = open_transport(&r, e);
+    if (rc == 0 && c->on_ready)
+        c->on_ready(c->on_ready_ctx);
     if (rc == 0) {
         rc = run_stages(&r, eval_stages, e);
         res->elapsed_s = pp_now_s() - r.t0;
@@ -258,10 +282,13 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         pp_stage_release(&r.st[s]);
     free(r.st);
     free(r.records);
+    pp_ir_plan_free(&r.plan);
+    pp_stream_free(r.ir);
     pthread_mutex_destroy(&r.mu);
     pthread_cond_destroy(&r.cv);
     if (rc < 0)
         pp_run_result_free(res);
+    res->bad_resume = rc < 0 && r.bad_resume;
     return rc;
 }
 

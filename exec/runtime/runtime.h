@@ -40,7 +40,13 @@ typedef struct {
 typedef int (*pp_batch_fn)(void *ctx, long index, int *tokens, int *targets, pp_err *e);
 
 typedef struct {
-    const pp_schedule *ir;       /* validated */
+    const pp_schedule *ir;       /* validated; or NULL, and open_ir */
+    /* The IR as a stream instead (a generator): opened once per pass over
+     * it, the checks before the run and then one cursor per stage, so a
+     * long run never holds its whole IR. Its deadlocks are found before
+     * the first action (pp_ir_plan); the generator is trusted otherwise. */
+    int (*open_ir)(void *ctx, pp_stream **out, pp_err *e);
+    void *open_ir_ctx;
     pp_model_desc model;         /* micro_batch = B, seq_len = T */
     const pp_backend_ops *backend;
     const pp_placement *placement; /* [P]; NULL: every stage on GPU 0, whole */
@@ -65,9 +71,23 @@ typedef struct {
     double timeout_s;            /* a stage waiting longer than this fails the run */
     double link_s;               /* in-process transport: seconds per message on a link */
     int threads;                 /* CPU threads per stage; 0: the cores / local stages */
-    pp_timeline *timeline;       /* measured actions (optional), seconds */
+    /* Measured actions (seconds) as the stages finish them, the local
+     * stages' merged in start order (ties: stage, then the stage's own
+     * order), as the simulator's metrics take them. Either or both: every
+     * action appended to `timeline`, and each handed to on_action (from
+     * the thread that called pp_run; an error fails the run). Each action
+     * carries PP_TA_STASH and next_f_version as the simulator sets them.
+     * The run itself keeps only those not yet handed on. */
+    pp_timeline *timeline;
+    int (*on_action)(void *ctx, int stage, const pp_timed_action *a, pp_err *e);
+    void *on_action_ctx;
     void (*on_step)(void *ctx, const pp_step_record *r);
     void *on_step_ctx;
+    /* Called once the stages are created (and restored from resume_blobs),
+     * before the first action: a tool's banner, after which only run-time
+     * failures remain. */
+    void (*on_ready)(void *ctx);
+    void *on_ready_ctx;
     /* Test hook: when set, [stage][mb][0/1] receives a checksum of the
      * weights the forward / backward of mb read on that stage. */
     double *weight_checksums;
@@ -99,6 +119,7 @@ typedef struct {
     int nstages;                 /* P, with final_weights */
     void **final_weights;        /* [P] with keep_final_weights: local stages', else NULL */
     size_t *final_weight_bytes;  /* [P] */
+    int bad_resume;              /* failed: a resume blob's contents are wrong (bad input) */
 } pp_run_result;
 
 /* "cpu", or "cuda" when built with CUDA; a one-line error otherwise. */
@@ -115,6 +136,34 @@ int pp_run_stage_threads(int threads, int local_stages);
  * PipeDream, PipeDream-2BW or PACI. 0 when not, -1 when out of memory.
  * Such a schedule clips by the global norm (grad_clip.c). */
 int pp_schedule_synchronous(const pp_schedule *ir, pp_err *e);
+/* The same, read from a fresh stream (left exhausted). */
+int pp_stream_synchronous(pp_stream *st, pp_err *e);
+
+/* What a run learns from its IR before the first action, by playing it
+ * through with links that never fill (ir_plan.c says how): per stage the
+ * most micro-batches it holds at once and its number of actions, the
+ * first BARRIER, and the messages every link and direction must be able
+ * to hold (sent and not yet taken by the receiver, or taken and parked
+ * until it wants them) so that no send ever blocks: with fewer, a valid IR
+ * can stall both neighbours on their sends. A schedule that deadlocks even
+ * with unbounded links fails, naming the stage and action. */
+typedef struct {
+    int P;
+    int slots;                 /* the most any link needs, at least 1 */
+    int slots_src, slots_dst;  /* the link that needs them (-1: none sends) */
+    int *peak_held;            /* [P] */
+    size_t *actions;           /* [P] */
+    int barrier_stage;         /* the first BARRIER's stage, -1: none */
+    size_t barrier_pos;
+} pp_ir_plan;
+int pp_ir_plan_make(pp_stream *st, pp_ir_plan *p, pp_err *e);
+void pp_ir_plan_free(pp_ir_plan *p);
+
+/* The capacity per link and direction a transport needs for this IR (the
+ * `capacity` of pp_transport_tcp_create and the NCCL transport): the plan's
+ * slots, or -1 with the reason. The in-process transport of pp_run is
+ * sized this way already. */
+int pp_schedule_link_slots(const pp_schedule *ir, pp_err *e);
 
 /* CLOCK_MONOTONIC in seconds: the clock of the measured timelines. */
 double pp_now_s(void);

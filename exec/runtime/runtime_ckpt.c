@@ -60,9 +60,10 @@ int pp_stage_save(stage_rt *s, int j, void **out, size_t *bytes, pp_err *e)
     const pp_backend_ops *bk = s->r->cfg->backend;
     const pp_cut *cut = &s->r->cfg->cuts[j];
     blob b = {0};
-    int ninflight = 0, nout = 0;
-    for (int mb = 0; mb < s->r->N; mb++)
-        ninflight += s->acts[mb] != NULL;
+    int ninflight = (int)s->flying.n, nout = 0;
+    int32_t *mbs = pp_mbt_keys(&s->flying); /* in micro-batch order */
+    if (!mbs)
+        return pp_errf(e, "out of memory for the checkpoint of stage %d", s->s);
     for (int i = 0; i < s->noutbox; i++)
         nout += s->outbox[i].cut == j;
     int64_t head[] = {STATE_MAGIC, s->s, (int64_t)cut->pos[s->s], s->updates, s->ws.current,
@@ -85,13 +86,14 @@ int pp_stage_save(stage_rt *s, int j, void **out, size_t *bytes, pp_err *e)
     }
     put_dev(&b, s, s->grad, s->ws.bytes);
     size_t ab = bk->acts_bytes(s->bk);
-    for (int mb = 0; mb < s->r->N; mb++)
-        if (s->acts[mb]) {
-            put_i64(&b, mb);
-            put_i64(&b, s->v_f[mb]);
-            put(&b, &s->loss[mb], sizeof s->loss[mb]);
-            put_dev(&b, s, s->acts[mb], ab);
-        }
+    for (int i = 0; i < ninflight; i++) {
+        const flying_mb *f = pp_flying(s, mbs[i]);
+        put_i64(&b, mbs[i]);
+        put_i64(&b, f->v_f);
+        put(&b, &f->loss, sizeof f->loss);
+        put_dev(&b, s, f->acts, ab);
+    }
+    free(mbs);
     for (int i = 0; i < s->noutbox; i++) {
         pp_outbox_msg *m = &s->outbox[i];
         if (m->cut != j)
@@ -169,27 +171,30 @@ static int restore_versions(stage_rt *s, reader *r, int nversions, int current, 
     return 0;
 }
 
-/* The OPTs among the first `pos` actions of the stage: the updates (and
- * the current weight version) a stage has made when it resumes at pos. */
-static int64_t opts_before(const pp_action_list *l, size_t pos)
+/* Moves the stage's cursor past the first `pos` actions (pos at most its
+ * count), returning the OPTs among them: the updates (and the current
+ * weight version) a stage has made when it resumes at pos. */
+static int64_t skip_to(stage_rt *s, size_t pos)
 {
-    int64_t n = 0;
-    for (size_t i = 0; i < pos; i++)
-        n += l->items[i].op == PP_OP_OPT;
-    return n;
+    int64_t opts = 0;
+    pp_action a;
+    for (; s->pos < pos && pp_stream_next(s->r->ir, s->s, &a); s->pos++)
+        opts += a.op == PP_OP_OPT;
+    return opts;
 }
 
-/* The header of a stage's state, checked against the schedule it resumes:
- * a checkpoint with valid CRCs may still hold numbers that would index out
- * of range or contradict the IR (a crafted or foreign file). */
-static int check_head(const stage_rt *s, const int64_t *h, pp_err *e)
+/* The header of a stage's state, checked against the schedule it resumes
+ * (and the stage's cursor moved to its position): a checkpoint with valid
+ * CRCs may still hold numbers that would index out of range or contradict
+ * the IR (a crafted or foreign file). */
+static int check_head(stage_rt *s, const int64_t *h, pp_err *e)
 {
-    const pp_action_list *l = &s->r->cfg->ir->stage[s->s];
+    size_t count = s->r->plan.actions[s->s];
     int64_t N = s->r->N;
-    if (h[2] < 0 || (uint64_t)h[2] > l->count)
+    if (h[2] < 0 || (uint64_t)h[2] > count)
         return pp_errf(e, "stage %d: checkpoint resumes at action %lld of %zu", s->s,
-                       (long long)h[2], l->count);
-    int64_t updates = opts_before(l, (size_t)h[2]);
+                       (long long)h[2], count);
+    int64_t updates = skip_to(s, (size_t)h[2]);
     if (h[3] != updates || h[4] != updates)
         return pp_errf(e, "stage %d: checkpoint says %lld updates and weight version %lld; its "
                           "schedule position has %lld", s->s, (long long)h[3], (long long)h[4],
@@ -202,6 +207,24 @@ static int check_head(const stage_rt *s, const int64_t *h, pp_err *e)
         return pp_errf(e, "stage %d: checkpoint counts out of range (%lld in flight, %lld "
                           "messages, %lld losses)", s->s, (long long)h[7], (long long)h[8],
                        (long long)h[9]);
+    return 0;
+}
+
+/* AdamW's step count t, at the end of the optimizer state (backend.h):
+ * every update of the stage took one step, so t equals its update count.
+ * Any other value (negative, fractional, larger than the schedule allows,
+ * inf, nan) is refused before the backend casts it to an integer or its
+ * bias correction 1 - beta^t turns it into inf or nan. */
+static int check_adamw_steps(const stage_rt *s, const unsigned char *opt, size_t bytes,
+                             pp_err *e)
+{
+    double t;
+    if (bytes < sizeof t)
+        return pp_errf(e, "stage %d: checkpoint's optimizer state is %zu bytes", s->s, bytes);
+    memcpy(&t, opt + bytes - sizeof t, sizeof t);
+    if (!(t == (double)s->updates))
+        return pp_errf(e, "stage %d: checkpoint's AdamW step count t is %g, the stage has made "
+                          "%d updates", s->s, t, s->updates);
     return 0;
 }
 
@@ -218,7 +241,7 @@ static int check_message(const stage_rt *s, const pp_outbox_msg *m, size_t bound
     return 0;
 }
 
-int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, pp_err *e)
+int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, pp_err *e)
 {
     const pp_backend_ops *bk = s->r->cfg->backend;
     reader r = {data, bytes, 0, 0};
@@ -229,7 +252,6 @@ int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, p
         return pp_errf(e, "checkpoint state of stage %d is damaged", s->s);
     if (check_head(s, head, e) < 0)
         return -1;
-    *pos = (size_t)head[2];
     s->updates = (int)head[3];
     int nversions = (int)head[6], ninflight = (int)head[7], nout = (int)head[8];
     s->loss_n = (int)head[9];
@@ -239,6 +261,8 @@ int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, p
     size_t ob = bk->opt_state_bytes(s->bk);
     if (r.at + ob > r.n)
         return pp_errf(e, "stage %d: checkpoint truncated", s->s);
+    if (check_adamw_steps(s, r.p + r.at, ob, e) < 0)
+        return -1;
     bk->opt_state_put(s->bk, r.p + r.at);
     r.at += ob;
     if (r.at + s->ws.bytes > r.n)
@@ -246,18 +270,26 @@ int pp_stage_restore(stage_rt *s, const void *data, size_t bytes, size_t *pos, p
     bk->from_host(s->bk, s->grad, r.p + r.at, s->ws.bytes);
     r.at += s->ws.bytes;
     size_t ab = bk->acts_bytes(s->bk);
+    pp_stream *ir = s->r->ir;
     for (int i = 0; i < ninflight; i++) {
         int64_t mb = get_i64(&r), vf = get_i64(&r);
-        if (r.bad || mb < 0 || mb >= s->r->N || s->acts[mb])
+        if (r.bad || mb < 0 || mb >= s->r->N || pp_flying(s, (int)mb))
             return pp_errf(e, "stage %d: checkpoint names a bad micro-batch or one twice", s->s);
         if (vf < 0 || vf > head[4])
             return pp_errf(e, "stage %d: checkpoint's micro-batch %lld read weight version %lld",
                            s->s, (long long)mb, (long long)vf);
-        s->v_f[mb] = (int)vf;
-        get(&r, &s->loss[mb], sizeof s->loss[mb]);
-        if (!(s->acts[mb] = get_dev(&r, s, ab)))
+        int dup;
+        flying_mb *f = pp_mbt_add(&s->flying, (int)mb, &dup);
+        if (!f)
+            return pp_errf(e, "out of memory");
+        f->v_f = (int)vf;
+        f->stash = ir->stashes && ir->stashes(ir, s->s, (int)mb);
+        get(&r, &f->loss, sizeof f->loss);
+        if (!(f->acts = get_dev(&r, s, ab))) {
+            pp_mbt_remove(&s->flying, (int)mb, NULL);
             return pp_errf(e, "stage %d: checkpoint truncated or out of memory", s->s);
-        if (s->stash[mb] && pp_weights_ref(&s->ws, (int)vf, 1) < 0)
+        }
+        if (f->stash && pp_weights_ref(&s->ws, (int)vf, 1) < 0)
             return pp_errf(e, "stage %d: stashed version %lld missing from the checkpoint", s->s,
                            (long long)vf);
     }
@@ -316,10 +348,9 @@ int pp_stage_resend(stage_rt *s, pp_err *e)
 }
 
 /* A message this stage just sent that a checkpoint cut will need. */
-int pp_stage_keep_for_checkpoint(stage_rt *s, size_t idx, pp_err *e)
+int pp_stage_keep_for_checkpoint(stage_rt *s, const pp_action *a, size_t idx, pp_err *e)
 {
     const pp_run_config *c = s->r->cfg;
-    const pp_action *a = &c->ir->stage[s->s].items[idx];
     for (int j = 0; j < c->ncuts; j++) {
         if (!c->cuts[j].keep[s->s][idx] || idx >= c->cuts[j].pos[s->s])
             continue;

@@ -8,6 +8,7 @@
 #include <pthread.h>
 
 #include "cut.h"
+#include "mb_table.h"
 #include "runtime.h"
 #include "transport/transport.h"
 #include "weights.h"
@@ -16,28 +17,39 @@
 
 typedef struct run run;
 
+/* A micro-batch between its F and its weight gradient on a stage (the
+ * stage's `flying` table, keyed by micro-batch). */
+typedef struct {
+    void *acts;
+    int32_t v_f;              /* the weight version its forward read */
+    uint8_t stash;            /* its backward reads v_f (which stays alive) */
+    float loss;               /* last stage: its training loss */
+} flying_mb;
+
 typedef struct {
     run *r;
     int s;
     void *bk;                 /* backend stage */
     pp_weight_store ws;
     void *grad;
-    void **acts;              /* [N] per micro-batch in flight */
-    int *v_f;                 /* [N] forward version */
-    uint8_t *stash;           /* [N] backward reads the stash */
-    int32_t *next_fv;         /* [actions] version the next F names, or -1 */
-    float *loss;              /* [N] last stage */
+    pp_mb_table flying;       /* mb -> flying_mb */
+    size_t pos;               /* actions of the stage's list done (or skipped on resume) */
     void *x_in, *x_out, *dx_in, *dx_out; /* boundary buffers */
     int *tokens, *targets;
     int updates;
     double loss_sum;
     int loss_n;
-    pp_timed_list log;        /* measured actions */
+    /* measured actions on their way to the main thread (timed_log.c):
+     * `pending` and `closed` under log_mu, `ready` the main thread's */
+    pthread_mutex_t log_mu;
+    int log_mu_made;
+    pp_timed_list pending, ready;
+    size_t ready_head;
+    int closed, ready_closed;
     pp_err err;
     int failed;
     struct pp_outbox_msg *outbox; /* copies kept for checkpoints */
     int noutbox, capoutbox;
-    size_t start_pos;             /* first action to run (resume) */
     pp_spares free_acts;          /* activation buffers not in use (acts_pool.c) */
     double clock0;                /* host time of the device clock's origin */
     float grad_scale;             /* the next OPT's gradient factor (grad_clip.c) */
@@ -62,7 +74,11 @@ typedef struct {
 
 struct run {
     const pp_run_config *cfg;
+    pp_ir_info info;
     int P, N;
+    pp_stream *ir;            /* the stages' cursors: stage s reads only its own */
+    pp_ir_plan plan;          /* what the IR needs (pp_ir_plan_make) */
+    int bad_resume;           /* a resume blob was refused */
     stage_rt *st;
     pp_transport *tr;
     double t0;
@@ -104,6 +120,8 @@ typedef struct pp_outbox_msg {
 
 /* runtime.c: marks the run aborted and wakes every waiting stage. */
 void pp_run_abort(run *r);
+/* A fresh stream over the configured IR (cfg->ir or cfg->open_ir). */
+int pp_run_open_ir(const pp_run_config *c, pp_stream **out, pp_err *e);
 
 /* Evaluation needs the whole model: only a process that runs every stage. */
 static inline int pp_run_evaluates(const run *r)
@@ -117,6 +135,21 @@ int pp_stage_prepare(stage_rt *s, pp_err *e);
 void pp_stage_release(stage_rt *s);
 /* The thread of stage `arg` (a stage_rt *): runs its action list. */
 void *pp_stage_main(void *arg);
+/* The stage's micro-batch in flight, or NULL. */
+static inline flying_mb *pp_flying(stage_rt *s, int mb)
+{
+    return pp_mbt_get(&s->flying, mb);
+}
+
+/* timed_log.c: the measured actions, from the stages to the main thread.
+ * A stage pushes each action it finished and closes its log when its
+ * thread ends; pp_log_merge (main thread) hands on, in start order, every
+ * action whose turn has come: all of them once every local stage closed. */
+int pp_log_init(stage_rt *s, pp_err *e);
+int pp_log_push(stage_rt *s, const pp_timed_action *ta, pp_err *e);
+void pp_log_close(stage_rt *s);
+int pp_log_merge(run *r, pp_err *e);
+void pp_log_free(stage_rt *s);
 
 /* grad_clip.c: gradient clipping. init decides how this run clips (the
  * global norm needs every stage here) and sets up the exchange; before each
@@ -156,15 +189,16 @@ int pp_run_final_evaluation(run *r, void **eval_stages, pp_run_result *res, pp_e
 int pp_run_collect(run *r, pp_run_result *res, pp_err *e);
 int pp_run_keep_final_weights(run *r, pp_run_result *res, pp_err *e);
 
-/* runtime_ckpt.c: a message just sent that a cut will need; the stage's
- * state at cut j, handed to the main thread. */
-int pp_stage_keep_for_checkpoint(stage_rt *s, size_t idx, pp_err *e);
+/* runtime_ckpt.c: a message just sent (by action a, at index idx) that a
+ * cut will need; the stage's state at cut j, handed to the main thread. */
+int pp_stage_keep_for_checkpoint(stage_rt *s, const pp_action *a, size_t idx, pp_err *e);
 int pp_stage_reach_cut(stage_rt *s, int j, pp_err *e);
 
 /* Serialises stage s's state at cut j into a fresh host blob. */
 int pp_stage_save(stage_rt *s, int j, void **blob, size_t *bytes, pp_err *e);
-/* Restores a stage from a blob; *pos is where its action list resumes. */
-int pp_stage_restore(stage_rt *s, const void *blob, size_t bytes, size_t *pos, pp_err *e);
+/* Restores a stage from a blob and moves its cursor to where its action
+ * list resumes (s->pos). */
+int pp_stage_restore(stage_rt *s, const void *blob, size_t bytes, pp_err *e);
 /* Resends the outbox messages a resumed stage owes its neighbours. */
 int pp_stage_resend(stage_rt *s, pp_err *e);
 

@@ -13,29 +13,12 @@ int pp_stage_prepare(stage_rt *s, pp_err *e)
 {
     run *r = s->r;
     const pp_backend_ops *b = r->cfg->backend;
-    const pp_action_list *l = &r->cfg->ir->stage[s->s];
-    size_t N = (size_t)r->N;
-    s->acts = calloc(N ? N : 1, sizeof *s->acts);
-    s->v_f = calloc(N ? N : 1, sizeof *s->v_f);
-    s->stash = calloc(N ? N : 1, 1);
-    s->loss = calloc(N ? N : 1, sizeof *s->loss);
-    s->next_fv = malloc((l->count ? l->count : 1) * sizeof *s->next_fv);
     size_t BT = (size_t)r->cfg->model.micro_batch * r->cfg->model.seq_len;
     s->tokens = malloc(BT * sizeof(int));
     s->targets = malloc(BT * sizeof(int));
-    if (!s->acts || !s->v_f || !s->stash || !s->loss || !s->next_fv || !s->tokens || !s->targets)
+    if (!s->tokens || !s->targets || pp_mbt_init(&s->flying, sizeof(flying_mb)) < 0 ||
+        pp_log_init(s, e) < 0)
         return pp_errf(e, "out of memory");
-    /* What the stage must know ahead: which backwards read the stash, and
-     * which version the next explicit-version forward names. */
-    int32_t next = -1;
-    for (size_t i = l->count; i-- > 0;) {
-        const pp_action *a = &l->items[i];
-        s->next_fv[i] = next;
-        if (a->op == PP_OP_F)
-            next = a->sel == PP_SEL_VERSION ? a->version : -1;
-        if ((a->op == PP_OP_B || a->op == PP_OP_I) && a->sel == PP_SEL_STASH)
-            s->stash[a->mb] = 1;
-    }
     if (pp_weights_init(&s->ws, b, s->bk, r->cfg->seed, e) < 0)
         return -1;
     size_t nb = b->boundary_floats(s->bk) * sizeof(float);
@@ -48,8 +31,10 @@ int pp_stage_prepare(stage_rt *s, pp_err *e)
         return pp_errf(e, "out of memory for stage %d buffers", s->s);
     const pp_run_config *c = r->cfg;
     if (c->resume_blobs &&
-        pp_stage_restore(s, c->resume_blobs[s->s], c->resume_sizes[s->s], &s->start_pos, e) < 0)
+        pp_stage_restore(s, c->resume_blobs[s->s], c->resume_sizes[s->s], e) < 0) {
+        r->bad_resume = 1;
         return -1;
+    }
     /* every activation buffer the schedule will hold at once, now: none
      * is allocated (or zeroed, or faulted in) per micro-batch */
     return pp_acts_reserve(s, e);
@@ -60,9 +45,10 @@ void pp_stage_release(stage_rt *s)
     if (!s->bk) /* not created, or another process's stage */
         return;
     const pp_backend_ops *b = s->r->cfg->backend;
-    for (int i = 0; s->acts && i < s->r->N; i++)
-        if (s->acts[i])
-            b->release(s->bk, s->acts[i]);
+    for (size_t i = 0; s->flying.keys && i <= s->flying.mask; i++)
+        if (s->flying.keys[i] >= 0)
+            b->release(s->bk, ((flying_mb *)(s->flying.vals + i * s->flying.vsize))->acts);
+    pp_mbt_free(&s->flying);
     pp_acts_free(s);
     void *bufs[] = {s->grad, s->x_in, s->x_out, s->dx_in, s->dx_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -70,14 +56,9 @@ void pp_stage_release(stage_rt *s)
             b->release(s->bk, bufs[i]);
     if (s->ws.v)
         pp_weights_free(&s->ws);
-    free(s->acts);
-    free(s->v_f);
-    free(s->stash);
-    free(s->loss);
-    free(s->next_fv);
     free(s->tokens);
     free(s->targets);
-    free(s->log.items);
+    pp_log_free(s);
     for (int i = 0; i < s->noutbox; i++)
         free(s->outbox[i].buf);
     free(s->outbox);
@@ -107,33 +88,47 @@ static void record_checksum(stage_rt *s, const void *w, int mb, int which)
 
 /* --- actions --------------------------------------------------------- */
 
-static int do_forward(stage_rt *s, const pp_action *a, int *version, pp_err *e)
+static int do_forward(stage_rt *s, const pp_action *a, pp_timed_action *ta, pp_err *e)
 {
     run *r = s->r;
     const pp_backend_ops *b = r->cfg->backend;
-    int mb = a->mb, first = s->s == 0, last = s->s == r->P - 1;
+    int mb = a->mb, first = s->s == 0, last = s->s == r->P - 1, dup;
     int v = a->sel == PP_SEL_VERSION ? a->version : s->ws.current;
     void *w = pp_weights_get(&s->ws, v);
     if (!w)
         return pp_errf(e, "F%d: weight version %d is not alive", mb, v);
     size_t nb = b->boundary_floats(s->bk) * sizeof(float);
-    if ((first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0) ||
-        (last && !first && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0))
+    if ((first || last) && r->cfg->train_batch(r->cfg->data, mb, s->tokens, s->targets, e) < 0)
         return -1;
-    if (!s->acts[mb] && !(s->acts[mb] = pp_acts_get(s)))
+    flying_mb *f = pp_mbt_add(&s->flying, mb, &dup);
+    if (!f)
+        return dup ? pp_errf(e, "F%d: micro-batch %d is in flight already", mb, mb)
+                   : pp_errf(e, "out of memory");
+    if (!(f->acts = pp_acts_get(s))) {
+        pp_mbt_remove(&s->flying, mb, NULL);
         return pp_errf(e, "out of memory for the activations of micro-batch %d", mb);
+    }
+    f->v_f = v;
+    f->stash = r->ir->stashes && r->ir->stashes(r->ir, s->s, mb);
     if (b->forward(s->bk, w, first ? s->tokens : NULL, first ? NULL : s->x_in,
-                   last ? s->targets : NULL, s->acts[mb], last ? NULL : s->x_out,
-                   last ? &s->loss[mb] : NULL, e) < 0)
+                   last ? s->targets : NULL, f->acts, last ? NULL : s->x_out,
+                   last ? &f->loss : NULL, e) < 0)
         return -1;
-    s->v_f[mb] = v;
-    if (s->stash[mb])
+    if (f->stash) {
         pp_weights_ref(&s->ws, v, 1);
+        ta->flags |= PP_TA_STASH;
+    }
     record_checksum(s, w, mb, 0);
-    *version = v;
+    ta->version = v;
     if (!last)
         return r->tr->send(r->tr, s->s, s->s + 1, PP_MSG_ACT, mb, s->x_out, nb, e);
     return 0;
+}
+
+/* The weight version the backward of mb reads: its forward's when stashed. */
+static int backward_version(stage_rt *s, const flying_mb *f)
+{
+    return f->stash ? f->v_f : s->ws.current;
 }
 
 /* B or I: the input gradient, sent upstream. */
@@ -142,36 +137,39 @@ static int do_backward_input(stage_rt *s, const pp_action *a, int *version, pp_e
     run *r = s->r;
     const pp_backend_ops *b = r->cfg->backend;
     int mb = a->mb, first = s->s == 0, last = s->s == r->P - 1;
-    int v = s->stash[mb] ? s->v_f[mb] : s->ws.current;
-    void *w = pp_weights_get(&s->ws, v);
-    if (!w || !s->acts[mb])
+    flying_mb *f = pp_flying(s, mb);
+    void *w = f ? pp_weights_get(&s->ws, backward_version(s, f)) : NULL;
+    if (!w)
         return pp_errf(e, "%s%d: no forward state", pp_op_name(a->op), mb);
     size_t nb = b->boundary_floats(s->bk) * sizeof(float);
-    float scale = 1.0f / (float)r->cfg->ir->info.microbatches_per_step;
-    b->backward_input(s->bk, w, s->acts[mb], last ? NULL : s->dx_out, first ? NULL : s->dx_in,
+    float scale = 1.0f / (float)r->info.microbatches_per_step;
+    b->backward_input(s->bk, w, f->acts, last ? NULL : s->dx_out, first ? NULL : s->dx_in,
                       scale);
     record_checksum(s, w, mb, 1);
-    *version = v;
+    *version = backward_version(s, f);
     if (!first)
         return r->tr->send(r->tr, s->s, s->s - 1, PP_MSG_GRAD, mb, s->dx_in, nb, e);
     return 0;
 }
 
 /* B or W: the weight gradient, then the micro-batch is done here. */
-static void do_backward_weight(stage_rt *s, const pp_action *a)
+static int do_backward_weight(stage_rt *s, const pp_action *a, int *version, pp_err *e)
 {
     run *r = s->r;
     const pp_backend_ops *b = r->cfg->backend;
-    int mb = a->mb;
-    b->backward_weight(s->bk, s->acts[mb], s->grad);
-    pp_acts_put(s, s->acts[mb]);
-    s->acts[mb] = NULL;
-    if (s->stash[mb])
-        pp_weights_ref(&s->ws, s->v_f[mb], -1);
+    flying_mb f;
+    if (!pp_mbt_remove(&s->flying, a->mb, &f))
+        return pp_errf(e, "%s%d: no forward state", pp_op_name(a->op), a->mb);
+    *version = backward_version(s, &f);
+    b->backward_weight(s->bk, f.acts, s->grad);
+    pp_acts_put(s, f.acts);
+    if (f.stash)
+        pp_weights_ref(&s->ws, f.v_f, -1);
     if (s->s == r->P - 1) {
-        s->loss_sum += s->loss[mb];
+        s->loss_sum += f.loss;
         s->loss_n++;
     }
+    return 0;
 }
 
 /* AdamW's hyperparameters of the run: a config that leaves them all zero
@@ -246,29 +244,32 @@ static void clock_restart(stage_rt *s)
     s->clock0 = pp_now_s() - s->r->t0;
 }
 
-static int run_action(stage_rt *s, size_t idx, pp_err *e)
+static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
 {
-    const pp_action *a = &s->r->cfg->ir->stage[s->s].items[idx];
     const pp_backend_ops *b = s->r->cfg->backend;
+    pp_stream *ir = s->r->ir;
+    size_t idx = s->pos;
+    /* the version the stage's next F names, as the simulator asks it */
+    int32_t next_fv = ir->next_f_version ? ir->next_f_version(ir, s->s) : -1;
     int rc = receive_input(s, a, e), v = 0;
-    pp_timed_action ta = {*a, 0, 0, -1, pp_now_s() - s->r->t0, 0};
+    pp_timed_action ta = {*a, 0, 0, next_fv, pp_now_s() - s->r->t0, 0};
     if (b->clock_mark)
         b->clock_mark(s->bk, 0);
     switch (rc < 0 ? -1 : a->op) {
     case PP_OP_F:
-        rc = do_forward(s, a, &v, e);
+        rc = do_forward(s, a, &ta, e);
+        v = ta.version;
         break;
     case PP_OP_B:
         rc = do_backward_input(s, a, &v, e);
         if (rc == 0)
-            do_backward_weight(s, a);
+            rc = do_backward_weight(s, a, &v, e);
         break;
     case PP_OP_I:
         rc = do_backward_input(s, a, &v, e);
         break;
     case PP_OP_W:
-        v = s->stash[a->mb] ? s->v_f[a->mb] : s->ws.current;
-        do_backward_weight(s, a);
+        rc = do_backward_weight(s, a, &v, e);
         break;
     case PP_OP_OPT:
         rc = do_opt(s, &v, e);
@@ -281,14 +282,14 @@ static int run_action(stage_rt *s, size_t idx, pp_err *e)
     int sent = (a->op == PP_OP_F && s->s < s->r->P - 1) ||
                ((a->op == PP_OP_B || a->op == PP_OP_I) && s->s > 0);
     if (rc == 0 && sent && s->r->cfg->ncuts)
-        rc = pp_stage_keep_for_checkpoint(s, idx, e);
+        rc = pp_stage_keep_for_checkpoint(s, a, idx, e);
     if (rc < 0) {
         char buf[32];
         return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
                              pp_action_format(*a, buf, sizeof buf));
     }
-    if (pp_weights_pin(&s->ws, s->next_fv[idx]) < 0)
-        return pp_errf(e, "stage %d: version %d is not alive", s->s, s->next_fv[idx]);
+    if (pp_weights_pin(&s->ws, next_fv) < 0)
+        return pp_errf(e, "stage %d: version %d is not alive", s->s, next_fv);
     if (b->clock_mark)
         b->clock_mark(s->bk, 1);
     b->sync(s->bk);
@@ -305,27 +306,19 @@ static int run_action(stage_rt *s, size_t idx, pp_err *e)
         if (t1 > 10.0)
             clock_restart(s);
     }
-    if (s->log.count == s->log.cap) {
-        size_t cap = s->log.cap ? s->log.cap * 2 : 256;
-        pp_timed_action *items = realloc(s->log.items, cap * sizeof *items);
-        if (!items)
-            return pp_errf(e, "out of memory");
-        s->log.items = items;
-        s->log.cap = cap;
-    }
-    s->log.items[s->log.count++] = ta;
-    return 0;
+    s->pos++;
+    return pp_log_push(s, &ta, e);
 }
 
 /* Runs one action and, at a checkpoint cut, saves the stage; returns 1
  * when the run stops at this cut. */
-static int step(stage_rt *s, size_t i, pp_err *e)
+static int step(stage_rt *s, const pp_action *a, pp_err *e)
 {
     const pp_run_config *c = s->r->cfg;
-    if (run_action(s, i, e) < 0)
+    if (run_action(s, a, e) < 0)
         return -1;
     for (int j = 0; j < c->ncuts; j++)
-        if (c->cuts[j].pos[s->s] == i + 1) {
+        if (c->cuts[j].pos[s->s] == s->pos) {
             if (pp_stage_reach_cut(s, j, e) < 0)
                 return -1;
             if (j == c->stop_cut)
@@ -337,16 +330,17 @@ static int step(stage_rt *s, size_t i, pp_err *e)
 void *pp_stage_main(void *arg)
 {
     stage_rt *s = arg;
-    const pp_action_list *l = &s->r->cfg->ir->stage[s->s];
     if (s->r->cfg->backend->clock_origin)
         clock_restart(s);
     int rc = pp_stage_resend(s, &s->err);
-    for (size_t i = s->start_pos; rc == 0 && i < l->count; i++)
-        rc = step(s, i, &s->err);
+    pp_action a;
+    while (rc == 0 && pp_stream_next(s->r->ir, s->s, &a))
+        rc = step(s, &a, &s->err);
     if (rc < 0) {
         s->failed = 1;
         pp_run_abort(s->r);
     }
+    pp_log_close(s);
     if (s->r->cfg->peak_weight_copies)
         s->r->cfg->peak_weight_copies[s->s] = s->ws.peak_copies;
     pthread_mutex_lock(&s->r->mu);

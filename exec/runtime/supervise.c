@@ -1,7 +1,8 @@
 /* The main thread's side of a run: the last stage hands it one record
  * per update; it emits them in order (each with its validation loss once
- * every stage deposited that snapshot) and hands complete checkpoint cuts
- * to the writer, until every local stage is done. */
+ * every stage deposited that snapshot), hands on the measured actions
+ * (timed_log.c) and complete checkpoint cuts to the writer, until every
+ * local stage is done. */
 #include <math.h>
 #include <stdlib.h>
 #include <time.h>
@@ -112,6 +113,13 @@ int pp_supervise(run *r, reporter *rep, pp_err *e)
             rc = pp_errf(e, "interrupted");
             pthread_mutex_unlock(&r->mu);
             pp_run_abort(r);
+            pthread_mutex_lock(&r->mu);
+        }
+        if (rc == 0) { /* the measured actions so far (all of them once done) */
+            pthread_mutex_unlock(&r->mu);
+            rc = pp_log_merge(r, e);
+            if (rc < 0)
+                pp_run_abort(r);
             pthread_mutex_lock(&r->mu);
         }
         if (rc == 0 && (report_ready(r, rep, e) < 0 || (handed = checkpoints_ready(r, e)) < 0)) {
