@@ -61,7 +61,8 @@ static pp_run_result train(const pp_schedule *ir, pp_model_desc *m, int nccl)
     pp_run_config c = test_run_config(ir, m, &pp_backend_cuda, 120);
     pp_transport *tr = NULL;
     if (nccl) {
-        int capacity = ir->info.microbatches_per_step + ir->info.stages; /* as pp_run */
+        int capacity = pp_schedule_link_slots(ir, &e); /* as pp_run */
+        ck_assert_msg(capacity > 0, "%s", e.msg);
         ck_assert_msg(pp_transport_nccl_loopback_create(ir, capacity, c.timeout_s, &tr, &e) == 0,
                       "%s", e.msg);
         c.transport = tr; /* every stage local: local_first/local_count stay 0 */

@@ -48,7 +48,7 @@ int pp_nccl_make_ids(int P, void *out, pp_err *e);
 /* The transport of rank `rank` (= the stage it runs) of a P-stage pipeline,
  * P = ir->info.stages. `ids` comes from pp_nccl_make_ids on rank 0 (copied;
  * the IR must outlive the transport). At most `capacity` messages in
- * flight per link and direction (the runtime's choice is m + P); a wait
+ * flight per link and direction (pp_schedule_link_slots); a wait
  * longer than timeout_s fails the run. Communicators are created when the
  * runtime attaches the local stage (pp_run_config.local_first = rank,
  * local_count = 1); every rank must get that far within timeout_s. */

@@ -86,7 +86,10 @@ static pp_schedule crossed(void)
 /* As pp_run sizes the in-process transport. */
 static int capacity(const pp_schedule *ir)
 {
-    return ir->info.microbatches_per_step + ir->info.stages;
+    pp_err e;
+    int slots = pp_schedule_link_slots(ir, &e);
+    ck_assert_msg(slots > 0, "%s", e.msg);
+    return slots;
 }
 
 /* m is the data's description too: it must outlive the run. */
