@@ -3,7 +3,10 @@
  * link's messages sent and not yet taken. Memory follows what is in flight,
  * not the length of the run (an array indexed by micro-batch would grow
  * with the steps). Open addressing; a removal may move other entries, so a
- * pointer from get or add is valid until the next add or remove. */
+ * pointer from get or add is valid until the next add or remove. Not the
+ * simulator's sim/ring.h: that direct-mapped table grows with the span of
+ * its live keys, and here keys also come from a checkpoint being resumed,
+ * where two far-apart micro-batches must not cost memory in between. */
 #ifndef PP_MB_TABLE_H
 #define PP_MB_TABLE_H
 
