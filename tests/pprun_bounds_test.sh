@@ -9,6 +9,7 @@
 set -u
 PPRUN=$1
 DATA=$2
+here=$(cd "$(dirname "$0")" && pwd) # ckpt_edit.py
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fails=0 passes=0
@@ -57,21 +58,11 @@ else bad "peak memory: $short KB for 150 steps, $long KB for 2000 (4096 KB apart
     --checkpoint "$tmp/ck" --stop-after 2 >/dev/null 2>&1 || bad "checkpoint for the t test"
 set_t() { # set_t VALUE: stage 0's t in a copy of the checkpoint, CRCs made right
     rm -rf "$tmp/ck-t" && cp -r "$tmp/ck" "$tmp/ck-t"
-    python3 - "$tmp/ck-t/checkpoint.ckpt" "$1" <<'PY'
-import struct, sys, zlib
-path, value = sys.argv[1], float(sys.argv[2])
-b = open(path, "rb").read()
-nshape = struct.unpack_from("<I", b, 12)[0]
-pos = 16 + 4 * nshape + 4
-out, nsec = bytearray(b[:pos]), 0
-while True:
-    (n,) = struct.unpack_from("<I", b, pos)
-    if n == 0:
-        break
-    name = b[pos + 4:pos + 4 + n]
-    (size,) = struct.unpack_from("<Q", b, pos + 4 + n)
-    data = bytearray(b[pos + 20 + n:pos + 20 + n + size])
-    pos += 20 + n + size
+    PYTHONPATH="$here" python3 - "$tmp/ck-t/checkpoint.ckpt" "$1" <<'PY'
+import struct, sys
+from ckpt_edit import rewrite
+value = float(sys.argv[2])
+def set_t(name, data):
     if name == b"stage0":
         # runtime_ckpt.c: 10 int64 of header, the loss sum, per weight
         # version its number and weights (w bytes), the optimizer state
@@ -83,11 +74,8 @@ while True:
         at = 88 + 8 + w + 2 * w
         assert struct.unpack_from("<d", data, at)[0] == 2.0
         struct.pack_into("<d", data, at, value)
-    h = struct.pack("<I", n) + name + struct.pack("<QI", len(data), zlib.crc32(data))
-    out += h + struct.pack("<I", zlib.crc32(h)) + data
-    nsec += 1
-end = struct.pack("<II", 0, nsec)
-open(path, "wb").write(out + end + struct.pack("<I", zlib.crc32(end)))
+    return data
+rewrite(sys.argv[1], set_t)
 PY
 }
 set_t 2 || bad "rewriting the checkpoint"

@@ -23,6 +23,7 @@
 #include "launch/job.h"
 #include "launch/net.h"
 #include "launch/store.h"
+#include "test_support.h"
 #include "transport/mailbox.h"
 
 static pp_secret secret_of(const char *text)
@@ -521,9 +522,5 @@ int main(void)
     tcase_add_test(tc, unwanted_messages_are_bounded);
     tcase_add_test(tc, other_messages_do_not_restart_the_wait);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(s);
 }
