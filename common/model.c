@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "optim_cost.h"
+
 typedef struct {
     const char *name;
     int layers, dim, heads, seq_len, vocab, micro_batch, bytes;
@@ -92,6 +94,17 @@ double pp_model_total_params(const pp_model_desc *m)
     return pp_model_stage_params(m, 1, 0);
 }
 
+double pp_model_forward_flops(const pp_model_desc *m, int P, int s)
+{
+    int first, n;
+    pp_model_stage_blocks(m, P, s, &first, &n);
+    double t = pp_model_tokens_per_mb(m), h = m->dim;
+    double f = n * (24.0 * t * h * h + 4.0 * t * m->seq_len * h);
+    if (s == P - 1)
+        f += 2.0 * t * m->vocab * h;
+    return f;
+}
+
 double pp_model_boundary_bytes(const pp_model_desc *m)
 {
     return (double)m->micro_batch * m->seq_len * m->dim * m->bytes_per_elem;
@@ -108,7 +121,7 @@ pp_stage_memory pp_model_stage_memory(const pp_model_desc *m, int P, int s)
 
     r.weights = params * m->bytes_per_elem;
     r.grads = params * 4.0;
-    r.optimizer = params * 8.0 + (m->bytes_per_elem == 2 ? params * 4.0 : 0.0);
+    r.optimizer = pp_optim_state_bytes(m, P, s);
     /* Activations of a transformer block without recomputation, per
      * Korthikanti et al. (16-bit): s*b*h*(34 + 5*a*s/h) bytes. */
     double per_block = sbh * (34.0 + 5.0 * m->heads * (double)m->seq_len / m->dim) * scale;

@@ -6,6 +6,9 @@
 
 #include "error.h"
 
+/* The optimizer whose state the memory model counts (optim_cost.h). */
+typedef enum { PP_OPTIM_ADAMW, PP_OPTIM_MUON, PP_OPTIM_ADAMW_ROTATED } pp_optim_kind;
+
 typedef struct {
     char name[32];
     int layers;       /* transformer blocks */
@@ -15,6 +18,9 @@ typedef struct {
     int vocab;
     int micro_batch;  /* sequences per micro-batch */
     int bytes_per_elem; /* activations and weights: 2 = bf16, 4 = fp32 */
+    /* memory model only (presets: plain AdamW) */
+    pp_optim_kind optimizer;
+    int delay_correction; /* 1: one more fp32 buffer of the stage's parameters */
 } pp_model_desc;
 
 /* Fills *out for "tiny", "gpt2-small", "gpt2-medium", "gpt2-large",
@@ -34,12 +40,18 @@ void pp_model_stage_blocks(const pp_model_desc *m, int P, int s,
  * last stage. */
 double pp_model_stage_params(const pp_model_desc *m, int P, int s);
 double pp_model_total_params(const pp_model_desc *m);
+/* FLOPs of stage s's matrix products in the forward of one micro-batch:
+ * 24 t h^2 + 4 t L h per block for t tokens of sequence length L
+ * (Narayanan et al. 2021, attention scores over the full L x L), plus
+ * 2 t V h for the output layer on the last stage. */
+double pp_model_forward_flops(const pp_model_desc *m, int P, int s);
 
 /* Memory of one stage, in bytes. */
 typedef struct {
     double weights;        /* one copy of the weights (bytes_per_elem each) */
     double grads;          /* fp32 gradient accumulation buffer */
-    double optimizer;      /* AdamW m and v (fp32), plus fp32 master if bf16 */
+    double optimizer;      /* the optimizer's state, fp32 master weights below
+                              fp32 included (pp_optim_state_bytes) */
     double activation_per_mb; /* activations kept per micro-batch in flight */
     double input_per_mb;   /* the stage input alone (recompute mode) */
 } pp_stage_memory;

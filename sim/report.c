@@ -4,7 +4,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "optim_cost.h"
+
 #define GIB (1024.0 * 1024.0 * 1024.0)
+
+/* Plain AdamW is the memory model's baseline: only another optimizer, or
+ * the delay correction, adds its lines, fields and columns, so that the
+ * outputs without them stay as they were. */
+static int other_optimizer(const pp_model_desc *m)
+{
+    return m && (m->optimizer != PP_OPTIM_ADAMW || m->delay_correction);
+}
+
+static double adamw_state_bytes(const pp_model_desc *m, int P, int s)
+{
+    pp_model_desc a = *m;
+    a.optimizer = PP_OPTIM_ADAMW;
+    a.delay_correction = 0;
+    return pp_optim_state_bytes(&a, P, s);
+}
 
 static void print_model_line(FILE *f, const pp_model_desc *model)
 {
@@ -14,6 +32,9 @@ static void print_model_line(FILE *f, const pp_model_desc *model)
                "              vocab %d, micro-batch %d sequences, %s\n",
             model->name, model->layers, model->dim, model->heads, model->seq_len, model->vocab,
             model->micro_batch, model->bytes_per_elem == 2 ? "bf16" : "fp32");
+    if (other_optimizer(model))
+        fprintf(f, "              optimizer %s%s\n", pp_optim_name(model->optimizer),
+                model->delay_correction ? " with the delay correction" : "");
 }
 
 static void fmt_steady(char *buf, size_t n, const pp_metrics *m)
@@ -81,6 +102,34 @@ static void compare_memory(FILE *f, const pp_metrics *ms, int n)
     }
 }
 
+/* The optimizer's state per stage against plain AdamW's: it does not
+ * depend on the schedule, so one block serves them all. */
+static void compare_optimizer(FILE *f, int P, const pp_model_desc *model)
+{
+    const int per_block = 8;
+    const char *name = pp_optim_name(model->optimizer);
+    fprintf(f, "\noptimizer state per stage (GiB), part of every schedule's peaks above\n");
+    if (model->delay_correction)
+        fprintf(f, "%s with the delay correction (one more fp32 copy of the parameters)\n", name);
+    for (int first = 0; first < P; first += per_block) {
+        int last = first + per_block < P ? first + per_block : P;
+        fprintf(f, "%-14s", "optimizer");
+        for (int s = first; s < last; s++)
+            fprintf(f, " %6s%-d", "s", s);
+        fprintf(f, "\n%-14.14s", name);
+        for (int s = first; s < last; s++)
+            fprintf(f, " %7.2f", pp_optim_state_bytes(model, P, s) / GIB);
+        fprintf(f, "\n%-14s", "plain adamw");
+        for (int s = first; s < last; s++)
+            fprintf(f, " %7.2f", adamw_state_bytes(model, P, s) / GIB);
+        fprintf(f, "\n%-14s", "difference");
+        for (int s = first; s < last; s++)
+            fprintf(f, " %+7.2f",
+                    (pp_optim_state_bytes(model, P, s) - adamw_state_bytes(model, P, s)) / GIB);
+        fprintf(f, "\n");
+    }
+}
+
 void pp_report_compare_table(FILE *f, const pp_metrics *ms, int n, const pp_model_desc *model)
 {
     if (n < 1)
@@ -110,9 +159,11 @@ void pp_report_compare_table(FILE *f, const pp_metrics *ms, int n, const pp_mode
     fprintf(f, "x: throughput relative to %s; bubble: idle / (P x makespan);\n"
                "steady: the same over the middle steps (n/a: run too short)\n", ms[0].info.name);
     compare_memory(f, ms, n);
+    if (other_optimizer(model))
+        compare_optimizer(f, i->stages, model);
 }
 
-static cJSON *stage_json(const pp_stage_metrics *p, int s)
+static cJSON *stage_json(const pp_stage_metrics *p, int s, int P, const pp_model_desc *model)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "stage", s);
@@ -130,10 +181,16 @@ static cJSON *stage_json(const pp_stage_metrics *p, int s)
     cJSON_AddNumberToObject(o, "activation_hold_mean", p->hold_mean);
     cJSON_AddNumberToObject(o, "activation_hold_max", p->hold_max);
     cJSON_AddNumberToObject(o, "final_version", p->final_version);
+    if (other_optimizer(model)) {
+        double state = pp_optim_state_bytes(model, P, s);
+        cJSON_AddNumberToObject(o, "optimizer_state_bytes", state);
+        cJSON_AddNumberToObject(o, "optimizer_state_vs_adamw_bytes",
+                                state - adamw_state_bytes(model, P, s));
+    }
     return o;
 }
 
-static cJSON *metrics_json(const pp_metrics *m)
+static cJSON *metrics_json(const pp_metrics *m, const pp_model_desc *model)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "schedule", m->info.name);
@@ -161,18 +218,23 @@ static cJSON *metrics_json(const pp_metrics *m)
     cJSON_AddNumberToObject(o, "peak_inflight_max", m->peak_inflight_max);
     cJSON_AddNumberToObject(o, "peak_memory_bytes_max", m->peak_memory_bytes_max);
     cJSON_AddNumberToObject(o, "actions", (double)m->actions);
+    if (other_optimizer(model)) {
+        cJSON_AddStringToObject(o, "optimizer", pp_optim_name(model->optimizer));
+        cJSON_AddBoolToObject(o, "delay_correction", model->delay_correction);
+    }
     cJSON *arr = cJSON_AddArrayToObject(o, "per_stage");
     for (int s = 0; s < m->info.stages; s++)
-        cJSON_AddItemToArray(arr, stage_json(&m->stage[s], s));
+        cJSON_AddItemToArray(arr, stage_json(&m->stage[s], s, m->info.stages, model));
     return o;
 }
 
-int pp_report_json(FILE *f, const pp_metrics *ms, int n, int as_array)
+int pp_report_json(FILE *f, const pp_metrics *ms, int n, int as_array,
+                   const pp_model_desc *model)
 {
-    cJSON *root = (n == 1 && !as_array) ? metrics_json(&ms[0]) : cJSON_CreateArray();
+    cJSON *root = (n == 1 && !as_array) ? metrics_json(&ms[0], model) : cJSON_CreateArray();
     if (cJSON_IsArray(root))
         for (int k = 0; k < n; k++)
-            cJSON_AddItemToArray(root, metrics_json(&ms[k]));
+            cJSON_AddItemToArray(root, metrics_json(&ms[k], model));
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text)
@@ -182,12 +244,35 @@ int pp_report_json(FILE *f, const pp_metrics *ms, int n, int as_array)
     return 0;
 }
 
-void pp_report_csv(FILE *f, const pp_metrics *ms, int n)
+/* The optimizer's columns of a CSV row: its name, the delay correction,
+ * then the state bytes of every stage and their difference to AdamW's. */
+static void csv_optimizer(FILE *f, int P, const pp_model_desc *model, int header)
 {
+    if (header) {
+        fprintf(f, ",optimizer,delay_correction");
+        for (int s = 0; s < P; s++)
+            fprintf(f, ",optimizer_state_bytes_s%d", s);
+        for (int s = 0; s < P; s++)
+            fprintf(f, ",optimizer_state_vs_adamw_bytes_s%d", s);
+        return;
+    }
+    fprintf(f, ",%s,%d", pp_optim_name(model->optimizer), model->delay_correction);
+    for (int s = 0; s < P; s++)
+        fprintf(f, ",%.17g", pp_optim_state_bytes(model, P, s));
+    for (int s = 0; s < P; s++)
+        fprintf(f, ",%.17g", pp_optim_state_bytes(model, P, s) - adamw_state_bytes(model, P, s));
+}
+
+void pp_report_csv(FILE *f, const pp_metrics *ms, int n, const pp_model_desc *model)
+{
+    int opt = n > 0 && other_optimizer(model);
     fprintf(f, "schedule,stages,microbatches_per_step,steps,time_unit,makespan,throughput,"
                "bubble_fraction,steady_bubble_fraction,drift_max,drift_mean,staleness_max,"
                "staleness_mean,age_max,age_mean,peak_weight_copies_max,peak_inflight_max,"
-               "peak_memory_bytes_max\n");
+               "peak_memory_bytes_max");
+    if (opt)
+        csv_optimizer(f, ms[0].info.stages, model, 1);
+    fprintf(f, "\n");
     for (int k = 0; k < n; k++) {
         const pp_metrics *m = &ms[k];
         fprintf(f, "%s,%d,%d,%d,%s,%.9g,%.9g,%.9g,", m->info.name, m->info.stages,
@@ -195,8 +280,11 @@ void pp_report_csv(FILE *f, const pp_metrics *ms, int n)
                 m->throughput_mb, m->bubble_fraction);
         if (m->has_steady)
             fprintf(f, "%.9g", m->steady_bubble_fraction);
-        fprintf(f, ",%d,%.9g,%d,%.9g,%d,%.9g,%d,%d,%.9g\n", m->drift_max, m->drift_mean,
+        fprintf(f, ",%d,%.9g,%d,%.9g,%d,%.9g,%d,%d,%.9g", m->drift_max, m->drift_mean,
                 m->staleness_max, m->staleness_mean, m->age_max, m->age_mean,
                 m->peak_weight_copies_max, m->peak_inflight_max, m->peak_memory_bytes_max);
+        if (opt)
+            csv_optimizer(f, m->info.stages, model, 0);
+        fprintf(f, "\n");
     }
 }

@@ -58,6 +58,27 @@ expect_ok validate "$tmp/ir.json"
 "$PPSIM" run --ir "$tmp/ir.json" --format json >"$tmp/b.json" 2>&1
 cmp -s "$tmp/a.json" "$tmp/b.json" && ok || bad "metrics of the exported IR differ from the generated schedule"
 
+# --- the optimizer in the memory and cost models (tests/test_optim_cost.c
+# has the hand computation): plain AdamW leaves every output as it was
+"$PPSIM" compare >"$tmp/plain.txt" 2>&1
+"$PPSIM" compare --optimizer adamw >"$tmp/adamw.txt" 2>&1
+cmp -s "$tmp/plain.txt" "$tmp/adamw.txt" && ok || bad "compare --optimizer adamw differs from compare"
+expect_ok compare --optimizer muon
+awk 'length > 80 { exit 1 }' "$tmp/out" || bad "compare --optimizer muon is wider than 80 columns"
+grep -qE '^difference +(-0\.14 +){7}-0\.14$' "$tmp/out" || bad "compare --optimizer muon: no per-stage difference of -0.14 GiB: $(cat "$tmp/out")"
+expect_ok compare --optimizer adamw-rotated --format json
+python3 -c 'import json,sys; a=json.load(open(sys.argv[1])); s=a[0]["per_stage"]; assert a[0]["optimizer"]=="adamw-rotated" and s[0]["optimizer_state_bytes"]==2241232896 and s[7]["optimizer_state_vs_adamw_bytes"]==1157627904' "$tmp/out" || bad "compare --optimizer adamw-rotated --format json: state per stage"
+expect_ok compare --optimizer muon --format csv
+python3 -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); assert len(r)==3 and r[0]["optimizer"]=="muon" and float(r[0]["optimizer_state_vs_adamw_bytes_s0"])==-150994944' "$tmp/out" || bad "compare --optimizer muon --format csv: state columns"
+# Muon's Newton-Schulz on gpt2-medium is 2.5 forwards a stage (P=4 stages
+# of 6 blocks, last stage less): gpipe's two steps wait 2 x 2.5 on stage 0
+expect_ok run --schedule gpipe --stages 4 --microbatches 4 --steps 2 --optimizer muon --opt-flops --format json
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["makespan"]==47' "$tmp/out" || bad "--opt-flops with muon: makespan is not 42 + 5"
+expect_ok run --schedule gpipe --stages 4 --microbatches 4 --steps 2 --opt-flops --format json
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["makespan"]==42' "$tmp/out" || bad "--opt-flops with adamw changed the makespan"
+expect_error 'unknown optimizer "bogus"' compare --optimizer bogus
+expect_error '--delay-correction' compare --delay-correction 2
+
 # --- bad input: one line, exit 2
 expect_error 'unknown command' frobnicate
 expect_error 'unknown option "--frob"' run --schedule paci --frob

@@ -18,7 +18,7 @@
 
 static pp_model_desc small_model(void)
 {
-    pp_model_desc m = {"test", 4, 32, 2, 16, 29, 2, 4};
+    pp_model_desc m = {"test", 4, 32, 2, 16, 29, 2, 4, PP_OPTIM_ADAMW, 0};
     return m;
 }
 

@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "optim_cost.h"
+
 int pp_cli_model(const pp_cli_opts *o, int stages, pp_model_desc *m, pp_err *e)
 {
     if (pp_model_preset(o->model, m, e) < 0)
@@ -29,6 +31,9 @@ int pp_cli_model(const pp_cli_opts *o, int stages, pp_model_desc *m, pp_err *e)
         else
             return pp_errf(e, "--precision: \"%s\" is not bf16 or fp32", o->precision);
     }
+    if (o->optimizer && pp_optim_parse(o->optimizer, &m->optimizer, e) < 0)
+        return -1;
+    m->delay_correction = o->delay_correction > 0;
     return pp_model_check(m, stages, e);
 }
 
@@ -82,6 +87,11 @@ int pp_cli_cost(const pp_cli_opts *o, int stages, const pp_model_desc *model, pp
     }
     if (o->sim.opt && pp_parse_per_stage(o->sim.opt, c->opt, stages, "--opt", e) < 0)
         goto fail;
+    /* the optimizer's matrix work at the FLOP rate the stage's forward runs at */
+    if (o->sim.opt_flops && model)
+        for (int s = 0; s < stages; s++)
+            c->opt[s] += c->fwd[s] * pp_optim_step_flops(model, stages, s) /
+                         pp_model_forward_flops(model, stages, s);
     if (o->comm_latency > 0)
         c->comm_latency = o->comm_latency;
     if (o->comm_bandwidth > 0)

@@ -28,6 +28,7 @@ typedef struct {
     pp_format format;
     const char *per_mb, *output, *schedules;
     int quiet;       /* no progress line */
+    int opt_flops;   /* OPT += the optimizer's matrix FLOPs at the forward's rate */
 } pp_sim_opts;
 
 /* pprun only: training, placement, multi-process runs, checkpoints, logs. */
@@ -49,6 +50,8 @@ typedef struct {
     uint64_t seed;  /* ppsim: jitter; pprun: weight initialisation */
     /* model */
     const char *model, *precision;
+    const char *optimizer;  /* --optimizer: the executor's, and its memory in ppsim */
+    double delay_correction; /* --delay-correction beta; > 0: on (one more buffer) */
     int layers, dim, heads, vocab, seq_len, micro_batch;
     /* link between stages: time units (ppsim) or seconds (pprun's model) */
     double comm_latency, comm_bandwidth;

@@ -31,7 +31,7 @@ static const char *const section_title[SEC_COUNT][2] = {
     [SEC_COST] = {"cost model (time units; seconds with --profile):", NULL},
     [SEC_MODEL] = {"model (memory and message sizes):", "model:"},
     [SEC_TRAINING] = {NULL, "training:"},
-    [SEC_OPTIMIZER] = {NULL, "optimizer (AdamW, per stage):"},
+    [SEC_OPTIMIZER] = {"optimizer (the memory of its state):", "optimizer (per stage):"},
     [SEC_MULTI] = {NULL, "multi-process runs (one process per stage; rank and world size from "
                          "mpirun,\nsrun or RANK/WORLD_SIZE):"},
     [SEC_CHECKPOINT] = {NULL, "checkpoints:"},
@@ -86,6 +86,11 @@ static const option options[] = {
      "backward duration (default 2); split backward I=W=B/2"},
     {"--opt", NULL, "T", SIM, SEC_COST, V_STR, AT(sim.opt), 0, 0,
      "optimizer step duration (default 0)"},
+    {"--opt-flops", NULL, NULL, SIM, SEC_COST, V_FLAG, AT(sim.opt_flops), 0, 0,
+     "add to each OPT the --optimizer's matrix products\n(muon: 5 Newton-Schulz iterations; "
+     "adamw-rotated:\nrotations, covariances, eigenbases every 10 steps)\nat the forward's "
+     "FLOP rate: --fwd x their FLOPs / the\nstage's forward FLOPs (default off: OPT is "
+     "--opt\nwhatever the optimizer; adamw adds nothing)"},
     {"--comm-latency", NULL, "T", SIM, SEC_COST, V_DOUBLE, AT(comm_latency), 0, PP_MAX_DURATION,
      "per message latency (default 0)"},
     {"--comm-bandwidth", NULL, "B", SIM, SEC_COST, V_DOUBLE, AT(comm_bandwidth), 0, 1e30,
@@ -159,6 +164,12 @@ static const option options[] = {
      "... and its bytes over B/S bytes per second"},
 
     /* pprun's optimizer */
+    {"--optimizer", NULL, "NAME", BOTH, SEC_OPTIMIZER, V_STR, AT(optimizer), 0, 0,
+     "adamw (default)"},
+    {"--delay-correction", NULL, "BETA", BOTH, SEC_OPTIMIZER, V_DOUBLE, AT(delay_correction),
+     0, 1,
+     "apply u + BETA (u - u_prev), u the update: our reading\nof arXiv 2606.30634, not its "
+     "exact formula; one more\nfp32 buffer per stage (default 0: off)"},
     {"--beta1", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.beta1), 0, 0,
      "first-moment decay (default 0.9)"},
     {"--beta2", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.beta2), 0, 0,
@@ -236,6 +247,7 @@ void pp_cli_defaults(pp_cli_opts *o, pp_tool tool)
     o->run.warmup = 10;
     o->run.eval_batches = 0; /* the whole validation split */
     o->run.data_order = "random";
+    o->optimizer = "adamw";
     o->run.beta1 = 0.9;
     o->run.beta2 = 0.95;
     o->run.eps = 1e-8;

@@ -150,6 +150,10 @@ static int prepare(pprun *p, pp_err *e)
     const pp_cli_opts *o = &p->o;
     if (pp_cli_model(o, p->P, &p->m, e) < 0)
         return -1;
+    if (strcmp(o->optimizer, "adamw") || o->delay_correction > 0)
+        return pp_errf(e, "--optimizer %s%s: the executor trains with adamw only so far (ppsim "
+                          "models the others' memory)", o->optimizer,
+                       o->delay_correction > 0 ? " with --delay-correction" : "");
     p->m.bytes_per_elem = 4; /* the executor trains in fp32 */
     if (pprun_placement(o, p->backend, p->P, &p->dist.env, &p->placement, e) < 0)
         return -1;

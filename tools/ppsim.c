@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "engine.h"
+#include "optim_cost.h"
 #include "registry.h"
 #include "report.h"
 #include "timeline.h"
@@ -157,9 +158,9 @@ static void print_report(const pp_cli_opts *o, const pp_metrics *ms, int n, int 
                          const pp_model_desc *model)
 {
     if (o->sim.format == PP_FORMAT_JSON)
-        pp_report_json(stdout, ms, n, compare);
+        pp_report_json(stdout, ms, n, compare, model);
     else if (o->sim.format == PP_FORMAT_CSV)
-        pp_report_csv(stdout, ms, n);
+        pp_report_csv(stdout, ms, n, model);
     else if (compare)
         pp_report_compare_table(stdout, ms, n, model);
     else
@@ -296,6 +297,9 @@ int main(int argc, char **argv)
     const char *outs[] = {o.trace, o.svg, o.sim.per_mb, o.sim.output};
     const char *ins[] = {o.ir_file, o.csv_file, o.profile, positional};
     if (pp_cli_check_outputs(outs, 4, NULL, 0, ins, 4, &e) < 0)
+        return fail(&e);
+    pp_optim_kind optimizer; /* a bad name is refused before any work */
+    if (pp_optim_parse(o.optimizer, &optimizer, &e) < 0)
         return fail(&e);
     int rc;
     if (!strcmp(cmd, "list")) {
