@@ -172,6 +172,32 @@ flush=(--schedule 1f1b-flush --stages 2 --microbatches 2 --steps 3 "${small[@]}"
 RANK=1 WORLD_SIZE=2 expect_error '--grad-clip: 1f1b-flush clips by the global gradient norm' "${flush[@]}" \
     --grad-clip 0.5 --rendezvous tcp://127.0.0.1:1
 
+# --- the optimizers: a name or an option pprun does not take is one line
+# and exit 2; Muon with both corrections stops and resumes bit for bit,
+# and its checkpoint refuses another optimizer, and the delay correction
+# switched off, by name
+expect_error 'unknown optimizer "lion"' "${common[@]}" --optimizer lion
+expect_error 'adamw-rotated: not yet' "${common[@]}" --optimizer adamw-rotated
+expect_error '--muon-momentum: only with --optimizer muon' "${common[@]}" --muon-momentum 0.9
+expect_error '--muon-momentum: 1 is not below 1' "${common[@]}" --optimizer muon --muon-momentum 1
+expect_error '--delay-correction' "${common[@]}" --delay-correction -0.5
+expect_error '--lr-delay-correction' "${common[@]}" --lr-delay-correction -1
+mu=("${common[@]}" --optimizer muon --muon-momentum 0.9 --delay-correction 0.5 --lr-delay-correction 4)
+"$PPRUN" "${mu[@]}" --log "$tmp/mu-full.jsonl" >/dev/null 2>"$tmp/err" || bad "muon run: $(cat "$tmp/err")"
+grep -q 'optimizer muon (Nesterov momentum 0.9' "$tmp/err" && ok || bad "muon: no banner line: $(cat "$tmp/err")"
+"$PPRUN" "${mu[@]}" --checkpoint "$tmp/mu-ck" --stop-after 3 --log "$tmp/mu-a.jsonl" >/dev/null 2>&1 || bad "muon stop-after"
+"$PPRUN" "${mu[@]}" --resume "$tmp/mu-ck" --log "$tmp/mu-b.jsonl" >/dev/null 2>&1 || bad "muon resume"
+cmp -s <(grep '"step"' "$tmp/mu-full.jsonl" | cut -d, -f1,2) <(cat "$tmp/mu-a.jsonl" "$tmp/mu-b.jsonl" | grep '"step"' | cut -d, -f1,2) &&
+    ok || bad "muon: resumed losses differ"
+cmp -s <(grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/mu-full.jsonl" | cut -d, -f1,2) &&
+    bad "muon trained AdamW's losses" || ok
+expect_error 'written with --optimizer muon, this run has --optimizer adamw' "${common[@]}" \
+    --delay-correction 0.5 --resume "$tmp/mu-ck"
+expect_error 'written with --delay-correction 0.5, this run has --delay-correction 0' "${common[@]}" \
+    --optimizer muon --resume "$tmp/mu-ck"
+expect_error 'written with --optimizer adamw, this run has --optimizer muon' "${common[@]}" \
+    --optimizer muon --resume "$tmp/ck"
+
 if [ -z "${PPSCHED_HAVE_CUDA:-}" ]; then expect_error 'cuda' "${common[@]}" --backend cuda; fi
 
 echo "$passes passed, $fails failed"

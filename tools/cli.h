@@ -39,6 +39,8 @@ typedef struct {
     const char *bind, *job_secret_file; /* multi-process runs */
     double lr, min_lr, timeout;
     double beta1, beta2, eps, weight_decay, grad_clip; /* AdamW; grad_clip 0: off */
+    double muon_momentum;    /* --optimizer muon only; -1: not given (0.95) */
+    int lr_delay_correction; /* PipeMare's lr correction over T updates; 0: off */
     int warmup, eval_every, eval_batches, checkpoint_every, stop_after;
     int threads;             /* per stage on the CPU; 0: cores / stages here */
 } pp_run_opts;

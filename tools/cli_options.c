@@ -165,7 +165,7 @@ static const option options[] = {
 
     /* pprun's optimizer */
     {"--optimizer", NULL, "NAME", BOTH, SEC_OPTIMIZER, V_STR, AT(optimizer), 0, 0,
-     "adamw (default)"},
+     "adamw (default), muon, adamw-rotated (ppsim only so\nfar)"},
     {"--delay-correction", NULL, "BETA", BOTH, SEC_OPTIMIZER, V_DOUBLE, AT(delay_correction),
      0, 1,
      "apply u + BETA (u - u_prev), u the update: our reading\nof arXiv 2606.30634, not its "
@@ -180,6 +180,12 @@ static const option options[] = {
      "decoupled, on matrices only (default 0.1)"},
     {"--grad-clip", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.grad_clip), 0, 1e30,
      "clip the gradient's global norm to X (default 0: off)"},
+    {"--muon-momentum", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.muon_momentum), 0, 0,
+     "muon: the momentum's decay, Nesterov (default 0.95)"},
+    {"--lr-delay-correction", NULL, "T", RUN, SEC_OPTIMIZER, V_INT, AT(run.lr_delay_correction),
+     0, 1 << 30,
+     "PipeMare: stage s's lr / tau_s^(1 - min(t/T, 1)) at its\nupdate t, tau_s its delay (below; "
+     "default 0: off)"},
 
     /* pprun's multi-process runs */
     {"--rendezvous", NULL, "SPEC", RUN, SEC_MULTI, V_STR, AT(run.rendezvous), 0, 0,
@@ -252,6 +258,7 @@ void pp_cli_defaults(pp_cli_opts *o, pp_tool tool)
     o->run.beta2 = 0.95;
     o->run.eps = 1e-8;
     o->run.weight_decay = 0.1;
+    o->run.muon_momentum = -1; /* not given: 0.95 with --optimizer muon */
     o->run.timeout = 600;
 }
 

@@ -40,6 +40,8 @@ typedef struct {
     pp_placement *placement;
     int P, multi, writes_log, writes_summary;
     int clip_global; /* --grad-clip by the global norm (a synchronous schedule) */
+    pp_optim_config optim;
+    double *tau; /* [P] --lr-delay-correction's stage delays, or NULL */
     const char *transport, *rdzv;
     char rdzv_buf[512];
 } pprun;
@@ -112,6 +114,17 @@ static int schedule_synchronous(const pprun *p, pp_err *e)
     return sync;
 }
 
+/* --lr-delay-correction: each stage's delay, read from the schedule. */
+static int stage_delays(pprun *p, pp_err *e)
+{
+    pp_stream *st;
+    if (open_ir(p, &st, e) < 0)
+        return -1;
+    int rc = pprun_stage_delays(st, &p->m, &p->tau, e);
+    pp_stream_free(st);
+    return rc;
+}
+
 /* Every measured action is kept where a file shows them all, or rank 0
  * gathers them. */
 static int keeps_timeline(const pprun *p)
@@ -150,10 +163,10 @@ static int prepare(pprun *p, pp_err *e)
     const pp_cli_opts *o = &p->o;
     if (pp_cli_model(o, p->P, &p->m, e) < 0)
         return -1;
-    if (strcmp(o->optimizer, "adamw") || o->delay_correction > 0)
-        return pp_errf(e, "--optimizer %s%s: the executor trains with adamw only so far (ppsim "
-                          "models the others' memory)", o->optimizer,
-                       o->delay_correction > 0 ? " with --delay-correction" : "");
+    if (pprun_optimizer(o, p->backend, &p->optim, e) < 0)
+        return -1;
+    if (o->run.lr_delay_correction > 0 && stage_delays(p, e) < 0)
+        return -1;
     p->m.bytes_per_elem = 4; /* the executor trains in fp32 */
     if (pprun_placement(o, p->backend, p->P, &p->dist.env, &p->placement, e) < 0)
         return -1;
@@ -181,7 +194,8 @@ static int prepare(pprun *p, pp_err *e)
     const pp_model_desc *m = &p->m;
     p->ck = (ckpt_ctx){o->run.checkpoint ? o->run.checkpoint : o->run.resume,
                        {m->layers, m->dim, m->heads, m->seq_len, m->vocab, p->P}, &p->ir,
-                       p->whole_ir ? pprun_ir_hash(&p->ir) : 0, o->seed, &p->c.sampler};
+                       p->whole_ir ? pprun_ir_hash(&p->ir) : 0, o->seed, &p->c.sampler,
+                       &p->optim};
     if (o->run.resume && pprun_read_checkpoint(o->run.resume, &p->ck, &p->blobs, &p->sizes,
                                                &p->tokens0, &p->first_update, e) < 0)
         return -1;
@@ -226,6 +240,9 @@ static int configure(pprun *p, pp_run_config *cfg, pp_err *e)
         return pp_errf(e, "--eps: must be above 0 (it keeps the update finite)");
     cfg->adamw = (pp_adamw_hparams){(float)r->beta1, (float)r->beta2, (float)r->eps,
                                     (float)r->weight_decay};
+    cfg->optim = p->optim;
+    cfg->lr_delay_tau = p->tau;
+    cfg->lr_delay_T = r->lr_delay_correction;
     cfg->grad_clip = r->grad_clip;
     int sync = r->grad_clip > 0 ? schedule_synchronous(p, e) : 0;
     if (sync < 0)
@@ -288,6 +305,7 @@ static void print_banner(const pprun *p)
                               "sqrt(its parameters / the model's) (%s is asynchronous: a "
                               "global norm would make every update wait for every stage)\n",
                 clip, p->ir.info.name);
+    pprun_print_optimizer(&p->optim, p->tau, p->P, p->o.run.lr_delay_correction);
 }
 
 /* What starts: the checkpoint it resumes from, the run, the clipping. */
@@ -451,6 +469,7 @@ static void pprun_free(pprun *p, int failed)
         p->dist.tr->abort(p->dist.tr);
     pprun_dist_close(&p->dist);
     free(p->placement);
+    free(p->tau);
     for (int j = 0; j < p->ncuts; j++)
         pp_cut_free(&p->cuts[j], p->P);
     free(p->cuts);
@@ -473,6 +492,7 @@ static void print_usage(FILE *f)
 {
     fputs(pprun_usage, f);
     pp_cli_help(f, PP_TOOL_RUN);
+    fputs(pprun_usage_tail, f);
     fputs("the summary ends with the simulator's prediction from this run's own op times\n"
           "and its error against the measured makespan\n",
           f);

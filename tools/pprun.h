@@ -33,8 +33,9 @@ typedef struct {
     double last_print;
 } run_ctx;
 
-/* pprun_options.c */
-extern const char pprun_usage[];
+/* pprun_options.c: --help's text before the options and after them (the
+ * optimizers, in more words than the option table has room for) */
+extern const char pprun_usage[], pprun_usage_tail[];
 /* The command line (after the defaults); bad input is -1 with one line. */
 int pprun_parse(pp_cli_opts *o, int argc, char **argv, pp_err *e);
 /* Every output path usable and none an input, before any work. */
@@ -45,6 +46,15 @@ int pprun_schedule(const pp_cli_opts *o, pp_schedule *ir, pp_err *e);
 /* Stage -> GPU (and SM partition) for the cuda backend; NULL for the CPU. */
 int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, int P, const pp_dist_env *d,
                     pp_placement **out, pp_err *e);
+/* The optimizer: --optimizer, --muon-momentum (muon only), --delay-correction,
+ * and one the backend has. */
+int pprun_optimizer(const pp_cli_opts *o, const pp_backend_ops *b, pp_optim_config *out,
+                    pp_err *e);
+/* --lr-delay-correction's tau_s (*tau, P entries, caller frees): the most
+ * updates a gradient applied on stage s is late against the weights its
+ * forward read (the simulator's age: staleness plus drift), at least 1.
+ * st: a fresh stream over the schedule, read to its end. */
+int pprun_stage_delays(pp_stream *st, const pp_model_desc *m, double **tau, pp_err *e);
 
 /* pprun_checkpoint.c: DIR/checkpoint.ckpt holds a run record (schedule,
  * update, tokens, the IR's hash, --seed, the data order and data seed) and
@@ -56,6 +66,7 @@ typedef struct {
     uint64_t ir_hash;
     uint64_t seed;            /* --seed, for the messages */
     const pp_sampler *data;   /* its order and seed: a resume draws the same batches */
+    const pp_optim_config *optim; /* a resume must hold the same optimizer's state */
 } ckpt_ctx;
 #define PPRUN_CKPT_NAME "checkpoint.ckpt"
 uint64_t pprun_ir_hash(const pp_schedule *ir);
@@ -100,6 +111,9 @@ void pprun_measure_free(pprun_measure *m);
  * --profile, after the run. */
 int pprun_write_outputs(const pp_cli_opts *o, const pp_timeline *tl, const pprun_measure *m,
                         double link_s, pp_err *e);
+/* The banner's optimizer line, when it is not plain AdamW: tau (P
+ * entries) the stage delays of --lr-delay-correction T, or NULL. */
+void pprun_print_optimizer(const pp_optim_config *c, const double *tau, int P, int T);
 /* What the validation loss covers, e.g. "whole validation split: 1742
  * sequences" or "48 random batches of 8 sequences". */
 void pprun_val_coverage(const pp_sampler *s, char *buf, size_t n);

@@ -1,6 +1,7 @@
 /* pprun's checkpoints: DIR/checkpoint.ckpt holds a run record and one
  * state blob per stage (the runtime serialises the stages at consistent
  * cuts, runtime/cut.h); a resume must run the very same IR and model. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,16 +31,17 @@ int pprun_write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double
     pp_ckpt_writer w;
     if (pp_ckpt_writer_open(&w, c->dir, PPRUN_CKPT_NAME, &c->shape, e) < 0)
         return -1;
-    char run[768];
+    char run[896];
     int n = snprintf(run, sizeof run,
                      "{\"schedule\": \"%s\", \"stages\": %d, \"microbatches_per_step\": %d, "
                      "\"steps\": %d, \"update\": %d, \"tokens\": %.0f, \"ir_hash\": \"%016llx\", "
                      "\"seed\": %llu, \"data_order\": \"%s\", \"data_seed\": \"%016llx\", "
-                     "\"micro_batch\": %d}",
+                     "\"micro_batch\": %d, \"optimizer\": \"%s\", \"delay_correction\": %.9g}",
                      c->ir->info.name, c->ir->info.stages, c->ir->info.microbatches_per_step,
                      c->ir->info.steps, K, tokens, (unsigned long long)c->ir_hash,
                      (unsigned long long)c->seed, pp_data_order_name(c->data->order),
-                     (unsigned long long)c->data->seed, c->data->B);
+                     (unsigned long long)c->data->seed, c->data->B, pp_optim_name(c->optim->kind),
+                     c->optim->delay_buffer ? c->optim->delay_beta : 0.0);
     if (pp_ckpt_writer_add(&w, "run.json", run, (size_t)n, e) < 0)
         goto fail;
     for (int s = 0; s < c->ir->info.stages; s++) {
@@ -97,6 +99,48 @@ static int check_data(const char *dir, const char *run, const ckpt_ctx *want, pp
     return 0;
 }
 
+/* The stage states hold the checkpointed run's optimizer state: the
+ * resumed run must have the same optimizer, and the delay correction's
+ * buffer on or off as it was (its beta, like the other hyperparameters,
+ * may change). A record without them is AdamW's. */
+static int check_optimizer(const char *dir, const char *run, const ckpt_ctx *want, pp_err *e)
+{
+    char name[32] = "adamw";
+    const char *o = field(run, "optimizer"), *dc = field(run, "delay_correction");
+    if (o)
+        sscanf(o, "\"%31[^\"]", name);
+    double beta = dc ? strtod(dc, NULL) : 0.0;
+    const pp_optim_config *c = want->optim;
+    const char *mine = pp_optim_name(c->kind);
+    if (strcmp(name, mine))
+        return pp_errf(e, "%s: checkpoint was written with --optimizer %s, this run has "
+                          "--optimizer %s; resume with the same optimizer", dir, name, mine);
+    if ((beta != 0) != (c->delay_buffer != 0))
+        return pp_errf(e, "%s: checkpoint was written with --delay-correction %g, this run has "
+                          "--delay-correction %g; resume with it %s (its state keeps the last "
+                          "update)", dir, beta, c->delay_buffer ? c->delay_beta : 0.0,
+                       beta != 0 ? "on" : "off");
+    return 0;
+}
+
+/* The run record's "update" and "tokens": a checkpoint is written after
+ * update K, 1 <= K < steps, having trained a finite count of tokens. The
+ * cuts still ahead are planned from K, so a damaged or crafted K outside
+ * overflowed (INT_MAX) or planned a cut for every K from far below 1. */
+static int record_numbers(const char *u, const char *t, int steps, int *update, double *tokens)
+{
+    char *end;
+    long k = u ? strtol(u, &end, 10) : 0;
+    if (!u || end == u || k < 1 || k >= steps)
+        return -1;
+    double n = t ? strtod(t, &end) : -1;
+    if (!t || end == t || !(n >= 0) || !isfinite(n))
+        return -1;
+    *update = (int)k;
+    *tokens = n;
+    return 0;
+}
+
 /* Reads --resume DIR: checks model shape, IR and data order and seed,
  * returns per-stage blobs. */
 int pprun_read_checkpoint(const char *dir, const ckpt_ctx *want, void ***blobs, size_t **sizes,
@@ -117,13 +161,14 @@ int pprun_read_checkpoint(const char *dir, const ckpt_ctx *want, void ***blobs, 
                         "same --schedule/--stages/--microbatches/--steps", dir, run);
     if (rc == 0)
         rc = check_data(dir, run, want, e);
+    if (rc == 0)
+        rc = check_optimizer(dir, run, want, e);
     const char *u = rc == 0 ? field(run, "update") : NULL;
     const char *t = rc == 0 ? field(run, "tokens") : NULL;
-    if (rc == 0 && (!u || !t))
-        rc = pp_errf(e, "%s: checkpoint run record is damaged", dir);
+    if (rc == 0 && record_numbers(u, t, want->ir->info.steps, update, tokens) < 0)
+        rc = pp_errf(e, "%s: checkpoint run record is damaged (\"update\" must be 1..%d, "
+                        "\"tokens\" a count)", dir, want->ir->info.steps - 1);
     if (rc == 0) {
-        *update = atoi(u);
-        *tokens = atof(t);
         *blobs = calloc((size_t)P, sizeof **blobs);
         *sizes = calloc((size_t)P, sizeof **sizes);
         if (!*blobs || !*sizes)

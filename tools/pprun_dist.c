@@ -112,6 +112,9 @@ void pprun_dist_job(pp_job *j, const pp_schedule *ir, const pp_model_desc *m,
     pp_job_text(j, "backend", backend);
     pp_job_text(j, "transport", transport);
     pp_job_text(j, "optimizer", o->optimizer);
+    pp_job_number(j, "muon momentum", r->muon_momentum);
+    pp_job_number(j, "delay correction", o->delay_correction);
+    pp_job_number(j, "lr delay correction", r->lr_delay_correction);
     pp_job_number(j, "learning rate", r->lr);
     pp_job_number(j, "min learning rate", r->min_lr);
     pp_job_number(j, "warmup", r->warmup);

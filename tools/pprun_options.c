@@ -1,7 +1,9 @@
 /* pprun's command line: the options (from the shared table, cli.h), and
- * the schedule and stage placement they name. */
+ * the schedule, stage placement and optimizer they name. */
+#include <stdlib.h>
 #include <string.h>
 
+#include "engine.h"
 #include "pprun.h"
 #include "runtime/placement.h"
 
@@ -12,6 +14,23 @@ const char pprun_usage[] =
     "Trains a GPT model with a pipeline schedule, stage by stage, and reports\n"
     "what really happened (bubble, drift, staleness per stage).\n"
     "\n";
+
+const char pprun_usage_tail[] =
+    "optimizers (per stage; --lr, --weight-decay and the AdamW options serve both):\n"
+    "  adamw  AdamW on every parameter\n"
+    "  muon   the blocks' attention and MLP matrices: momentum M <- mu M + (1-mu) G,\n"
+    "         Nesterov N = mu M + (1-mu) G (mu = --muon-momentum, 0.95 as in Keller\n"
+    "         Jordan's Muon write-up), orthogonalised by 5 quintic Newton-Schulz\n"
+    "         steps X <- a X + (b A + c A A) X, A = X X^T, from X = N / ||N||_F,\n"
+    "         transposed when rows > cols, (a,b,c) = (3.4445, -4.7750, 2.0315)\n"
+    "         (the same write-up); the update scaled by 0.2 sqrt(max(rows, cols))\n"
+    "         to AdamW's RMS (Moonshot's \"Muon is Scalable\", arXiv 2502.16982);\n"
+    "         AdamW for the embeddings, output layer, biases and LayerNorm\n"
+    "  --delay-correction applies u + BETA (u - u_prev) to either: our reading of\n"
+    "  the summary of arXiv 2606.30634, not its exact formula\n"
+    "  --lr-delay-correction: tau_s is the most updates a gradient applied on\n"
+    "  stage s is late against the weights its forward read (ppsim's age =\n"
+    "  staleness + drift: P-1-s for pipedream, 1 for pipedream-2bw), 1 where 0\n";
 
 int pprun_parse(pp_cli_opts *o, int argc, char **argv, pp_err *e)
 {
@@ -65,4 +84,54 @@ int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, int P, const 
     }
     return pp_placement_plan(o->run.devices, P, d->world > 1 ? d->local_rank : -1, partition, out,
                              e);
+}
+
+int pprun_optimizer(const pp_cli_opts *o, const pp_backend_ops *b, pp_optim_config *out,
+                    pp_err *e)
+{
+    pp_optim_config c = pp_optim_defaults();
+    if (pp_optim_parse(o->optimizer, &c.kind, e) < 0 || pp_optim_executable(c.kind, e) < 0)
+        return -1;
+    double mu = o->run.muon_momentum;
+    if (mu >= 0 && c.kind != PP_OPTIM_MUON)
+        return pp_errf(e, "--muon-momentum: only with --optimizer muon (this run has %s)",
+                       pp_optim_name(c.kind));
+    if (mu >= 1)
+        return pp_errf(e, "--muon-momentum: %g is not below 1 (a momentum's decay is in [0, 1))",
+                       mu);
+    if (mu >= 0)
+        c.muon_momentum = (float)mu;
+    c.delay_buffer = o->delay_correction > 0;
+    c.delay_beta = (float)o->delay_correction;
+    if (pp_backend_optimizer_init(b, NULL, &c, e) < 0)
+        return -1;
+    *out = c;
+    return 0;
+}
+
+int pprun_stage_delays(pp_stream *st, const pp_model_desc *m, double **tau, pp_err *e)
+{
+    int P = st->info.stages;
+    pp_cost cost;
+    if (pp_cost_init(&cost, P, e) < 0)
+        return -1;
+    /* the versions an action reads depend on the order of the actions
+     * alone, not on their durations: the default costs will do */
+    pp_sim_config sc = {&cost, m, 0, NULL, NULL, NULL};
+    pp_metrics met;
+    int rc = pp_simulate(st, &sc, &met, e);
+    pp_cost_free(&cost);
+    if (rc < 0)
+        return -1;
+    *tau = malloc((size_t)P * sizeof **tau);
+    if (!*tau) {
+        pp_metrics_free(&met);
+        return pp_errf(e, "out of memory");
+    }
+    for (int s = 0; s < P; s++) {
+        int age = met.stage[s].age_max;
+        (*tau)[s] = age > 1 ? age : 1;
+    }
+    pp_metrics_free(&met);
+    return 0;
 }

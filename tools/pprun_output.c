@@ -205,3 +205,21 @@ int pprun_print_prediction(pp_stream *st, const pprun_measure *times, double lin
     pp_metrics_free(&pred);
     return 0;
 }
+
+void pprun_print_optimizer(const pp_optim_config *c, const double *tau, int P, int T)
+{
+    if (pp_optim_plain_adamw(c) && !tau)
+        return;
+    fprintf(stderr, "pprun: optimizer %s", pp_optim_name(c->kind));
+    if (c->kind == PP_OPTIM_MUON)
+        fprintf(stderr, " (Nesterov momentum %g, Newton-Schulz on the blocks' matrices, AdamW on "
+                        "the rest)", c->muon_momentum);
+    if (c->delay_buffer)
+        fprintf(stderr, "; delay correction u + %g (u - u_prev)", c->delay_beta);
+    if (tau) {
+        fprintf(stderr, "; lr correction over %d updates, stage delays", T);
+        for (int s = 0; s < P; s++)
+            fprintf(stderr, "%c%g", s ? ',' : ' ', tau[s]);
+    }
+    fputc('\n', stderr);
+}

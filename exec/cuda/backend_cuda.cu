@@ -400,6 +400,7 @@ const pp_backend_ops pp_backend_cuda = {
     cuda_backward_input,
     cuda_backward_weight,
     cuda_optimizer_update,
+    cuda_optimizer_init,
     cuda_grad_sumsq,
     cuda_opt_state_bytes,
     cuda_opt_state_get,

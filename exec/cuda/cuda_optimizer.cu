@@ -96,6 +96,20 @@ void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *
     ck(c, cudaMemsetAsync(grad, 0, np * sizeof(float), c->stream), "zero grad");
 }
 
+/* AdamW only, so far: Muon and the delay correction run on the CPU
+ * backend (the learning-rate correction is the runtime's and works here). */
+int cuda_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e)
+{
+    (void)stage;
+    if (cfg->kind != PP_OPTIM_ADAMW)
+        return pp_errf(e, "--optimizer %s: the cuda backend has only adamw so far (--backend cpu "
+                          "has %s)", pp_optim_name(cfg->kind), pp_optim_name(cfg->kind));
+    if (cfg->delay_buffer)
+        return pp_errf(e, "--delay-correction: the cuda backend does not have it yet (--backend "
+                          "cpu does)");
+    return 0;
+}
+
 /* m, v, then t as a double: the CPU backend's layout. */
 size_t cuda_opt_state_bytes(void *stage)
 {

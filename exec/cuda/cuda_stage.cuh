@@ -169,6 +169,7 @@ void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx
 void cuda_backward_weight(void *stage, void *acts, void *gradv);
 /* cuda_optimizer.cu */
 void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step);
+int cuda_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e);
 double cuda_grad_sumsq(void *stage, const void *grad);
 size_t cuda_opt_state_bytes(void *stage);
 void cuda_opt_state_get(void *stage, void *host);

@@ -1,5 +1,7 @@
 #include "adamw.h"
 
+#include "optim.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,20 +41,36 @@ void pp_adamw_begin_step(pp_adamw *o)
 void pp_adamw_update(const pp_adamw *o, float *w, const float *grad, size_t offset,
                      size_t count, int decay, float lr)
 {
-    const pp_adamw_hparams *hp = &o->hp;
+    pp_adamw_apply(&o->hp, o->t, o->m + offset, o->v + offset, w + offset, grad + offset, count,
+                   decay, lr, NULL, 0.0f);
+}
+
+void pp_adamw_apply(const pp_adamw_hparams *hp, long t, float *restrict m, float *restrict v,
+                    float *restrict p, const float *restrict g, size_t count, int decay, float lr,
+                    float *restrict prev, float beta)
+{
     /* Bias corrections in double: 1 - beta^t is tiny for small t. */
-    float c1 = (float)(1.0 - pow(hp->beta1, (double)o->t));
-    float c2 = (float)(1.0 - pow(hp->beta2, (double)o->t));
+    float c1 = (float)(1.0 - pow(hp->beta1, (double)t));
+    float c2 = (float)(1.0 - pow(hp->beta2, (double)t));
     float wd = decay ? hp->weight_decay : 0.0f;
-    float *restrict m = o->m + offset, *restrict v = o->v + offset;
-    float *restrict p = w + offset;
-    const float *restrict g = grad + offset;
+    if (!prev) {
+        for (size_t i = 0; i < count; i++) {
+            m[i] = hp->beta1 * m[i] + (1.0f - hp->beta1) * g[i];
+            v[i] = hp->beta2 * v[i] + (1.0f - hp->beta2) * g[i] * g[i];
+            float mhat = m[i] / c1, vhat = v[i] / c2;
+            /* Decoupled decay: uses the weight before this step's update. */
+            p[i] -= lr * (mhat / (sqrtf(vhat) + hp->eps) + wd * p[i]);
+        }
+        return;
+    }
+    /* The same update u, kept for the delay correction (a loop of its own
+     * so that the plain one stays as simple as it was) */
     for (size_t i = 0; i < count; i++) {
         m[i] = hp->beta1 * m[i] + (1.0f - hp->beta1) * g[i];
         v[i] = hp->beta2 * v[i] + (1.0f - hp->beta2) * g[i] * g[i];
         float mhat = m[i] / c1, vhat = v[i] / c2;
-        /* Decoupled decay: uses the weight before this step's update. */
-        p[i] -= lr * (mhat / (sqrtf(vhat) + hp->eps) + wd * p[i]);
+        float u = lr * (mhat / (sqrtf(vhat) + hp->eps) + wd * p[i]);
+        p[i] -= pp_delay_correct(u, &prev[i], beta);
     }
 }
 

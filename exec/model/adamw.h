@@ -36,6 +36,14 @@ void pp_adamw_begin_step(pp_adamw *o);
 void pp_adamw_update(const pp_adamw *o, float *w, const float *grad, size_t offset,
                      size_t count, int decay, float lr);
 
+/* The same step on `count` parameters p with gradient g and moments m, v
+ * given apart (an optimizer that runs AdamW on part of its parameters
+ * keeps their moments packed), at step t. With prev (the delay
+ * correction, optim.h) the update u applied is u + beta (u - prev) and u
+ * is kept in prev; without, u itself, as pp_adamw_update. */
+void pp_adamw_apply(const pp_adamw_hparams *hp, long t, float *m, float *v, float *p,
+                    const float *g, size_t count, int decay, float lr, float *prev, float beta);
+
 /* Zeroes n gradient elements (before the first micro-batch of a step). */
 void pp_grad_zero(float *grad, size_t n);
 

@@ -1,7 +1,7 @@
 /* exec/model/: the model and its compute: GPT on the CPU (the numerical
- * reference), the GEMM, AdamW, data loading, and the backend table (this
- * header) that the runtime calls and the CUDA backend implements. Includes
- * only common/ headers, never another room.
+ * reference), the GEMM, the optimizers, data loading, and the backend
+ * table (this header) that the runtime calls and the CUDA backend
+ * implements. Includes only common/ headers, never another room.
  *
  * What a stage's compute needs from a device, as a table of functions: the
  * CPU reference implements it in backend_cpu.c, the CUDA backend in
@@ -19,6 +19,7 @@
 #include "adamw.h"
 #include "error.h"
 #include "model.h"
+#include "optim.h"
 
 typedef struct pp_backend_ops pp_backend_ops;
 
@@ -78,14 +79,22 @@ struct pp_backend_ops {
                            void *dx_in, float loss_scale);
     /* W: adds this micro-batch's weight gradient into grad. */
     void (*backward_weight)(void *stage, void *acts, void *grad);
-    /* OPT: one AdamW step of w with grad as `step` says, then zeroes grad. */
+    /* OPT: one step of the stage's optimizer (AdamW unless optimizer_init
+     * chose another) on w with grad as `step` says, then zeroes grad. */
     void (*optimizer_update)(void *stage, void *w, void *grad, const pp_opt_step *step);
+    /* Chooses the stage's optimizer (optim.h), state zero, before its
+     * first update and before opt_state_*; a stage starts with AdamW.
+     * With stage NULL it only says whether the backend has cfg's
+     * optimizer (a tool asks before any work). -1 with one line naming
+     * what the backend lacks. */
+    int (*optimizer_init)(void *stage, const pp_optim_config *cfg, pp_err *e);
     /* Sum of the squares of grad's elements (the stage's gradient, for
      * clipping), in double and in a fixed order; waits for the stage's
      * queued work. NaN when the device failed. */
     double (*grad_sumsq)(void *stage, const void *grad);
     /* Optimizer state for checkpoints: bytes, and copy out / in (host).
-     * It ends with AdamW's step count t as a double, which a resume checks
+     * Whatever the optimizer, it ends with its step count t as a double
+     * (AdamW's, which every update advances), which a resume checks
      * against the stage's updates before handing the state back. */
     size_t (*opt_state_bytes)(void *stage);
     void (*opt_state_get)(void *stage, void *host);
@@ -100,6 +109,20 @@ struct pp_backend_ops {
     void (*clock_mark)(void *stage, int slot);
     double (*clock_read)(void *stage, int slot);
 };
+
+/* Sets stage's optimizer to cfg through b's optimizer_init (stage NULL:
+ * only checks that b has it). AdamW needs no call: every backend has it,
+ * and one without optimizer_init has nothing else. */
+static inline int pp_backend_optimizer_init(const pp_backend_ops *b, void *stage,
+                                            const pp_optim_config *cfg, pp_err *e)
+{
+    if (pp_optim_plain_adamw(cfg))
+        return 0;
+    if (!b->optimizer_init)
+        return pp_errf(e, "--optimizer %s: the %s backend has only adamw",
+                       pp_optim_name(cfg->kind), b->name);
+    return b->optimizer_init(stage, cfg, e);
+}
 
 /* The CPU reference (backend_cpu.c); the runtime's pp_backend_find picks
  * a backend by name. */

@@ -1,14 +1,15 @@
-/* The CPU reference backend: host memory, gpt_cpu.c for the math, AdamW
- * from adamw.c. */
+/* The CPU reference backend: host memory, gpt_cpu.c for the math, the
+ * optimizers of cpu_optim.c. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_optim.h"
 #include "gpt_cpu.h"
 
 typedef struct {
     pp_gpt_stage g;
-    pp_adamw opt;
+    pp_cpu_optim opt;
 } cpu_stage;
 
 static int cpu_create(const pp_model_desc *m, int P, int s, const pp_placement *at, void **out,
@@ -26,7 +27,8 @@ static int cpu_create(const pp_model_desc *m, int P, int s, const pp_placement *
         free(c);
         return -1;
     }
-    if (pp_adamw_init(&c->opt, c->g.nparams, pp_adamw_defaults(), e) < 0) {
+    pp_optim_config adamw = pp_optim_defaults();
+    if (pp_cpu_optim_init(&c->opt, &c->g, &adamw, e) < 0) {
         pp_gpt_stage_free(&c->g);
         free(c);
         return -1;
@@ -38,7 +40,7 @@ static int cpu_create(const pp_model_desc *m, int P, int s, const pp_placement *
 static void cpu_destroy(void *stage)
 {
     cpu_stage *c = stage;
-    pp_adamw_free(&c->opt);
+    pp_cpu_optim_free(&c->opt);
     pp_gpt_stage_free(&c->g);
     free(c);
 }
@@ -116,9 +118,22 @@ static void cpu_optimizer_update(void *stage, void *w, void *grad, const pp_opt_
     cpu_stage *c = stage;
     if (step->grad_scale != 1.0f)
         pp_grad_scale(grad, c->g.nparams, step->grad_scale);
-    c->opt.hp = step->hp;
-    pp_gpt_adamw_step(&c->g, &c->opt, w, grad, step->lr);
+    pp_cpu_optim_step(&c->opt, w, grad, step->lr, &step->hp);
     pp_grad_zero(grad, c->g.nparams);
+}
+
+/* Every optimizer of optim.h; a stage's state starts from zero. */
+static int cpu_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e)
+{
+    if (!stage)
+        return 0;
+    cpu_stage *c = stage;
+    pp_cpu_optim fresh;
+    if (pp_cpu_optim_init(&fresh, &c->g, cfg, e) < 0)
+        return -1;
+    pp_cpu_optim_free(&c->opt);
+    c->opt = fresh;
+    return 0;
 }
 
 static double cpu_grad_sumsq(void *stage, const void *grad)
@@ -126,31 +141,19 @@ static double cpu_grad_sumsq(void *stage, const void *grad)
     return pp_grad_sumsq(grad, ((cpu_stage *)stage)->g.nparams);
 }
 
-/* m, v, then the step count t as a double (exact up to 2^53). */
 static size_t cpu_opt_state_bytes(void *stage)
 {
-    return 2 * cpu_nparams(stage) * sizeof(float) + sizeof(double);
+    return pp_cpu_optim_state_bytes(&((cpu_stage *)stage)->opt);
 }
 
 static void cpu_opt_state_get(void *stage, void *host)
 {
-    cpu_stage *c = stage;
-    size_t n = c->g.nparams * sizeof(float);
-    double t = (double)c->opt.t;
-    memcpy(host, c->opt.m, n);
-    memcpy((char *)host + n, c->opt.v, n);
-    memcpy((char *)host + 2 * n, &t, sizeof t);
+    pp_cpu_optim_state_get(&((cpu_stage *)stage)->opt, host);
 }
 
 static void cpu_opt_state_put(void *stage, const void *host)
 {
-    cpu_stage *c = stage;
-    size_t n = c->g.nparams * sizeof(float);
-    double t;
-    memcpy(c->opt.m, host, n);
-    memcpy(c->opt.v, (const char *)host + n, n);
-    memcpy(&t, (const char *)host + 2 * n, sizeof t);
-    c->opt.t = (long)t;
+    pp_cpu_optim_state_put(&((cpu_stage *)stage)->opt, host);
 }
 
 static void cpu_sync(void *stage)
@@ -175,6 +178,7 @@ const pp_backend_ops pp_backend_cpu = {
     .backward_input = cpu_backward_input,
     .backward_weight = cpu_backward_weight,
     .optimizer_update = cpu_optimizer_update,
+    .optimizer_init = cpu_optimizer_init,
     .grad_sumsq = cpu_grad_sumsq,
     .opt_state_bytes = cpu_opt_state_bytes,
     .opt_state_get = cpu_opt_state_get,

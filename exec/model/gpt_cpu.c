@@ -236,9 +236,12 @@ void pp_gpt_stage_init_weights(const pp_gpt_stage *g, float *w, uint64_t seed)
 typedef struct {
     const pp_gpt_stage *g;
     const pp_adamw *o;
+    const size_t *at;
     float *w;
     const float *grad;
     float lr;
+    float *prev;
+    float beta;
 } adamw_job;
 
 #define ADAMW_BLOCK 16384 /* parameters per unit of work */
@@ -252,18 +255,29 @@ static void adamw_part(void *ctx, int lo, int hi, int part)
     size_t a = (size_t)lo * ADAMW_BLOCK, b = (size_t)hi * ADAMW_BLOCK;
     for (int i = 0; i < j->g->ntensors; i++) {
         const pp_gpt_tensor *t = &j->g->tensors[i];
+        size_t at = j->at ? j->at[i] : t->offset;
         size_t from = t->offset > a ? t->offset : a, to = t->offset + t->numel;
         if (to > b)
             to = b;
-        if (from < to)
-            pp_adamw_update(j->o, j->w, j->grad, from, to - from, t->decay, j->lr);
+        if (from >= to || at == PP_GPT_NO_STATE)
+            continue;
+        size_t k = at + (from - t->offset); /* the state of parameter `from` */
+        pp_adamw_apply(&j->o->hp, j->o->t, j->o->m + k, j->o->v + k, j->w + from,
+                       j->grad + from, to - from, t->decay, j->lr, j->prev ? j->prev + from : NULL,
+                       j->beta);
     }
+}
+
+void pp_gpt_adamw_tensors(const pp_gpt_stage *g, const pp_adamw *o, const size_t *at, float *w,
+                          const float *grad, float lr, float *prev, float beta)
+{
+    adamw_job j = {g, o, at, w, grad, lr, prev, beta};
+    pp_pool_run(g->pool, (int)((g->nparams + ADAMW_BLOCK - 1) / ADAMW_BLOCK), adamw_part, &j);
 }
 
 void pp_gpt_adamw_step(const pp_gpt_stage *g, pp_adamw *o, float *w, const float *grad,
                        float lr)
 {
     pp_adamw_begin_step(o);
-    adamw_job j = {g, o, w, grad, lr};
-    pp_pool_run(g->pool, (int)((g->nparams + ADAMW_BLOCK - 1) / ADAMW_BLOCK), adamw_part, &j);
+    pp_gpt_adamw_tensors(g, o, NULL, w, grad, lr, NULL, 0.0f);
 }

@@ -140,4 +140,13 @@ void pp_gpt_backward(pp_gpt_stage *g, const float *w, const float *acts,
 void pp_gpt_adamw_step(const pp_gpt_stage *g, pp_adamw *o, float *w, const float *grad,
                        float lr);
 
+/* AdamW's part of an update (after pp_adamw_begin_step), on the stage's
+ * team: tensor i's moments start at o->m + at[i] (at NULL: at its own
+ * offset; PP_GPT_NO_STATE: another optimizer updates it, cpu_optim.h);
+ * prev, when not NULL, is the delay correction's last update of every
+ * parameter (adamw.h's pp_adamw_apply). */
+#define PP_GPT_NO_STATE ((size_t)-1)
+void pp_gpt_adamw_tensors(const pp_gpt_stage *g, const pp_adamw *o, const size_t *at, float *w,
+                          const float *grad, float lr, float *prev, float beta);
+
 #endif

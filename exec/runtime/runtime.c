@@ -60,6 +60,8 @@ static int create_stages(run *r, void ***eval_stages, pp_err *e)
         pp_placement at = placement_of(r, s);
         if (c->backend->create(&c->model, r->P, s, &at, &r->st[s].bk, e) < 0)
             return pp_err_prefix(e, "stage %d", s);
+        if (pp_backend_optimizer_init(c->backend, r->st[s].bk, &c->optim, e) < 0)
+            return pp_err_prefix(e, "stage %d", s);
         if (pp_stage_prepare(&r->st[s], e) < 0) /* a refused resume names the stage */
             return r->bad_resume ? -1 : pp_err_prefix(e, "stage %d", s);
     }
@@ -107,6 +109,10 @@ static int check_config(const run *r, pp_err *e)
                        r->P);
     if (r->nloc < r->P && (c->ncuts || c->resume_blobs))
         return pp_errf(e, "checkpoints need every stage in one process");
+    for (int s = 0; c->lr_delay_tau && s < r->P; s++)
+        if (!(c->lr_delay_tau[s] >= 1 && isfinite(c->lr_delay_tau[s])) || c->lr_delay_T < 1)
+            return pp_errf(e, "learning-rate correction: stage %d's delay %g (at least 1) over "
+                              "%ld updates (at least 1)", s, c->lr_delay_tau[s], c->lr_delay_T);
     return 0;
 }
 

@@ -17,6 +17,7 @@
 
 #include "model/adamw.h"
 #include "model/backend.h"
+#include "model/optim.h"
 #include "ir.h"
 #include "model.h"
 #include "timeline.h"
@@ -60,6 +61,12 @@ typedef struct {
     uint64_t seed;
     pp_lr_schedule lr;           /* indexed by each stage's own update count */
     pp_adamw_hparams adamw;      /* all zero (a memset config): pp_adamw_defaults() */
+    pp_optim_config optim;       /* the stages' optimizer; all zero: AdamW */
+    /* PipeMare's learning-rate correction (model/optim.h): stage s's
+     * learning rate divided by lr_delay_tau[s]^(1 - min(t / lr_delay_T, 1))
+     * at its update t; taus at least 1, NULL: off. */
+    const double *lr_delay_tau;
+    long lr_delay_T;
     /* Gradient clipping to this L2 norm (0: off): the true global norm in a
      * synchronous schedule, a per-stage share of it otherwise (grad_clip.c
      * says why); the global form needs every stage in this process. */

@@ -210,7 +210,9 @@ static int check_head(stage_rt *s, const int64_t *h, pp_err *e)
     return 0;
 }
 
-/* AdamW's step count t, at the end of the optimizer state (backend.h):
+/* AdamW's step count t, at the end of the optimizer state (backend.h)
+ * whatever the optimizer (Muon's AdamW part and the delay correction's
+ * buffer come before it, and the size is the stage's own optimizer's):
  * every update of the stage took one step, so t equals its update count.
  * Any other value (negative, fractional, larger than the schedule allows,
  * inf, nan) is refused before the backend casts it to an integer or its

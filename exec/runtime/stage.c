@@ -186,6 +186,9 @@ static int do_opt(stage_rt *s, int *version, pp_err *e)
     run *r = s->r;
     const pp_backend_ops *b = r->cfg->backend;
     pp_opt_step step = {pp_lr_at(&r->cfg->lr, s->updates), run_adamw(r->cfg), s->grad_scale};
+    if (r->cfg->lr_delay_tau)
+        step.lr = (float)(step.lr * pp_lr_delay_factor(r->cfg->lr_delay_tau[s->s], s->updates,
+                                                       r->cfg->lr_delay_T));
     void *w = pp_weights_begin_update(&s->ws, e);
     if (!w)
         return -1;
