@@ -127,9 +127,10 @@ int pp_cost_load_profile(pp_cost *c, const char *path, pp_err *e)
         pp_errf(e, "%s: not a ppsched profile (\"format\" must be \"ppsched-profile\")", path);
         goto out;
     }
-    if (!cJSON_IsNumber(st) || st->valueint != c->stages) {
-        pp_errf(e, "%s: profile is for %d stages, the schedule has %d", path,
-                cJSON_IsNumber(st) ? st->valueint : -1, c->stages);
+    /* valuedouble, not valueint: cJSON truncates 2.9 to the int 2 */
+    if (!cJSON_IsNumber(st) || st->valuedouble != c->stages) {
+        pp_errf(e, "%s: profile is for %.15g stages, the schedule has %d", path,
+                cJSON_IsNumber(st) ? st->valuedouble : -1.0, c->stages);
         goto out;
     }
     if (read_stage_array(root, "fwd", c->fwd, c->stages, 1, path, e) < 0 ||

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "registry.h"
@@ -415,6 +416,35 @@ START_TEST(engine_reports_deadlock)
 }
 END_TEST
 
+/* A profile is for exactly its "stages": 2.9 is not a profile for 2
+ * stages (it loaded as one: cJSON's valueint truncates). */
+START_TEST(profile_stages_must_equal_the_schedules)
+{
+    const char *stages[] = {"2", "2.0", "2.9", "2.000001", "1e300", "\"2\""};
+    const int loads[] = {1, 1, 0, 0, 0, 0};
+    char path[] = "/tmp/ppsched-test-profile-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert(fd >= 0);
+    close(fd);
+    for (size_t i = 0; i < sizeof stages / sizeof *stages; i++) {
+        FILE *f = fopen(path, "w");
+        ck_assert(f);
+        fprintf(f, "{\"format\": \"ppsched-profile\", \"version\": 1, \"stages\": %s, "
+                   "\"fwd\": [1, 1], \"bwd\": [2, 2]}", stages[i]);
+        fclose(f);
+        pp_cost c;
+        pp_err e = {{0}};
+        ck_assert(pp_cost_init(&c, 2, &e) == 0);
+        int rc = pp_cost_load_profile(&c, path, &e);
+        ck_assert_msg(rc == (loads[i] ? 0 : -1), "\"stages\": %s %s (%s)", stages[i],
+                      loads[i] ? "refused" : "loaded for 2 stages", e.msg);
+        ck_assert_msg(loads[i] || strstr(e.msg, "the schedule has 2"), "%s", e.msg);
+        pp_cost_free(&c);
+    }
+    unlink(path);
+}
+END_TEST
+
 /* A torch.distributed.pipelining compute-only CSV of 1F1B (one row per
  * rank, one column per time slot of F=1, empty cells where the rank idles,
  * as PyTorch writes it) simulates exactly like the generated 1f1b-flush. */
@@ -488,6 +518,7 @@ static Suite *sim_suite(void)
     tcase_add_test(t, memory_model);
     tcase_add_test(t, engine_reports_deadlock);
     tcase_add_test(t, pytorch_csv_equals_generated);
+    tcase_add_test(t, profile_stages_must_equal_the_schedules);
     suite_add_tcase(s, t);
     return s;
 }
