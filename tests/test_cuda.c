@@ -32,7 +32,28 @@
  * the other. The update rule is checked exactly instead (test_adamw_exact):
  * identical weights and gradients on both backends, three steps with weight
  * decay, every tensor within 1e-4, which also checks the per-tensor decay
- * flags (decay moves a weight by 0.1 lr w per step, 1e-3 of w here). */
+ * flags (decay moves a weight by 0.1 lr w per step, 1e-3 of w here).
+ *
+ * The other optimizers (optim.h) the same way:
+ *   - Muon (momentum, Newton-Schulz, AdamW for the rest), Muon with the
+ *     delay correction, AdamW with the delay correction: three steps on
+ *     identical weights and gradients (test_optimizers_exact: every weight
+ *     tensor within 1e-4 and every part of the optimizer state within
+ *     1e-3, which also checks that both backends pick the same hidden
+ *     matrices and lay the state out alike), five training steps
+ *     (test_muon_steps, test_delay_steps: the losses, the first part of
+ *     the state, the state's size against the memory accounting), and the
+ *     runtime running PipeDream-2BW with Muon and the delay correction
+ *     (test_runtime_muon);
+ *   - resume: a CUDA stage given another's weights and Muon state through
+ *     opt_state_get/put continues bit for bit (test_muon_resume);
+ *   - optimizer_init: muon and the delay correction accepted, adamw-rotated
+ *     refused in one line (test_optimizer_choices).
+ * Newton-Schulz (x -> a x + b x^3 + c x^5, five times) multiplies the
+ * roundoff along a singular value s << 1 of its normalised input by up to
+ * a^5 ~ 490; random gradients keep s away from zero (a normalised random
+ * 32 x 96 matrix has s >= ~0.07, a 32 x 32 one rarely below 1e-3), so the
+ * Muon weights still agree to ~1e-6 of their scale. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -43,6 +64,7 @@
 
 #include "model/backend.h"
 #include "cuda/cuda_backend.h"
+#include "model/cpu_optim.h"
 #include "model/gpt_cpu.h"
 #include "registry.h"
 #include "runtime/runtime.h"
@@ -401,26 +423,115 @@ START_TEST(test_device_clocks)
 }
 END_TEST
 
-/* Ten AdamW steps (with weight decay, a changing learning rate): the loss
- * of every step, then weights and optimizer state. */
-START_TEST(test_optimizer_steps)
+static pp_optim_config optim_config(pp_optim_kind kind, int delay_buffer, float beta)
+{
+    pp_optim_config c = pp_optim_defaults();
+    c.kind = kind;
+    c.delay_buffer = delay_buffer;
+    c.delay_beta = beta;
+    return c;
+}
+
+/* Both pipelines' stages switch to optimizer cfg (state zero). */
+static void pipes_use(pipe *g, pipe *c, const pp_optim_config *cfg)
+{
+    pp_err e = {{0}};
+    for (int s = 0; s < c->P; s++) {
+        ck_assert_msg(pp_backend_optimizer_init(g->b, g->st[s], cfg, &e) == 0, "%s", e.msg);
+        ck_assert_msg(pp_backend_optimizer_init(c->b, c->st[s], cfg, &e) == 0, "%s", e.msg);
+    }
+}
+
+/* The parts of stage s's optimizer state in cpu_optim.h's order (Muon's
+ * momentum, AdamW's m and v, the delay buffer), from the tensor table:
+ * floats of each and their names; returns their count. */
+static int state_parts(const pipe *c, int s, const pp_optim_config *cfg, size_t n[4],
+                       const char *name[4])
+{
+    const pp_gpt_stage *tab = &c->tab[s];
+    size_t nmom = 0;
+    for (int i = 0; cfg->kind == PP_OPTIM_MUON && i < tab->ntensors; i++)
+        if (pp_muon_matrix(&tab->tensors[i]))
+            nmom += tab->tensors[i].numel;
+    int k = 0;
+    if (cfg->kind == PP_OPTIM_MUON) {
+        n[k] = nmom;
+        name[k++] = "Muon momentum";
+    }
+    n[k] = tab->nparams - nmom;
+    name[k++] = "AdamW m";
+    n[k] = tab->nparams - nmom;
+    name[k++] = "AdamW v";
+    if (cfg->delay_buffer) {
+        n[k] = tab->nparams;
+        name[k++] = "delay buffer";
+    }
+    return k;
+}
+
+/* Stage s's optimizer state on both backends: the same size (the layout
+ * cfg implies), t = steps on both, the first `nparts` parts within tol
+ * (max norm of each part), and a put/get round trip on the GPU that gives
+ * the CPU's bytes back. */
+static void compare_state(pipe *g, pipe *c, int s, const pp_optim_config *cfg, int steps,
+                          int nparts, double tol, const char *what)
+{
+    size_t n[4];
+    const char *name[4];
+    int k = state_parts(c, s, cfg, n, name);
+    size_t ob = g->b->opt_state_bytes(g->st[s]), want = sizeof(double);
+    for (int i = 0; i < k; i++)
+        want += n[i] * sizeof(float);
+    ck_assert_uint_eq(ob, c->b->opt_state_bytes(c->st[s]));
+    ck_assert_msg(ob == want, "%s stage %d: optimizer state of %zu bytes, the layout has %zu",
+                  what, s, ob, want);
+    char *og = malloc(ob), *oc = malloc(ob);
+    g->b->opt_state_get(g->st[s], og);
+    c->b->opt_state_get(c->st[s], oc);
+    double tg, tc;
+    memcpy(&tg, og + ob - sizeof tg, sizeof tg);
+    memcpy(&tc, oc + ob - sizeof tc, sizeof tc);
+    ck_assert_msg(tg == steps && tc == steps, "%s: t = %g (cuda), %g (cpu), want %d", what, tg,
+                  tc, steps);
+    size_t at = 0;
+    for (int i = 0; i < k && i < nparts; i++) {
+        double r = rel_err((float *)og + at, (float *)oc + at, n[i]);
+        ck_assert_msg(r <= tol, "%s P=%d stage %d: %s relative error %.3g > %.1g", what, c->P,
+                      s, name[i], r, tol);
+        at += n[i];
+    }
+    g->b->opt_state_put(g->st[s], oc);
+    g->b->opt_state_get(g->st[s], og);
+    ck_assert_msg(memcmp(og, oc, ob) == 0, "%s: opt_state put/get changed the state", what);
+    free(og);
+    free(oc);
+}
+
+/* `steps` training steps with optimizer cfg (NULL: the stages' AdamW, no
+ * optimizer_init call) on a fixed batch, weight decay and a changing
+ * learning rate: the loss of every step, then the zeroed gradient and the
+ * optimizer state (its first part within TOL_MOMENT). */
+static void train_steps(const pp_optim_config *cfg, int steps, const char *what)
 {
     pp_model_desc m = tiny_model();
+    pp_optim_config adamw = pp_optim_defaults();
     size_t n = (size_t)m.micro_batch * m.seq_len;
     int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
     for (int P = 1; P <= MAXP; P++) {
         pipe g, c;
         pipe_open(&g, &pp_backend_cuda, &m, P, 99);
         pipe_open(&c, &pp_backend_cpu, &m, P, 99);
+        if (cfg)
+            pipes_use(&g, &c, cfg);
         float first = 0.0f, lastc = 0.0f;
-        for (int step = 0; step < 10; step++) {
+        for (int step = 0; step < steps; step++) {
             /* A fixed batch, so the loss must fall. */
             random_ids(tok, n, m.vocab, 5);
             random_ids(tgt, n, m.vocab, 6);
             float lg = pipe_forward(&g, tok, tgt), lc = pipe_forward(&c, tok, tgt);
-            char what[64];
-            snprintf(what, sizeof what, "P=%d step %d loss", P, step);
-            check_loss(lg, lc, step == 0 ? TOL : TOL_STEPS, what);
+            char msg[96];
+            snprintf(msg, sizeof msg, "%s P=%d step %d loss", what, P, step);
+            check_loss(lg, lc, step == 0 ? TOL : TOL_STEPS, msg);
             if (step == 0)
                 first = lc;
             lastc = lc;
@@ -434,7 +545,7 @@ START_TEST(test_optimizer_steps)
                 g.b->sync(g.st[s]);
             }
         }
-        ck_assert_msg(lastc < first, "the loss did not fall: %g -> %g", first, lastc);
+        ck_assert_msg(lastc < first, "%s: the loss did not fall: %g -> %g", what, first, lastc);
         for (int s = 0; s < P; s++) {
             /* The gradient is zeroed by the step. */
             size_t bytes = c.tab[s].nparams * sizeof(float);
@@ -442,25 +553,11 @@ START_TEST(test_optimizer_steps)
             for (size_t i = 0; i < c.tab[s].nparams; i++)
                 ck_assert(hg[i] == 0.0f);
             free(hg);
-            /* Optimizer state: same layout, t = 10, moments close. */
-            size_t ob = g.b->opt_state_bytes(g.st[s]);
-            ck_assert_uint_eq(ob, c.b->opt_state_bytes(c.st[s]));
-            char *og = malloc(ob), *oc = malloc(ob);
-            g.b->opt_state_get(g.st[s], og);
-            c.b->opt_state_get(c.st[s], oc);
-            double tg, tc;
-            memcpy(&tg, og + ob - sizeof tg, sizeof tg);
-            memcpy(&tc, oc + ob - sizeof tc, sizeof tc);
-            ck_assert(tg == 10.0 && tc == 10.0);
-            /* m in the max norm of the whole vector */
-            ck_assert_msg(rel_err((float *)og, (float *)oc, c.tab[s].nparams) <= TOL_MOMENT,
-                          "AdamW m differs");
-            /* put/get round trip */
-            g.b->opt_state_put(g.st[s], oc);
-            g.b->opt_state_get(g.st[s], og);
-            ck_assert(memcmp(og, oc, ob) == 0);
-            free(og);
-            free(oc);
+            compare_state(&g, &c, s, cfg ? cfg : &adamw, steps, 1, TOL_MOMENT, what);
+            /* The memory accounting counts the state, t aside. */
+            pp_cuda_memory mem;
+            pp_cuda_stage_memory(g.st[s], &mem);
+            ck_assert_uint_eq(mem.optimizer, g.b->opt_state_bytes(g.st[s]) - sizeof(double));
         }
         pipe_close(&g);
         pipe_close(&c);
@@ -468,17 +565,44 @@ START_TEST(test_optimizer_steps)
     free(tok);
     free(tgt);
 }
+
+/* Ten AdamW steps. */
+START_TEST(test_optimizer_steps)
+{
+    train_steps(NULL, 10, "AdamW");
+}
 END_TEST
 
-/* AdamW alone: the same weights and gradients (well away from zero) on
- * both backends, three steps. */
-START_TEST(test_adamw_exact)
+/* Five Muon steps (with weight decay on the matrices as on AdamW's). */
+START_TEST(test_muon_steps)
+{
+    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 0, 0.0f);
+    train_steps(&muon, 5, "Muon");
+}
+END_TEST
+
+/* Five AdamW steps through the delay correction. */
+START_TEST(test_delay_steps)
+{
+    pp_optim_config delay = optim_config(PP_OPTIM_ADAMW, 1, 0.5f);
+    train_steps(&delay, 5, "AdamW + delay correction");
+}
+END_TEST
+
+/* One optimizer's update rule: the same weights and gradients (well away
+ * from zero) on both backends, three steps; every weight tensor within
+ * TOL, every part of the optimizer state within TOL_MOMENT (the delay
+ * buffer holds Muon's update itself, whose Newton-Schulz iteration
+ * multiplies roundoff along a matrix's smallest singular values by up to
+ * a^5 ~ 490: 1e-4 of it is within roundoff, not certain). */
+static void exact_steps(const pp_optim_config *cfg, const char *what)
 {
     pp_model_desc m = tiny_model();
     for (int P = 1; P <= MAXP; P++) {
         pipe g, c;
         pipe_open(&g, &pp_backend_cuda, &m, P, 3);
         pipe_open(&c, &pp_backend_cpu, &m, P, 3);
+        pipes_use(&g, &c, cfg);
         for (int s = 0; s < P; s++) {
             size_t np = c.tab[s].nparams, bytes = np * sizeof(float);
             float *hw = malloc(bytes), *hg = malloc(bytes);
@@ -502,7 +626,10 @@ START_TEST(test_adamw_exact)
                 c.b->optimizer_update(c.st[s], c.w[s], c.grad[s], &os);
                 g.b->sync(g.st[s]);
             }
-            compare_tensors(&g, &c, s, g.w[s], c.w[s], TOL, "weights after AdamW");
+            char msg[96];
+            snprintf(msg, sizeof msg, "weights after %s", what);
+            compare_tensors(&g, &c, s, g.w[s], c.w[s], TOL, msg);
+            compare_state(&g, &c, s, cfg, 3, 4, TOL_MOMENT, what);
             free(hw);
             free(hg);
         }
@@ -510,22 +637,168 @@ START_TEST(test_adamw_exact)
         pipe_close(&c);
     }
 }
+
+/* AdamW alone. */
+START_TEST(test_adamw_exact)
+{
+    pp_optim_config adamw = pp_optim_defaults();
+    exact_steps(&adamw, "AdamW");
+}
+END_TEST
+
+/* Muon, Muon with the delay correction, AdamW with it. */
+START_TEST(test_optimizers_exact)
+{
+    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 0, 0.0f),
+                    muon_delay = optim_config(PP_OPTIM_MUON, 1, 0.5f),
+                    adamw_delay = optim_config(PP_OPTIM_ADAMW, 1, 0.5f);
+    exact_steps(&muon, "Muon");
+    exact_steps(&muon_delay, "Muon + delay correction");
+    exact_steps(&adamw_delay, "AdamW + delay correction");
+}
+END_TEST
+
+/* Three training steps with Muon (and with Muon and the delay correction)
+ * on the GPU, then a fresh GPU pipeline given the first's weights and
+ * optimizer state (to_host/from_host, opt_state_get/put): three more steps
+ * on both give the same losses, weights and state, bit for bit. */
+static void resume_check(const pp_optim_config *cfg, int P, const char *what)
+{
+    pp_model_desc m = tiny_model();
+    size_t n = (size_t)m.micro_batch * m.seq_len;
+    int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    pp_err e = {{0}};
+    pipe a, b;
+    pipe_open(&a, &pp_backend_cuda, &m, P, 21);
+    pipe_open(&b, &pp_backend_cuda, &m, P, 22); /* other weights, overwritten below */
+    for (int s = 0; s < P; s++) {
+        ck_assert_msg(pp_backend_optimizer_init(a.b, a.st[s], cfg, &e) == 0, "%s", e.msg);
+        ck_assert_msg(pp_backend_optimizer_init(b.b, b.st[s], cfg, &e) == 0, "%s", e.msg);
+    }
+    float la[3], lb[3];
+    for (int step = 0; step < 6; step++) {
+        if (step == 3) /* the cut: a's state into b */
+            for (int s = 0; s < P; s++) {
+                size_t wb = a.tab[s].nparams * sizeof(float), ob = a.b->opt_state_bytes(a.st[s]);
+                ck_assert_uint_eq(ob, b.b->opt_state_bytes(b.st[s]));
+                float *w = host_copy(&a, s, a.w[s], wb);
+                char *o = malloc(ob), *back = malloc(ob);
+                a.b->opt_state_get(a.st[s], o);
+                b.b->from_host(b.st[s], b.w[s], w, wb);
+                b.b->opt_state_put(b.st[s], o);
+                b.b->opt_state_get(b.st[s], back);
+                ck_assert_msg(memcmp(o, back, ob) == 0, "%s: put/get changed the state", what);
+                free(w);
+                free(o);
+                free(back);
+            }
+        pipe *run[2] = {&a, &b};
+        for (int k = 0; k < (step < 3 ? 1 : 2); k++) {
+            pipe *p = run[k];
+            random_ids(tok, n, m.vocab, 30 + step);
+            random_ids(tgt, n, m.vocab, 40 + step);
+            float loss = pipe_forward(p, tok, tgt);
+            if (step >= 3)
+                (k == 0 ? la : lb)[step - 3] = loss;
+            pipe_backward(p, 1.0f);
+            pp_opt_step os = pp_opt_step_default(1e-2f);
+            for (int s = 0; s < P; s++) {
+                p->b->optimizer_update(p->st[s], p->w[s], p->grad[s], &os);
+                p->b->sync(p->st[s]);
+            }
+        }
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_msg(memcmp(&la[k], &lb[k], sizeof la[k]) == 0,
+                      "%s P=%d: step %d after the cut: loss %.9g, resumed %.9g", what, P, k + 1,
+                      la[k], lb[k]);
+    for (int s = 0; s < P; s++) {
+        size_t wb = a.tab[s].nparams * sizeof(float), ob = a.b->opt_state_bytes(a.st[s]);
+        float *wa = host_copy(&a, s, a.w[s], wb), *wb2 = host_copy(&b, s, b.w[s], wb);
+        ck_assert_msg(memcmp(wa, wb2, wb) == 0, "%s P=%d stage %d: weights differ", what, P, s);
+        char *oa = malloc(ob), *obb = malloc(ob);
+        a.b->opt_state_get(a.st[s], oa);
+        b.b->opt_state_get(b.st[s], obb);
+        ck_assert_msg(memcmp(oa, obb, ob) == 0, "%s P=%d stage %d: optimizer state differs",
+                      what, P, s);
+        free(wa);
+        free(wb2);
+        free(oa);
+        free(obb);
+    }
+    pipe_close(&a);
+    pipe_close(&b);
+    free(tok);
+    free(tgt);
+}
+
+START_TEST(test_muon_resume)
+{
+    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 0, 0.0f),
+                    muon_delay = optim_config(PP_OPTIM_MUON, 1, 0.5f);
+    for (int P = 1; P <= MAXP; P++) {
+        resume_check(&muon, P, "Muon");
+        resume_check(&muon_delay, P, "Muon + delay correction");
+    }
+}
+END_TEST
+
+/* What optimizer_init takes without a stage (a tool asks before any
+ * work): adamw and muon, either with the delay correction; adamw-rotated
+ * refused in one line. */
+START_TEST(test_optimizer_choices)
+{
+    pp_err e = {{0}};
+    pp_optim_kind ok[] = {PP_OPTIM_ADAMW, PP_OPTIM_MUON};
+    for (int i = 0; i < 2; i++)
+        for (int d = 0; d < 2; d++) {
+            pp_optim_config cfg = optim_config(ok[i], d, 0.5f);
+            ck_assert_msg(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &cfg, &e) == 0, "%s",
+                          e.msg);
+        }
+    pp_optim_config rot = optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0.0f);
+    ck_assert(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &rot, &e) < 0);
+    ck_assert_msg(strstr(e.msg, "--optimizer adamw-rotated") && !strchr(e.msg, '\n'), "%s",
+                  e.msg);
+}
 END_TEST
 
 /* The runtime: stage threads with their own streams, the in-process
  * transport copying between stages, weight stashes. */
 
-static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_model_desc *m,
-                              const pp_placement *at)
+static pp_run_result run_opt(const pp_backend_ops *b, const char *sched, pp_model_desc *m,
+                             const pp_placement *at, const pp_optim_config *optim)
 {
     pp_schedule ir = test_schedule(sched, 2, 4, 3);
     pp_err e = {{0}};
     pp_run_config c = test_run_config(&ir, m, b, 120);
     c.placement = at;
+    if (optim)
+        c.optim = *optim;
     pp_run_result r;
     ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s on %s: %s", sched, b->name, e.msg);
     pp_schedule_free(&ir);
     return r;
+}
+
+static pp_run_result run_with(const pp_backend_ops *b, const char *sched, pp_model_desc *m,
+                              const pp_placement *at)
+{
+    return run_opt(b, sched, m, at, NULL);
+}
+
+/* The per-update losses of a CUDA run g against the CPU's c (both freed). */
+static void compare_runs(pp_run_result *g, pp_run_result *c, const char *what)
+{
+    ck_assert_int_eq(g->steps, c->steps);
+    for (int k = 0; k < c->steps; k++) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s update %d loss", what, k + 1);
+        check_loss((float)g->step_loss[k], (float)c->step_loss[k], k == 0 ? TOL : TOL_STEPS,
+                   msg);
+    }
+    pp_run_result_free(g);
+    pp_run_result_free(c);
 }
 
 START_TEST(test_runtime_parity)
@@ -535,16 +808,20 @@ START_TEST(test_runtime_parity)
     for (int i = 0; i < 2; i++) {
         pp_run_result g = run_with(&pp_backend_cuda, scheds[i], &m, NULL);
         pp_run_result c = run_with(&pp_backend_cpu, scheds[i], &m, NULL);
-        ck_assert_int_eq(g.steps, c.steps);
-        for (int k = 0; k < c.steps; k++) {
-            char what[64];
-            snprintf(what, sizeof what, "%s update %d loss", scheds[i], k + 1);
-            check_loss((float)g.step_loss[k], (float)c.step_loss[k], k == 0 ? TOL : TOL_STEPS,
-                       what);
-        }
-        pp_run_result_free(&g);
-        pp_run_result_free(&c);
+        compare_runs(&g, &c, scheds[i]);
     }
+}
+END_TEST
+
+/* The runtime with Muon and the delay correction on every stage (it calls
+ * optimizer_init on both backends), under PipeDream-2BW's one-step delay. */
+START_TEST(test_runtime_muon)
+{
+    pp_model_desc m = tiny_model();
+    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 1, 0.5f);
+    pp_run_result g = run_opt(&pp_backend_cuda, "pipedream-2bw", &m, NULL, &muon);
+    pp_run_result c = run_opt(&pp_backend_cpu, "pipedream-2bw", &m, NULL, &muon);
+    compare_runs(&g, &c, "Muon + delay correction:");
 }
 END_TEST
 
@@ -556,14 +833,7 @@ START_TEST(test_runtime_partitions)
     pp_placement at[2] = {{0, 0, 2, 1}, {0, 1, 2, 1}};
     pp_run_result g = run_with(&pp_backend_cuda, "1f1b-flush", &m, at);
     pp_run_result c = run_with(&pp_backend_cpu, "1f1b-flush", &m, NULL);
-    ck_assert_int_eq(g.steps, c.steps);
-    for (int k = 0; k < c.steps; k++) {
-        char what[64];
-        snprintf(what, sizeof what, "partitions: update %d loss", k + 1);
-        check_loss((float)g.step_loss[k], (float)c.step_loss[k], k == 0 ? TOL : TOL_STEPS, what);
-    }
-    pp_run_result_free(&g);
-    pp_run_result_free(&c);
+    compare_runs(&g, &c, "partitions:");
 }
 END_TEST
 
@@ -596,6 +866,12 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, test_forward_backward_parity);
     tcase_add_test(tc, test_adamw_exact);
     tcase_add_test(tc, test_optimizer_steps);
+    tcase_add_test(tc, test_optimizer_choices);
+    tcase_add_test(tc, test_optimizers_exact);
+    tcase_add_test(tc, test_muon_steps);
+    tcase_add_test(tc, test_delay_steps);
+    tcase_add_test(tc, test_muon_resume);
+    tcase_add_test(tc, test_runtime_muon);
     tcase_add_test(tc, test_runtime_parity);
     tcase_add_test(tc, test_bad_token);
     tcase_add_test(tc, test_partition_parity);

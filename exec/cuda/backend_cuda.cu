@@ -2,8 +2,10 @@
  * one GPU, fp32, numerically the CPU reference of gpt_cpu.c.
  *
  * A stage owns a non-blocking stream, a cuBLAS handle bound to it with its
- * own workspace, the AdamW moments, the tensor table (on the device, for
- * the per-tensor weight decay) and scratch for one micro-batch's backward.
+ * own workspace, its optimizer's state (AdamW's moments until
+ * optimizer_init chooses another), the tensor table (on the device, for
+ * the per-tensor weight decay and optimizer state) and scratch for one
+ * micro-batch's backward.
  * Every kernel, copy, memset, allocation (stream-ordered cudaMallocAsync)
  * and cuBLAS call goes to that stream; nothing uses the default stream and
  * nothing synchronizes the device. Calls that hand data to the host or to
@@ -34,7 +36,9 @@
  * table; the rest of the backend lives beside it: cuda_stage.cuh (the stage
  * struct, private to exec/cuda/), cuda_memory.cu (allocations, accounting,
  * activation layout), cuda_layers.cu (GEMMs, layers, forward and backward),
- * cuda_attention.cu, cuda_optimizer.cu (AdamW) and cuda_introspect.cu (the
+ * cuda_attention.cu, cuda_optimizer.cu (AdamW, the optimizer state),
+ * cuda_muon.cu (Muon's Newton-Schulz products), kernels_*.cu (the kernels
+ * and their launchers) and cuda_introspect.cu (the
  * pp_cuda_stage_* queries and the GEMM benchmark of cuda_backend.h). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -230,15 +234,14 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
     int nt = c->g.ntensors;
     c->workspace_bytes = 32u << 20; /* cuBLAS's recommendation for Hopper */
     c->workspace = dev_alloc(c, c->workspace_bytes, MK_WS);
-    c->m = (float *)dev_alloc(c, np * sizeof(float), MK_OPT);
-    c->v = (float *)dev_alloc(c, np * sizeof(float), MK_OPT);
     c->d_tstart = (unsigned long long *)dev_alloc(c, nt * sizeof(unsigned long long), MK_WS);
+    c->d_state_at = (unsigned long long *)dev_alloc(c, nt * sizeof(unsigned long long), MK_WS);
     c->d_tdecay = (unsigned char *)dev_alloc(c, nt, MK_WS);
     c->ones = (float *)dev_alloc(c, c->N * sizeof(float), MK_WS);
     c->tmp = (float *)dev_alloc(c, 4 * NC * sizeof(float), MK_WS);
     c->datt = (float *)dev_alloc(c, (size_t)c->H * c->T * c->T * sizeof(float), MK_WS);
     c->d_loss = (float *)dev_alloc(c, sizeof(float), MK_WS);
-    if (!c->workspace || !c->m || !c->v || !c->d_tstart || !c->d_tdecay || !c->ones || !c->tmp ||
+    if (!c->workspace || !c->d_tstart || !c->d_state_at || !c->d_tdecay || !c->ones || !c->tmp ||
         !c->datt || !c->d_loss) {
         pp_errf(e, "--backend cuda: stage %d: out of device memory (%zu parameters)", s, np);
         stage_free(c);
@@ -265,6 +268,12 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
     ck(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     if (c->failed) {
         pp_errf(e, "--backend cuda: %s", c->err);
+        stage_free(c);
+        return -1;
+    }
+    /* AdamW until optimizer_init chooses another (backend.h) */
+    pp_optim_config adamw = pp_optim_defaults();
+    if (cuda_optimizer_init(c, &adamw, e) < 0) {
         stage_free(c);
         return -1;
     }

@@ -7,15 +7,18 @@
  * header: C code (pprun, the tests, the benchmark) includes it and calls
  * the backend through the pp_backend_ops table of backend.h.
  *
- * Numerics: fp32 buffers throughout (weights, gradients, AdamW m and v,
+ * Numerics: fp32 buffers throughout (weights, gradients, optimizer state,
  * activations), the same flat parameter layout, initialisation and math as
- * the CPU reference (gpt_cpu.c). The matrix products run through cuBLAS;
+ * the CPU reference (gpt_cpu.c, cpu_optim.c: AdamW, Muon, the delay
+ * correction, with the CPU's optimizer state layout). The matrix products run through cuBLAS;
  * the environment variable PPSCHED_CUDA_MATH picks their arithmetic when a
  * stage is created:
  *   fp32 (default)  full fp32 products: matches the CPU to ~1e-5
  *   tf32            TF32 tensor cores, fp32 accumulation
  *   bf16            bf16 tensor cores (operands rounded to bf16 inside
- *                   cuBLAS), fp32 accumulation, fp32 master weights
+ *                   cuBLAS), fp32 accumulation, fp32 master weights;
+ *                   Muon's Newton-Schulz products multiply bf16 copies
+ *                   of their operands (cuda_muon.cu)
  * Everything of a stage runs on its own non-blocking stream with its own
  * cuBLAS handle and workspace; `sync` waits for that stream only. A stage
  * placed on an SM partition runs all of it inside a CUDA green context of
@@ -43,9 +46,10 @@ int pp_cuda_available(pp_err *e);
  * their sum). Buffers handed out by alloc() are classified by size and use:
  * acts_bytes() -> activations; nparams floats -> weights, or gradients once
  * passed as the gradient to backward_weight/optimizer_update; anything else
- * (boundary messages) -> messages. The stage's own AdamW m and v are
- * optimizer; the cuBLAS workspace, attention and reduction scratch and the
- * tensor table are workspace. */
+ * (boundary messages) -> messages. The stage's own optimizer state (AdamW's
+ * m and v, Muon's momentum, the delay correction's buffer) is optimizer;
+ * the cuBLAS workspace, attention, reduction and Newton-Schulz scratch and
+ * the tensor table are workspace. */
 typedef struct {
     size_t weights, grads, optimizer, activations, messages, workspace;
     size_t total, peak_total;

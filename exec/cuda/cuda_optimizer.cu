@@ -1,48 +1,25 @@
-/* The CUDA backend's AdamW: the optimizer step on the stage's stream, the
- * gradient's sum of squares and scaling for clipping, and the optimizer
- * state (m, v, t) to and from the host in the CPU backend's layout, for
- * checkpoints. */
+/* The CUDA backend's optimizers (optim.h: AdamW, Muon, either with the
+ * delay correction) on the stage's stream: choosing one and laying out its
+ * state, the update, the gradient's sum of squares and scaling for
+ * clipping, and the state to and from the host in the CPU backend's layout
+ * (cpu_optim.h), so that a checkpoint's optimizer state means the same on
+ * both backends. Muon's matrices are cuda_muon.cu's. */
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "cuda_stage.cuh"
 #include "kernels.cuh"
 
+extern "C" {
+#include "model/cpu_optim.h" /* pp_muon_matrix: the CPU's choice of hidden matrices */
+}
+
 namespace pp_cuda {
 
 /* --- gradient clipping ----------------------------------------------------------- */
-
-/* The kernels here run on a fixed grid, whatever the device or partition:
- * the same gradient always sums in the same order. */
-constexpr int kBlocks = 128, kThreads = 256;
-
-/* partial[b]: block b's grid-stride share of sum g[i]^2, in double. */
-__global__ void sumsq_partial(const float *g, size_t n, double *partial)
-{
-    __shared__ double acc[kThreads];
-    double s = 0.0;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        s += (double)g[i] * g[i];
-    acc[threadIdx.x] = s;
-    __syncthreads();
-    for (int k = kThreads / 2; k > 0; k /= 2) {
-        if ((int)threadIdx.x < k)
-            acc[threadIdx.x] += acc[threadIdx.x + k];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0)
-        partial[blockIdx.x] = acc[0];
-}
-
-__global__ void scale(float *x, float k, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        x[i] *= k;
-}
 
 /* The partial sums come to the host, which adds them in block order. */
 double cuda_grad_sumsq(void *stage, const void *grad)
@@ -50,97 +27,213 @@ double cuda_grad_sumsq(void *stage, const void *grad)
     cuda_stage *c = S(stage);
     stage_scope in(c);
     if (!c->d_sumsq)
-        c->d_sumsq = (double *)dev_alloc(c, kBlocks * sizeof(double), MK_WS);
+        c->d_sumsq = (double *)dev_alloc(c, PP_SUMSQ_BLOCKS * sizeof(double), MK_WS);
     if (!c->d_sumsq) {
         fail(c, "gradient norm", "out of device memory");
         return NAN;
     }
-    sumsq_partial<<<kBlocks, kThreads, 0, c->stream>>>((const float *)grad, c->g.nparams,
-                                                        c->d_sumsq);
+    k_sumsq_partial((const float *)grad, c->g.nparams, c->d_sumsq, c->stream);
     check_launch(c, "gradient norm");
-    double partial[kBlocks];
+    double partial[PP_SUMSQ_BLOCKS];
     ck(c, cudaMemcpyAsync(partial, c->d_sumsq, sizeof partial, cudaMemcpyDeviceToHost, c->stream),
        "gradient norm");
     ck(c, cudaStreamSynchronize(c->stream), "gradient norm");
     if (c->failed)
         return NAN;
     double sum = 0.0;
-    for (int b = 0; b < kBlocks; b++)
+    for (int b = 0; b < PP_SUMSQ_BLOCKS; b++)
         sum += partial[b];
     return sum;
 }
 
-/* --- optimizer -------------------------------------------------------------------- */
+/* --- the update ------------------------------------------------------------------- */
 
 void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step)
 {
     cuda_stage *c = S(stage);
+    cuda_optim &o = c->opt;
     const pp_adamw_hparams *hp = &step->hp;
     size_t np = c->g.nparams;
     stage_scope in(c);
     reclassify(c, grad, MK_GRADS);
-    c->t++;
-    /* Bias corrections as adamw.c computes them: in double, then float. */
-    float c1 = (float)(1.0 - pow(hp->beta1, (double)c->t));
-    float c2 = (float)(1.0 - pow(hp->beta2, (double)c->t));
+    o.t++; /* every update is one AdamW step, Muon's included (cpu_optim.c) */
     if (np && step->grad_scale != 1.0f) {
-        scale<<<kBlocks, kThreads, 0, c->stream>>>((float *)grad, step->grad_scale, np);
+        k_scale((float *)grad, step->grad_scale, np, c->stream);
         check_launch(c, "clip gradient");
     }
     if (np) {
-        k_adamw((float *)w, (const float *)grad, c->m, c->v, np, c->d_tstart, c->d_tdecay,
-                c->g.ntensors, step->lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay, c1,
-                c2, c->stream);
+        /* Bias corrections as adamw.c computes them: in double, then float. */
+        pp_adamw_args a = {step->lr,
+                           hp->beta1,
+                           hp->beta2,
+                           hp->eps,
+                           hp->weight_decay,
+                           (float)(1.0 - pow(hp->beta1, (double)o.t)),
+                           (float)(1.0 - pow(hp->beta2, (double)o.t)),
+                           o.cfg.delay_beta};
+        k_adamw((float *)w, (const float *)grad, o.m, o.v, o.prev, np, c->d_tstart,
+                c->d_state_at, c->d_tdecay, c->g.ntensors, &a, c->stream);
         check_launch(c, "adamw");
     }
+    if (o.mom)
+        muon_update(c, (float *)w, (const float *)grad, step->lr, hp->weight_decay);
     ck(c, cudaMemsetAsync(grad, 0, np * sizeof(float), c->stream), "zero grad");
 }
 
-/* AdamW only, so far: Muon and the delay correction run on the CPU
- * backend (the learning-rate correction is the runtime's and works here). */
+/* --- choosing the optimizer ------------------------------------------------------- */
+
+static void release_state(cuda_stage *c, cuda_optim &o)
+{
+    void *bufs[] = {o.m, o.v, o.mom, o.prev, o.ns_x, o.ns_y, o.ns_a, o.ns_b, o.ns_inv,
+                    o.ns_xh, o.ns_ah, o.ns_bh, o.ns_part};
+    for (void *p : bufs)
+        cuda_release(c, p);
+}
+
+/* cpu_optim.c's layout for cfg over the stage's tensors, its buffers
+ * allocated (zero) in o; false when out of device memory. */
+static bool make_state(cuda_stage *c, const pp_optim_config *cfg, cuda_optim &o)
+{
+    const pp_gpt_stage *g = &c->g;
+    bool muon = cfg->kind == PP_OPTIM_MUON;
+    size_t big = 0, gram = 0;
+    o.cfg = *cfg;
+    o.adam_at.assign(g->ntensors, PP_GPT_NO_STATE);
+    o.mom_at.assign(g->ntensors, PP_GPT_NO_STATE);
+    for (int i = 0; i < g->ntensors; i++) {
+        const pp_gpt_tensor *t = &g->tensors[i];
+        if (muon && pp_muon_matrix(t)) {
+            o.mom_at[i] = o.nmom;
+            o.nmom += t->numel;
+            size_t b, k;
+            muon_scratch_floats(t->rows, t->cols, &b, &k);
+            big = b > big ? b : big;
+            gram = k > gram ? k : gram;
+        } else {
+            o.adam_at[i] = o.nadam;
+            o.nadam += t->numel;
+        }
+    }
+    const size_t f = sizeof(float), h = sizeof(__nv_bfloat16);
+    o.m = (float *)dev_alloc(c, o.nadam * f, MK_OPT);
+    o.v = (float *)dev_alloc(c, o.nadam * f, MK_OPT);
+    bool ok = o.m && o.v;
+    if (cfg->delay_buffer)
+        ok = ok && (o.prev = (float *)dev_alloc(c, g->nparams * f, MK_OPT));
+    if (!muon)
+        return ok;
+    ok = ok && (o.mom = (float *)dev_alloc(c, o.nmom * f, MK_OPT));
+    float **ws[] = {&o.ns_x, &o.ns_y, &o.ns_a, &o.ns_b, &o.ns_inv};
+    size_t wn[] = {big, big, gram, gram, 1};
+    for (int i = 0; i < 5; i++)
+        ok = ok && (*ws[i] = (float *)dev_alloc(c, wn[i] * f, MK_WS));
+    ok = ok && (o.ns_part = (double *)dev_alloc(c, PP_SUMSQ_BLOCKS * sizeof(double), MK_WS));
+    if (muon_bf16(c)) {
+        __nv_bfloat16 **hs[] = {&o.ns_xh, &o.ns_ah, &o.ns_bh};
+        size_t hn[] = {big, gram, gram};
+        for (int i = 0; i < 3; i++)
+            ok = ok && (*hs[i] = (__nv_bfloat16 *)dev_alloc(c, hn[i] * h, MK_WS));
+    }
+    return ok;
+}
+
+/* AdamW and Muon, either with the delay correction; what a stage is
+ * created with (AdamW) goes through here too. */
 int cuda_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e)
 {
-    (void)stage;
-    if (cfg->kind != PP_OPTIM_ADAMW)
-        return pp_errf(e, "--optimizer %s: the cuda backend has only adamw so far (--backend cpu "
-                          "has %s)", pp_optim_name(cfg->kind), pp_optim_name(cfg->kind));
-    if (cfg->delay_buffer)
-        return pp_errf(e, "--delay-correction: the cuda backend does not have it yet (--backend "
-                          "cpu does)");
+    if (cfg->kind != PP_OPTIM_ADAMW && cfg->kind != PP_OPTIM_MUON)
+        return pp_errf(e, "--optimizer %s: the cuda backend has only adamw and muon so far",
+                       pp_optim_name(cfg->kind));
+    if (!stage)
+        return 0;
+    cuda_stage *c = S(stage);
+    stage_scope in(c);
+    cuda_optim fresh = cuda_optim();
+    if (!make_state(c, cfg, fresh)) {
+        release_state(c, fresh);
+        return pp_errf(e, "--backend cuda: stage %d: out of device memory for the %s state",
+                       c->g.s, pp_optim_name(cfg->kind));
+    }
+    /* The AdamW kernel's table: where each tensor's moments are. Queued
+     * after the updates of the previous optimizer, which read the old one. */
+    std::vector<unsigned long long> at(c->g.ntensors);
+    for (int i = 0; i < c->g.ntensors; i++)
+        at[i] = fresh.adam_at[i] == PP_GPT_NO_STATE ? PP_NO_STATE : fresh.adam_at[i];
+    ck(c, cudaMemcpyAsync(c->d_state_at, at.data(), at.size() * sizeof at[0],
+                          cudaMemcpyHostToDevice, c->stream),
+       "optimizer table");
+    release_state(c, c->opt);
+    c->opt = std::move(fresh);
+    ck(c, cudaStreamSynchronize(c->stream), "optimizer init");
+    if (c->failed)
+        return pp_errf(e, "--backend cuda: %s", c->err);
     return 0;
 }
 
-/* m, v, then t as a double: the CPU backend's layout. */
+/* --- the state, for checkpoints ----------------------------------------------------- */
+
+/* Its device parts in cpu_optim.h's order (Muon's momentum, AdamW's m, v,
+ * the delay buffer), then t as a double. */
+struct part {
+    float *p;
+    size_t n;
+};
+
+static int parts(cuda_stage *c, part out[4])
+{
+    cuda_optim &o = c->opt;
+    int k = 0;
+    if (o.mom)
+        out[k++] = {o.mom, o.nmom};
+    out[k++] = {o.m, o.nadam};
+    out[k++] = {o.v, o.nadam};
+    if (o.prev)
+        out[k++] = {o.prev, c->g.nparams};
+    return k;
+}
+
 size_t cuda_opt_state_bytes(void *stage)
 {
-    return 2 * S(stage)->g.nparams * sizeof(float) + sizeof(double);
+    part p[4];
+    size_t bytes = sizeof(double);
+    for (int i = 0, k = parts(S(stage), p); i < k; i++)
+        bytes += p[i].n * sizeof(float);
+    return bytes;
 }
 
 void cuda_opt_state_get(void *stage, void *host)
 {
     cuda_stage *c = S(stage);
-    size_t n = c->g.nparams * sizeof(float);
-    double t = (double)c->t;
+    part p[4];
+    char *at = (char *)host;
     stage_scope in(c);
-    ck(c, cudaMemcpyAsync(host, c->m, n, cudaMemcpyDeviceToHost, c->stream), "opt_state_get");
-    ck(c, cudaMemcpyAsync((char *)host + n, c->v, n, cudaMemcpyDeviceToHost, c->stream),
-       "opt_state_get");
+    for (int i = 0, k = parts(c, p); i < k; i++) {
+        ck(c, cudaMemcpyAsync(at, p[i].p, p[i].n * sizeof(float), cudaMemcpyDeviceToHost,
+                              c->stream),
+           "opt_state_get");
+        at += p[i].n * sizeof(float);
+    }
     ck(c, cudaStreamSynchronize(c->stream), "opt_state_get");
-    memcpy((char *)host + 2 * n, &t, sizeof t);
+    double t = (double)c->opt.t; /* exact up to 2^53 */
+    memcpy(at, &t, sizeof t);
 }
 
 void cuda_opt_state_put(void *stage, const void *host)
 {
     cuda_stage *c = S(stage);
-    size_t n = c->g.nparams * sizeof(float);
-    double t;
+    part p[4];
+    const char *at = (const char *)host;
     stage_scope in(c);
-    ck(c, cudaMemcpyAsync(c->m, host, n, cudaMemcpyHostToDevice, c->stream), "opt_state_put");
-    ck(c, cudaMemcpyAsync(c->v, (const char *)host + n, n, cudaMemcpyHostToDevice, c->stream),
-       "opt_state_put");
+    for (int i = 0, k = parts(c, p); i < k; i++) {
+        ck(c, cudaMemcpyAsync(p[i].p, at, p[i].n * sizeof(float), cudaMemcpyHostToDevice,
+                              c->stream),
+           "opt_state_put");
+        at += p[i].n * sizeof(float);
+    }
     ck(c, cudaStreamSynchronize(c->stream), "opt_state_put");
-    memcpy(&t, (const char *)host + 2 * n, sizeof t);
-    c->t = (long)t;
+    double t;
+    memcpy(&t, at, sizeof t);
+    c->opt.t = (long)t;
 }
 
 } // namespace pp_cuda

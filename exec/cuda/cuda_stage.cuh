@@ -5,6 +5,7 @@
 #define PP_CUDA_STAGE_CUH
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <mutex>
@@ -45,6 +46,31 @@ struct acts_layout {
     size_t total;
 };
 
+/* The stage's optimizer (optim.h), with cpu_optim.h's state: Muon's
+ * momentum packed over the hidden matrices (pp_muon_matrix), AdamW's m and
+ * v packed over the other tensors (all of them for adamw), the delay
+ * correction's last update of every parameter, and the step count t.
+ * Hyperparameters come with every update. */
+struct cuda_optim {
+    pp_optim_config cfg;
+    long t;
+    float *m, *v; /* nadam each */
+    size_t nadam;
+    float *mom; /* nmom; NULL for adamw */
+    size_t nmom;
+    float *prev; /* nparams, or NULL without the delay correction */
+    /* per tensor, host: where its state starts in m and v, or in mom;
+     * PP_GPT_NO_STATE in the other's table */
+    std::vector<size_t> adam_at, mom_at;
+    /* Muon's Newton-Schulz work space (cuda_muon.cu), for the largest
+     * matrix: two of its size (x and y), two of the small Gram side (a, b),
+     * bf16 copies of the product operands in bf16 math, and the Frobenius
+     * norm's partial sums and inverse */
+    float *ns_x, *ns_y, *ns_a, *ns_b, *ns_inv;
+    __nv_bfloat16 *ns_xh, *ns_ah, *ns_bh;
+    double *ns_part;
+};
+
 struct cuda_stage {
     pp_gpt_stage g; /* tensor table and sizes; its host scratch is freed */
     int device;
@@ -59,11 +85,11 @@ struct cuda_stage {
     void *workspace;
     size_t workspace_bytes;
     acts_layout L;
-    /* AdamW (the hyperparameters come with every update) */
-    float *m, *v;
-    long t;
+    cuda_optim opt;
     double *d_sumsq; /* the gradient norm's per-block partial sums, made on first use */
-    unsigned long long *d_tstart;
+    /* the tensor table for the AdamW kernel: starts, decay flags, and where
+     * each tensor's moments are (cuda_optim's adam_at; PP_NO_STATE for Muon's) */
+    unsigned long long *d_tstart, *d_state_at;
     unsigned char *d_tdecay;
     /* scratch (one micro-batch at a time: the stream serializes) */
     float *ones; /* N */
@@ -152,6 +178,15 @@ void gemm_batched(cuda_stage *c, cublasOperation_t ta, cublasOperation_t tb, int
 void attention_forward(cuda_stage *c, float *y, float *att, const float *qkv);
 void attention_backward(cuda_stage *c, float *dqkv, const float *dy, const float *qkv,
                         const float *att);
+
+/* --- Muon (cuda_muon.cu) ------------------------------------------------ */
+
+/* Device floats of Newton-Schulz work space for [rows][cols] (ns_x,
+ * ns_y; ns_a, ns_b), and whether its products take bf16 operands. */
+void muon_scratch_floats(int rows, int cols, size_t *big, size_t *gram);
+bool muon_bf16(const cuda_stage *c);
+/* Muon's part of an update: every hidden matrix of w, from grad. */
+void muon_update(cuda_stage *c, float *w, const float *grad, float lr, float wd);
 
 /* --- entries of the pp_backend_ops table, by file ---------------------- */
 

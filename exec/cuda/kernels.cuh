@@ -1,11 +1,12 @@
 /* Launchers of the CUDA backend's kernels (kernels_layers.cu,
- * kernels_attn.cu). Every launcher enqueues on the given stream and
+ * kernels_attn.cu, kernels_optim.cu). Every launcher enqueues on the given stream and
  * returns at once; none synchronizes. Row-major layouts as in gpt_cpu.c:
  * N = B*T rows of width C. */
 #ifndef PP_CUDA_KERNELS_CUH
 #define PP_CUDA_KERNELS_CUH
 
 #include <cstddef>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #define PP_LN_EPS 1e-5f
@@ -40,13 +41,6 @@ void k_gelu_forward(float *out, const float *x, size_t n, cudaStream_t s);
 void k_gelu_backward(float *dx, const float *x, const float *dout, size_t n, cudaStream_t s);
 void k_fill(float *x, float v, size_t n, cudaStream_t s);
 
-/* AdamW over n parameters; tensor k covers [tstart[k], tstart[k+1]) and
- * decays when decay[k]. Bias corrections c1, c2 come from the host. */
-void k_adamw(float *w, const float *g, float *m, float *v, size_t n,
-             const unsigned long long *tstart, const unsigned char *decay, int ntensors,
-             float lr, float beta1, float beta2, float eps, float wd, float c1, float c2,
-             cudaStream_t s);
-
 /* Causal softmax in place over rows of length T (row r is query r % T):
  * entries j <= t become probabilities, j > t zero. */
 void k_softmax_causal_forward(float *att, size_t rows, int T, cudaStream_t s);
@@ -61,5 +55,50 @@ void k_xent_forward(float *logits, float *losses, const int *targets, int N, int
 void k_mean(float *out, const float *losses, int N, cudaStream_t s);
 /* probs -> (probs - onehot(target)) * k in place. */
 void k_xent_backward(float *probs, const int *targets, int N, int V, float k, cudaStream_t s);
+
+/* --- optimizers (kernels_optim.cu) --- */
+
+/* The fixed grid of k_sumsq_partial: partial[PP_SUMSQ_BLOCKS]. */
+#define PP_SUMSQ_BLOCKS 128
+/* A tensor without AdamW state (Muon updates it): gpt_cpu.h's
+ * PP_GPT_NO_STATE as the device table stores it. */
+#define PP_NO_STATE (~0ull)
+
+/* partial[b] = block b's share of sum x[i]^2 in double; the same x always
+ * sums in the same order. */
+void k_sumsq_partial(const float *x, size_t n, double *partial, cudaStream_t s);
+/* x[i] *= k. */
+void k_scale(float *x, float k, size_t n, cudaStream_t s);
+/* *inv = 1 / (sqrt(sum of partial[PP_SUMSQ_BLOCKS] in order) + eps),
+ * without a trip to the host. */
+void k_inv_norm(float *inv, const double *partial, double eps, cudaStream_t s);
+
+/* One AdamW step's scalars: bias corrections c1, c2 from the host (in
+ * double, as adamw.c), delay_beta for the delay correction. */
+typedef struct {
+    float lr, beta1, beta2, eps, wd, c1, c2, delay_beta;
+} pp_adamw_args;
+
+/* AdamW over the n parameters of a stage; tensor k covers [tstart[k],
+ * tstart[k+1]), decays when decay[k] and keeps its moments at m, v +
+ * state_at[k] (PP_NO_STATE: left alone). With prev (n floats, the last
+ * update of every parameter) the delay correction applies
+ * u + delay_beta (u - prev) and keeps u in prev. */
+void k_adamw(float *w, const float *g, float *m, float *v, float *prev, size_t n,
+             const unsigned long long *tstart, const unsigned long long *state_at,
+             const unsigned char *decay, int ntensors, const pp_adamw_args *a, cudaStream_t s);
+
+/* Muon's momentum of one matrix: mom = mu mom + (1 - mu) g, then the
+ * Nesterov look-ahead x = mu mom + (1 - mu) g. */
+void k_muon_momentum(float *mom, float *x, const float *g, float mu, size_t n, cudaStream_t s);
+/* X = x [rows][cols] * (*inv), transposed to [cols][rows] when rows > cols. */
+void k_muon_load(float *X, const float *x, const float *inv, int rows, int cols, cudaStream_t s);
+/* w [rows][cols] -= lr (scale O + wd w), O = X transposed back when rows >
+ * cols; with prev (the matrix's part of the delay buffer) corrected as
+ * k_adamw does. */
+void k_muon_apply(float *w, float *prev, const float *X, int rows, int cols, float lr,
+                  float scale, float wd, float beta, cudaStream_t s);
+/* dst = src rounded to bf16 (to nearest even). */
+void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t s);
 
 #endif

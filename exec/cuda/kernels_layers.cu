@@ -1,6 +1,6 @@
 /* Elementwise and per-row kernels of the CUDA backend: embeddings,
- * LayerNorm, bias and residual, GELU, AdamW. fp32 throughout, the same
- * formulas as gpt_cpu.c. */
+ * LayerNorm, bias and residual, GELU (the optimizers' are in
+ * kernels_optim.cu). fp32 throughout, the same formulas as gpt_cpu.c. */
 #include "kernels.cuh"
 
 #include <cstdint>
@@ -167,33 +167,6 @@ __global__ void fill(float *x, float v, size_t n)
         x[i] = v;
 }
 
-__global__ void adamw(float *w, const float *g, float *m, float *v, size_t n,
-                      const unsigned long long *tstart, const unsigned char *decay, int nt,
-                      float lr, float b1, float b2, float eps, float wd, float c1, float c2)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        /* The tensor holding i: the last k with tstart[k] <= i. */
-        int lo = 0, hi = nt - 1;
-        while (lo < hi) {
-            int mid = (lo + hi + 1) / 2;
-            if (tstart[mid] <= i)
-                lo = mid;
-            else
-                hi = mid - 1;
-        }
-        float wdk = decay[lo] ? wd : 0.0f;
-        float gi = g[i];
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        float mhat = mi / c1, vhat = vi / c2;
-        float p = w[i];
-        w[i] = p - lr * (mhat / (sqrtf(vhat) + eps) + wdk * p);
-    }
-}
-
 } // namespace
 
 void k_embed_forward(float *x, const int *tokens, const float *wte, const float *wpe, int B,
@@ -260,13 +233,4 @@ void k_gelu_backward(float *dx, const float *x, const float *dout, size_t n, cud
 void k_fill(float *x, float v, size_t n, cudaStream_t s)
 {
     fill<<<grid_for(n), kThreads, 0, s>>>(x, v, n);
-}
-
-void k_adamw(float *w, const float *g, float *m, float *v, size_t n,
-             const unsigned long long *tstart, const unsigned char *decay, int ntensors,
-             float lr, float beta1, float beta2, float eps, float wd, float c1, float c2,
-             cudaStream_t s)
-{
-    adamw<<<grid_for(n), kThreads, 0, s>>>(w, g, m, v, n, tstart, decay, ntensors, lr, beta1,
-                                           beta2, eps, wd, c1, c2);
 }
