@@ -92,9 +92,10 @@ double pp_optim_step_flops(const pp_model_desc *m, int P, int s)
         if (m->optimizer == PP_OPTIM_MUON) /* per iteration: A = X X^T (2a^2 b),
                                               A^2 (2a^3), (bA + cA^2) X (2a^2 b) */
             f += PP_OPTIM_NS_STEPS * (4.0 * a * a * b + 2.0 * a * a * a);
-        else if (m->optimizer == PP_OPTIM_ADAMW_ROTATED) /* G G^T, G^T G, Q_L^T G Q_R
-                                                            and back: 2rc(r + c) each */
-            f += 6.0 * r * c * (r + c) + (eig_flops(r) + eig_flops(c)) / PP_OPTIM_ROTATED_REFRESH;
+        else if (m->optimizer == PP_OPTIM_ADAMW_ROTATED) /* G G^T with G^T G, G and m
+                                                            rotated, the update rotated
+                                                            back: 2rc(r + c) each */
+            f += 8.0 * r * c * (r + c) + (eig_flops(r) + eig_flops(c)) / PP_OPTIM_ROTATED_REFRESH;
     }
     return n * f;
 }

@@ -177,7 +177,6 @@ RANK=1 WORLD_SIZE=2 expect_error '--grad-clip: 1f1b-flush clips by the global gr
 # and its checkpoint refuses another optimizer, and the delay correction
 # switched off, by name
 expect_error 'unknown optimizer "lion"' "${common[@]}" --optimizer lion
-expect_error 'adamw-rotated: not yet' "${common[@]}" --optimizer adamw-rotated
 expect_error '--muon-momentum: only with --optimizer muon' "${common[@]}" --muon-momentum 0.9
 expect_error '--muon-momentum: 1 is not below 1' "${common[@]}" --optimizer muon --muon-momentum 1
 expect_error '--delay-correction' "${common[@]}" --delay-correction -0.5
@@ -197,6 +196,34 @@ expect_error 'written with --delay-correction 0.5, this run has --delay-correcti
     --optimizer muon --resume "$tmp/mu-ck"
 expect_error 'written with --optimizer adamw, this run has --optimizer muon' "${common[@]}" \
     --optimizer muon --resume "$tmp/ck"
+
+# --- adamw-rotated: its options refused without it or with a bad value;
+# a run with a refresh every 2 updates stops and resumes bit for bit, and
+# its checkpoint refuses other sides (a build without LAPACKE refuses the
+# optimizer by name instead)
+expect_error '--rotate-every: only with --optimizer adamw-rotated (this run has adamw)' "${common[@]}" --rotate-every 5
+expect_error '--rotate-sides: only with --optimizer adamw-rotated (this run has muon)' "${common[@]}" \
+    --optimizer muon --rotate-sides left
+expect_error '--rotate-basis: only with --optimizer adamw-rotated' "${common[@]}" --rotate-basis moment
+expect_error '--rotate-beta: only with --optimizer adamw-rotated' "${common[@]}" --rotate-beta 0.9
+expect_error '--rotate-every' "${common[@]}" --optimizer adamw-rotated --rotate-every 0
+rot=("${common[@]}" --optimizer adamw-rotated --rotate-every 2)
+if "$PPRUN" "${rot[@]}" --log "$tmp/rot-full.jsonl" >/dev/null 2>"$tmp/err"; then
+    grep -q 'optimizer adamw-rotated (Adam in the eigenbases' "$tmp/err" && ok || bad "adamw-rotated: no banner line: $(cat "$tmp/err")"
+    expect_error '--rotate-sides: "up" is not left, right or both' "${rot[@]}" --rotate-sides up
+    expect_error '--rotate-basis: "hessian" is not gradient or moment' "${rot[@]}" --rotate-basis hessian
+    expect_error '--rotate-beta: 1 is not below 1' "${rot[@]}" --rotate-beta 1
+    "$PPRUN" "${rot[@]}" --checkpoint "$tmp/rot-ck" --stop-after 3 --log "$tmp/rot-a.jsonl" >/dev/null 2>&1 || bad "adamw-rotated stop-after"
+    "$PPRUN" "${rot[@]}" --resume "$tmp/rot-ck" --log "$tmp/rot-b.jsonl" >/dev/null 2>&1 || bad "adamw-rotated resume"
+    cmp -s <(grep '"step"' "$tmp/rot-full.jsonl" | cut -d, -f1,2) <(cat "$tmp/rot-a.jsonl" "$tmp/rot-b.jsonl" | grep '"step"' | cut -d, -f1,2) &&
+        ok || bad "adamw-rotated: resumed losses differ"
+    cmp -s <(grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/rot-full.jsonl" | cut -d, -f1,2) &&
+        bad "adamw-rotated trained AdamW's losses" || ok
+    expect_error 'written with --rotate-sides both, this run has --rotate-sides left' "${rot[@]}" \
+        --rotate-sides left --resume "$tmp/rot-ck"
+else
+    grep -q 'no LAPACKE' "$tmp/err" && ok || bad "adamw-rotated run: $(cat "$tmp/err")"
+fi
 
 if [ -z "${PPSCHED_HAVE_CUDA:-}" ]; then expect_error 'cuda' "${common[@]}" --backend cuda; fi
 

@@ -40,6 +40,10 @@ typedef struct {
     double lr, min_lr, timeout;
     double beta1, beta2, eps, weight_decay, grad_clip; /* AdamW; grad_clip 0: off */
     double muon_momentum;    /* --optimizer muon only; -1: not given (0.95) */
+    /* --optimizer adamw-rotated only; 0, NULL, -1: not given */
+    int rotate_every;
+    const char *rotate_sides, *rotate_basis;
+    double rotate_beta;
     int lr_delay_correction; /* PipeMare's lr correction over T updates; 0: off */
     int warmup, eval_every, eval_batches, checkpoint_every, stop_after;
     int threads;             /* per stage on the CPU; 0: cores / stages here */

@@ -165,7 +165,7 @@ static const option options[] = {
 
     /* pprun's optimizer */
     {"--optimizer", NULL, "NAME", BOTH, SEC_OPTIMIZER, V_STR, AT(optimizer), 0, 0,
-     "adamw (default), muon, adamw-rotated (ppsim only so\nfar)"},
+     "adamw (default), muon, adamw-rotated"},
     {"--delay-correction", NULL, "BETA", BOTH, SEC_OPTIMIZER, V_DOUBLE, AT(delay_correction),
      0, 1,
      "apply u + BETA (u - u_prev), u the update: our reading\nof arXiv 2606.30634, not its "
@@ -182,6 +182,15 @@ static const option options[] = {
      "clip the gradient's global norm to X (default 0: off)"},
     {"--muon-momentum", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.muon_momentum), 0, 0,
      "muon: the momentum's decay, Nesterov (default 0.95)"},
+    {"--rotate-every", NULL, "K", RUN, SEC_OPTIMIZER, V_INT, AT(run.rotate_every), 1, 1 << 30,
+     "adamw-rotated: new eigenbases every K updates\n(default 10)"},
+    {"--rotate-sides", NULL, "SIDES", RUN, SEC_OPTIMIZER, V_STR, AT(run.rotate_sides), 0, 0,
+     "adamw-rotated: left, right or both (default)"},
+    {"--rotate-basis", NULL, "SOURCE", RUN, SEC_OPTIMIZER, V_STR, AT(run.rotate_basis), 0, 0,
+     "adamw-rotated: eigenvectors of the covariances of the\ngradient (default) or of the "
+     "first moment (moment)"},
+    {"--rotate-beta", NULL, "X", RUN, SEC_OPTIMIZER, V_DOUBLE, AT(run.rotate_beta), 0, 0,
+     "adamw-rotated: the covariances' decay (default: --beta2)"},
     {"--lr-delay-correction", NULL, "T", RUN, SEC_OPTIMIZER, V_INT, AT(run.lr_delay_correction),
      0, 1 << 30,
      "PipeMare: stage s's lr / tau_s^(1 - min(t/T, 1)) at its\nupdate t, tau_s its delay (below; "
@@ -259,6 +268,7 @@ void pp_cli_defaults(pp_cli_opts *o, pp_tool tool)
     o->run.eps = 1e-8;
     o->run.weight_decay = 0.1;
     o->run.muon_momentum = -1; /* not given: 0.95 with --optimizer muon */
+    o->run.rotate_beta = -1;   /* not given: beta2 with --optimizer adamw-rotated */
     o->run.timeout = 600;
 }
 

@@ -1,7 +1,7 @@
 # Sourced by tools/demo and tools/test: installs what a fresh Debian/Ubuntu
 # machine lacks to build ppsched (C compiler, CMake, pkg-config, cJSON,
-# Check, OpenBLAS, OpenSSL's libcrypto). CUDA, NCCL and MPI are optional
-# and never installed here.
+# Check, OpenBLAS, LAPACKE, OpenSSL's libcrypto). CUDA, NCCL and MPI are
+# optional and never installed here.
 pp_install_deps() {
     local missing=()
     command -v cc >/dev/null 2>&1 || missing+=(gcc)
@@ -12,9 +12,10 @@ pp_install_deps() {
         pkg-config --exists libcjson || missing+=(libcjson-dev)
         pkg-config --exists check || missing+=(check)
         pkg-config --exists openblas || missing+=(libopenblas-dev)
+        pkg-config --exists lapacke || missing+=(liblapacke-dev)
         pkg-config --exists libcrypto || missing+=(libssl-dev)
     else
-        missing+=(libcjson-dev check libopenblas-dev libssl-dev)
+        missing+=(libcjson-dev check libopenblas-dev liblapacke-dev libssl-dev)
     fi
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "ppsched: installing ${missing[*]}" >&2

@@ -24,6 +24,13 @@ uint64_t pprun_ir_hash(const pp_schedule *ir)
     return h;
 }
 
+/* The rotated sides, which shape adamw-rotated's state; "none" for the
+ * other optimizers. */
+static const char *sides_of(const pp_optim_config *c)
+{
+    return c->kind == PP_OPTIM_ADAMW_ROTATED ? pp_rotate_sides_name(c->rotate_sides) : "none";
+}
+
 int pprun_write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
                            pp_err *e)
 {
@@ -36,12 +43,13 @@ int pprun_write_checkpoint(void *ctx, int K, void **blobs, size_t *sizes, double
                      "{\"schedule\": \"%s\", \"stages\": %d, \"microbatches_per_step\": %d, "
                      "\"steps\": %d, \"update\": %d, \"tokens\": %.0f, \"ir_hash\": \"%016llx\", "
                      "\"seed\": %llu, \"data_order\": \"%s\", \"data_seed\": \"%016llx\", "
-                     "\"micro_batch\": %d, \"optimizer\": \"%s\", \"delay_correction\": %.9g}",
+                     "\"micro_batch\": %d, \"optimizer\": \"%s\", \"delay_correction\": %.9g, "
+                     "\"rotate_sides\": \"%s\"}",
                      c->ir->info.name, c->ir->info.stages, c->ir->info.microbatches_per_step,
                      c->ir->info.steps, K, tokens, (unsigned long long)c->ir_hash,
                      (unsigned long long)c->seed, pp_data_order_name(c->data->order),
                      (unsigned long long)c->data->seed, c->data->B, pp_optim_name(c->optim->kind),
-                     c->optim->delay_buffer ? c->optim->delay_beta : 0.0);
+                     c->optim->delay_buffer ? c->optim->delay_beta : 0.0, sides_of(c->optim));
     if (pp_ckpt_writer_add(&w, "run.json", run, (size_t)n, e) < 0)
         goto fail;
     for (int s = 0; s < c->ir->info.stages; s++) {
@@ -100,9 +108,10 @@ static int check_data(const char *dir, const char *run, const ckpt_ctx *want, pp
 }
 
 /* The stage states hold the checkpointed run's optimizer state: the
- * resumed run must have the same optimizer, and the delay correction's
- * buffer on or off as it was (its beta, like the other hyperparameters,
- * may change). A record without them is AdamW's. */
+ * resumed run must have the same optimizer, adamw-rotated the same
+ * sides, and the delay correction's buffer on or off as it was (its beta,
+ * like the other hyperparameters, may change). A record without them is
+ * AdamW's. */
 static int check_optimizer(const char *dir, const char *run, const ckpt_ctx *want, pp_err *e)
 {
     char name[32] = "adamw";
@@ -115,6 +124,14 @@ static int check_optimizer(const char *dir, const char *run, const ckpt_ctx *wan
     if (strcmp(name, mine))
         return pp_errf(e, "%s: checkpoint was written with --optimizer %s, this run has "
                           "--optimizer %s; resume with the same optimizer", dir, name, mine);
+    char sides[16] = "none";
+    const char *rs = field(run, "rotate_sides");
+    if (rs)
+        sscanf(rs, "\"%15[^\"]", sides);
+    if (strcmp(sides, sides_of(c)))
+        return pp_errf(e, "%s: checkpoint was written with --rotate-sides %s, this run has "
+                          "--rotate-sides %s; resume with the same sides (they shape the "
+                          "rotation's state)", dir, sides, sides_of(c));
     if ((beta != 0) != (c->delay_buffer != 0))
         return pp_errf(e, "%s: checkpoint was written with --delay-correction %g, this run has "
                           "--delay-correction %g; resume with it %s (its state keeps the last "

@@ -113,6 +113,10 @@ void pprun_dist_job(pp_job *j, const pp_schedule *ir, const pp_model_desc *m,
     pp_job_text(j, "transport", transport);
     pp_job_text(j, "optimizer", o->optimizer);
     pp_job_number(j, "muon momentum", r->muon_momentum);
+    pp_job_number(j, "rotate every", r->rotate_every);
+    pp_job_text(j, "rotate sides", r->rotate_sides ? r->rotate_sides : "default");
+    pp_job_text(j, "rotate basis", r->rotate_basis ? r->rotate_basis : "default");
+    pp_job_number(j, "rotate beta", r->rotate_beta);
     pp_job_number(j, "delay correction", o->delay_correction);
     pp_job_number(j, "lr delay correction", r->lr_delay_correction);
     pp_job_number(j, "learning rate", r->lr);

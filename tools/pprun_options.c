@@ -16,7 +16,7 @@ const char pprun_usage[] =
     "\n";
 
 const char pprun_usage_tail[] =
-    "optimizers (per stage; --lr, --weight-decay and the AdamW options serve both):\n"
+    "optimizers (per stage; --lr, --weight-decay and the AdamW options serve all):\n"
     "  adamw  AdamW on every parameter\n"
     "  muon   the blocks' attention and MLP matrices: momentum M <- mu M + (1-mu) G,\n"
     "         Nesterov N = mu M + (1-mu) G (mu = --muon-momentum, 0.95 as in Keller\n"
@@ -26,7 +26,18 @@ const char pprun_usage_tail[] =
     "         (the same write-up); the update scaled by 0.2 sqrt(max(rows, cols))\n"
     "         to AdamW's RMS (Moonshot's \"Muon is Scalable\", arXiv 2502.16982);\n"
     "         AdamW for the embeddings, output layer, biases and LayerNorm\n"
-    "  --delay-correction applies u + BETA (u - u_prev) to either: our reading of\n"
+    "  adamw-rotated  the same matrices W [r][c] take Adam in the bases Q_L, Q_R\n"
+    "         of the eigenvectors (LAPACK ssyevd) of running averages L, R of\n"
+    "         S S^T and S^T S (S the gradient G, or the first moment m with\n"
+    "         --rotate-basis moment; decay --rotate-beta, default beta2), new\n"
+    "         at the first update and every --rotate-every K (default 10):\n"
+    "         m <- b1 m + (1-b1) G in the original basis, v <- b2 v + (1-b2)\n"
+    "         (Q_L^T G Q_R)^2 in the rotated one (kept as it is when the basis\n"
+    "         changes), W <- W - lr (Q_L (m~^ / (sqrt(v^) + eps)) Q_R^T + wd W),\n"
+    "         m~ = Q_L^T m Q_R, ^ AdamW's bias corrections (Jung, Shin, Lee,\n"
+    "         arXiv 2602.03515, whose code's defaults these are); AdamW for\n"
+    "         the rest\n"
+    "  --delay-correction applies u + BETA (u - u_prev) to any: our reading of\n"
     "  the summary of arXiv 2606.30634, not its exact formula\n"
     "  --lr-delay-correction: tau_s is the most updates a gradient applied on\n"
     "  stage s is late against the weights its forward read (ppsim's age =\n"
@@ -86,11 +97,40 @@ int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, int P, const 
                              e);
 }
 
+/* --rotate-*: adamw-rotated's options into c, refused with another
+ * optimizer (they would change nothing). */
+static int rotate_options(const pp_run_opts *r, pp_optim_config *c, pp_err *e)
+{
+    const char *given = r->rotate_every   ? "--rotate-every"
+                        : r->rotate_sides ? "--rotate-sides"
+                        : r->rotate_basis ? "--rotate-basis"
+                        : r->rotate_beta >= 0 ? "--rotate-beta"
+                                              : NULL;
+    if (c->kind != PP_OPTIM_ADAMW_ROTATED)
+        return given ? pp_errf(e, "%s: only with --optimizer adamw-rotated (this run has %s)",
+                               given, pp_optim_name(c->kind))
+                     : 0;
+    if (r->rotate_every)
+        c->rotate_every = r->rotate_every;
+    if (r->rotate_sides && pp_rotate_sides_parse(r->rotate_sides, &c->rotate_sides, e) < 0)
+        return -1;
+    if (r->rotate_basis && pp_rotate_basis_parse(r->rotate_basis, &c->rotate_basis, e) < 0)
+        return -1;
+    if (r->rotate_beta >= 1)
+        return pp_errf(e, "--rotate-beta: %g is not below 1 (a decay is in [0, 1))",
+                       r->rotate_beta);
+    if (r->rotate_beta >= 0)
+        c->rotate_beta = (float)r->rotate_beta;
+    return 0;
+}
+
 int pprun_optimizer(const pp_cli_opts *o, const pp_backend_ops *b, pp_optim_config *out,
                     pp_err *e)
 {
     pp_optim_config c = pp_optim_defaults();
     if (pp_optim_parse(o->optimizer, &c.kind, e) < 0 || pp_optim_executable(c.kind, e) < 0)
+        return -1;
+    if (rotate_options(&o->run, &c, e) < 0)
         return -1;
     double mu = o->run.muon_momentum;
     if (mu >= 0 && c.kind != PP_OPTIM_MUON)

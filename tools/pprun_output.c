@@ -214,6 +214,18 @@ void pprun_print_optimizer(const pp_optim_config *c, const double *tau, int P, i
     if (c->kind == PP_OPTIM_MUON)
         fprintf(stderr, " (Nesterov momentum %g, Newton-Schulz on the blocks' matrices, AdamW on "
                         "the rest)", c->muon_momentum);
+    if (c->kind == PP_OPTIM_ADAMW_ROTATED) {
+        fprintf(stderr, " (Adam in the eigenbases of the blocks' matrices, %s side%s, from the "
+                        "%s's covariances, new every %d updates, covariance decay ",
+                pp_rotate_sides_name(c->rotate_sides), c->rotate_sides == PP_ROTATE_BOTH ? "s" : "",
+                c->rotate_basis == PP_ROTATE_MOMENT ? "first moment" : "gradient",
+                c->rotate_every);
+        if (c->rotate_beta < 0)
+            fprintf(stderr, "beta2");
+        else
+            fprintf(stderr, "%g", c->rotate_beta);
+        fprintf(stderr, "; AdamW on the rest)");
+    }
     if (c->delay_buffer)
         fprintf(stderr, "; delay correction u + %g (u - u_prev)", c->delay_beta);
     if (tau) {

@@ -1,6 +1,7 @@
 /* A CPU stage's optimizer (cpu_optim.h): where each tensor's state lives,
  * the update (AdamW's part through gpt_cpu.c's loop, Muon's hidden
- * matrices one by one here) and the state a checkpoint saves. */
+ * matrices one by one here, the rotated ones in cpu_rotated.c) and the
+ * state a checkpoint saves. */
 #include "cpu_optim.h"
 
 #include <math.h>
@@ -75,7 +76,7 @@ int pp_cpu_optim_init(pp_cpu_optim *o, const pp_gpt_stage *g, const pp_optim_con
     memset(o, 0, sizeof *o);
     o->cfg = *cfg;
     o->g = g;
-    int muon = cfg->kind == PP_OPTIM_MUON;
+    int muon = cfg->kind == PP_OPTIM_MUON, rotated = cfg->kind == PP_OPTIM_ADAMW_ROTATED;
     size_t nadam = 0, scratch = 0;
     size_t nt = (size_t)(g->ntensors ? g->ntensors : 1);
     o->adam_at = malloc(nt * sizeof *o->adam_at);
@@ -93,12 +94,19 @@ int pp_cpu_optim_init(pp_cpu_optim *o, const pp_gpt_stage *g, const pp_optim_con
             size_t s = t->numel + pp_newton_schulz_scratch(t->rows, t->cols);
             if (s > scratch)
                 scratch = s;
+        } else if (rotated) {
+            /* moments for every parameter at its own offset; AdamW's loop
+             * leaves the hidden matrices to cpu_rotated.c */
+            o->adam_at[i] = pp_muon_matrix(t) ? PP_GPT_NO_STATE : t->offset;
+            nadam = g->nparams;
         } else {
             o->adam_at[i] = nadam;
             nadam += t->numel;
         }
     }
     int rc = pp_adamw_init(&o->adam, nadam, pp_adamw_defaults(), e);
+    if (rc == 0 && rotated)
+        rc = pp_rotated_init(&o->rot, g, cfg, e);
     if (rc == 0 && muon) {
         o->mom = calloc(o->nmom ? o->nmom : 1, sizeof *o->mom);
         o->scratch = malloc((scratch ? scratch : 1) * sizeof *o->scratch);
@@ -124,6 +132,7 @@ void pp_cpu_optim_free(pp_cpu_optim *o)
     free(o->mom);
     free(o->prev);
     free(o->scratch);
+    pp_rotated_free(&o->rot);
     memset(o, 0, sizeof *o);
 }
 
@@ -156,9 +165,15 @@ void pp_cpu_optim_step(pp_cpu_optim *o, float *w, const float *grad, float lr,
     o->adam.hp = *hp;
     pp_adamw_begin_step(&o->adam);
     pp_gpt_adamw_tensors(g, &o->adam, o->adam_at, w, grad, lr, o->prev, o->cfg.delay_beta);
-    for (int i = 0; i < g->ntensors; i++)
+    for (int i = 0; i < g->ntensors; i++) {
+        const pp_gpt_tensor *t = &g->tensors[i];
         if (o->mom_at[i] != PP_GPT_NO_STATE)
-            muon_matrix(o, &g->tensors[i], o->mom_at[i], w, grad, lr, hp->weight_decay);
+            muon_matrix(o, t, o->mom_at[i], w, grad, lr, hp->weight_decay);
+        else if (o->rot.at && o->rot.at[i] != PP_GPT_NO_STATE)
+            pp_rotated_step(&o->rot, g, i, &o->cfg, hp, o->adam.t, o->adam.m + t->offset,
+                            o->adam.v + t->offset, w, grad, lr,
+                            o->prev ? o->prev + t->offset : NULL);
+    }
 }
 
 /* The state's parts in checkpoint order (cpu_optim.h), t apart. */
@@ -167,13 +182,17 @@ typedef struct {
     size_t n;
 } part;
 
-static int parts(const pp_cpu_optim *o, part out[4])
+#define NPARTS 5
+
+static int parts(const pp_cpu_optim *o, part out[NPARTS])
 {
     int k = 0;
     if (o->mom)
         out[k++] = (part){o->mom, o->nmom};
     out[k++] = (part){o->adam.m, o->adam.n};
     out[k++] = (part){o->adam.v, o->adam.n};
+    if (o->rot.state)
+        out[k++] = (part){o->rot.state, o->rot.n};
     if (o->prev)
         out[k++] = (part){o->prev, o->g->nparams};
     return k;
@@ -181,7 +200,7 @@ static int parts(const pp_cpu_optim *o, part out[4])
 
 size_t pp_cpu_optim_state_bytes(const pp_cpu_optim *o)
 {
-    part p[4];
+    part p[NPARTS];
     size_t bytes = sizeof(double);
     for (int i = 0, k = parts(o, p); i < k; i++)
         bytes += p[i].n * sizeof(float);
@@ -190,7 +209,7 @@ size_t pp_cpu_optim_state_bytes(const pp_cpu_optim *o)
 
 void pp_cpu_optim_state_get(const pp_cpu_optim *o, void *host)
 {
-    part p[4];
+    part p[NPARTS];
     char *at = host;
     for (int i = 0, k = parts(o, p); i < k; i++) {
         memcpy(at, p[i].p, p[i].n * sizeof(float));
@@ -202,7 +221,7 @@ void pp_cpu_optim_state_get(const pp_cpu_optim *o, void *host)
 
 void pp_cpu_optim_state_put(pp_cpu_optim *o, const void *host)
 {
-    part p[4];
+    part p[NPARTS];
     const char *at = host;
     for (int i = 0, k = parts(o, p); i < k; i++) {
         memcpy(p[i].p, at, p[i].n * sizeof(float));

@@ -1,7 +1,8 @@
-/* The optimizer of one CPU stage (optim.h names them): AdamW, or Muon with
- * AdamW for what is not a hidden matrix, either with the delay
- * correction; over the stage's flat parameter array as its tensor table
- * (gpt_cpu.h) describes it, on the stage's thread team.
+/* The optimizer of one CPU stage (optim.h names them): AdamW, or Muon or
+ * adamw-rotated (cpu_rotated.h) with AdamW for what is not a hidden
+ * matrix, any of them with the delay correction; over the stage's flat
+ * parameter array as its tensor table (gpt_cpu.h) describes it, on the
+ * stage's thread team.
  *
  * Muon (Keller Jordan, "Muon: An optimizer for hidden layers in neural
  * networks", 2024, kellerjordan.github.io/posts/muon), for each hidden
@@ -25,15 +26,19 @@
  *
  * State, in this order (what a checkpoint saves): Muon's momentum, packed
  * over the hidden matrices; AdamW's m, then v, packed over the other
- * parameters (all of them for adamw); the last update of every parameter
- * (the delay correction, when on); AdamW's step count t as a double
- * (every update takes one step, so t is the stage's update count). */
+ * parameters (all of them for adamw; for adamw-rotated too, each at its
+ * parameter's offset, the hidden matrices' v in their rotated basis); the
+ * rotation's covariances and bases (adamw-rotated, cpu_rotated.h); the
+ * last update of every parameter (the delay correction, when on); AdamW's
+ * step count t as a double (every update takes one step, so t is the
+ * stage's update count). */
 #ifndef PP_CPU_OPTIM_H
 #define PP_CPU_OPTIM_H
 
 #include <stddef.h>
 
 #include "adamw.h"
+#include "cpu_rotated.h"
 #include "error.h"
 #include "gpt_cpu.h"
 #include "optim.h"
@@ -49,10 +54,11 @@ typedef struct {
     size_t nmom;
     float *prev;           /* [nparams]: the last update (delay correction), or NULL */
     float *scratch;        /* Muon: a matrix's update and its Newton-Schulz work space */
+    pp_rotated rot;        /* adamw-rotated: covariances and bases of the hidden matrices */
 } pp_cpu_optim;
 
-/* 1 when Muon orthogonalises tensor t's update: the attention and MLP
- * weights of a block. */
+/* 1 when Muon orthogonalises tensor t's update, and adamw-rotated rotates
+ * it: the attention and MLP weights of a block. */
 int pp_muon_matrix(const pp_gpt_tensor *t);
 
 /* Sets up the optimizer cfg names over stage g's parameters, state zero.
