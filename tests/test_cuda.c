@@ -140,7 +140,8 @@ static void pipe_open_at(pipe *p, const pp_backend_ops *b, const pp_model_desc *
     p->b = b;
     p->P = P;
     for (int s = 0; s < P; s++) {
-        pp_placement at = partitions > 0 ? (pp_placement){0, s, partitions, 1} : PP_PLACEMENT_WHOLE(0);
+        pp_placement at =
+            partitions > 0 ? (pp_placement){0, s, partitions, 1} : PP_PLACEMENT_WHOLE(0);
         ck_assert_msg(b->create(m, P, s, &at, &p->st[s], &e) == 0, "%s", e.msg);
         ck_assert_msg(pp_gpt_stage_init(&p->tab[s], m, P, s, &e) == 0, "%s", e.msg);
         size_t wb = b->nparams(p->st[s]) * sizeof(float);
@@ -423,15 +424,6 @@ START_TEST(test_device_clocks)
 }
 END_TEST
 
-static pp_optim_config optim_config(pp_optim_kind kind, int delay_buffer, float beta)
-{
-    pp_optim_config c = pp_optim_defaults();
-    c.kind = kind;
-    c.delay_buffer = delay_buffer;
-    c.delay_beta = beta;
-    return c;
-}
-
 /* Both pipelines' stages switch to optimizer cfg (state zero). */
 static void pipes_use(pipe *g, pipe *c, const pp_optim_config *cfg)
 {
@@ -576,7 +568,7 @@ END_TEST
 /* Five Muon steps (with weight decay on the matrices as on AdamW's). */
 START_TEST(test_muon_steps)
 {
-    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 0, 0.0f);
+    pp_optim_config muon = test_optim_config(PP_OPTIM_MUON, 0, 0.0f);
     train_steps(&muon, 5, "Muon");
 }
 END_TEST
@@ -584,7 +576,7 @@ END_TEST
 /* Five AdamW steps through the delay correction. */
 START_TEST(test_delay_steps)
 {
-    pp_optim_config delay = optim_config(PP_OPTIM_ADAMW, 1, 0.5f);
+    pp_optim_config delay = test_optim_config(PP_OPTIM_ADAMW, 1, 0.5f);
     train_steps(&delay, 5, "AdamW + delay correction");
 }
 END_TEST
@@ -649,9 +641,9 @@ END_TEST
 /* Muon, Muon with the delay correction, AdamW with it. */
 START_TEST(test_optimizers_exact)
 {
-    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 0, 0.0f),
-                    muon_delay = optim_config(PP_OPTIM_MUON, 1, 0.5f),
-                    adamw_delay = optim_config(PP_OPTIM_ADAMW, 1, 0.5f);
+    pp_optim_config muon = test_optim_config(PP_OPTIM_MUON, 0, 0.0f),
+                    muon_delay = test_optim_config(PP_OPTIM_MUON, 1, 0.5f),
+                    adamw_delay = test_optim_config(PP_OPTIM_ADAMW, 1, 0.5f);
     exact_steps(&muon, "Muon");
     exact_steps(&muon_delay, "Muon + delay correction");
     exact_steps(&adamw_delay, "AdamW + delay correction");
@@ -734,8 +726,8 @@ static void resume_check(const pp_optim_config *cfg, int P, const char *what)
 
 START_TEST(test_muon_resume)
 {
-    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 0, 0.0f),
-                    muon_delay = optim_config(PP_OPTIM_MUON, 1, 0.5f);
+    pp_optim_config muon = test_optim_config(PP_OPTIM_MUON, 0, 0.0f),
+                    muon_delay = test_optim_config(PP_OPTIM_MUON, 1, 0.5f);
     for (int P = 1; P <= MAXP; P++) {
         resume_check(&muon, P, "Muon");
         resume_check(&muon_delay, P, "Muon + delay correction");
@@ -752,11 +744,11 @@ START_TEST(test_optimizer_choices)
     pp_optim_kind ok[] = {PP_OPTIM_ADAMW, PP_OPTIM_MUON};
     for (int i = 0; i < 2; i++)
         for (int d = 0; d < 2; d++) {
-            pp_optim_config cfg = optim_config(ok[i], d, 0.5f);
+            pp_optim_config cfg = test_optim_config(ok[i], d, 0.5f);
             ck_assert_msg(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &cfg, &e) == 0, "%s",
                           e.msg);
         }
-    pp_optim_config rot = optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0.0f);
+    pp_optim_config rot = test_optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0.0f);
     ck_assert(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &rot, &e) < 0);
     ck_assert_msg(strstr(e.msg, "--optimizer adamw-rotated") && !strchr(e.msg, '\n'), "%s",
                   e.msg);
@@ -818,7 +810,7 @@ END_TEST
 START_TEST(test_runtime_muon)
 {
     pp_model_desc m = tiny_model();
-    pp_optim_config muon = optim_config(PP_OPTIM_MUON, 1, 0.5f);
+    pp_optim_config muon = test_optim_config(PP_OPTIM_MUON, 1, 0.5f);
     pp_run_result g = run_opt(&pp_backend_cuda, "pipedream-2bw", &m, NULL, &muon);
     pp_run_result c = run_opt(&pp_backend_cpu, "pipedream-2bw", &m, NULL, &muon);
     compare_runs(&g, &c, "Muon + delay correction:");

@@ -169,14 +169,6 @@ static int have_rotated(void)
     return 0;
 }
 
-static pp_optim_config config(pp_optim_kind kind, int delay_buffer, float beta)
-{
-    pp_optim_config c = pp_optim_defaults();
-    c.kind = kind;
-    c.delay_buffer = delay_buffer;
-    c.delay_beta = beta;
-    return c;
-}
 
 /* --- Newton-Schulz ---------------------------------------------------- */
 
@@ -252,7 +244,8 @@ START_TEST(muon_leaves_the_rest_to_adamw_bit_for_bit)
 {
     pp_gpt_stage g;
     small_stage(&g);
-    pp_optim_config adamw = config(PP_OPTIM_ADAMW, 0, 0), muon = config(PP_OPTIM_MUON, 0, 0);
+    pp_optim_config adamw = test_optim_config(PP_OPTIM_ADAMW, 0, 0),
+                    muon = test_optim_config(PP_OPTIM_MUON, 0, 0);
     float *a = optimize(&g, &adamw, 6), *b = optimize(&g, &muon, 6);
     int matrices = 0, others = 0;
     for (int i = 0; i < g.ntensors; i++) {
@@ -280,7 +273,7 @@ END_TEST
  * identity they start as, or what a test writes into them. */
 static pp_optim_config pinned(int sides)
 {
-    pp_optim_config c = config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
+    pp_optim_config c = test_optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
     c.rotate_every = 0;
     c.rotate_sides = sides;
     return c;
@@ -304,7 +297,7 @@ START_TEST(rotated_with_identity_basis_is_adamw_bit_for_bit)
     for (int threads = 1; threads <= 3; threads += 2) {
         ck_assert_msg(pp_gpt_stage_set_threads(&g, threads, &e) == 0, "%s", e.msg);
         for (int delay = 0; delay <= 1; delay++) {
-            pp_optim_config adamw = config(PP_OPTIM_ADAMW, delay, 0.5f * (float)delay);
+            pp_optim_config adamw = test_optim_config(PP_OPTIM_ADAMW, delay, 0.5f * (float)delay);
             float *a = optimize(&g, &adamw, 6);
             for (int sides = PP_ROTATE_LEFT; sides <= PP_ROTATE_BOTH; sides++) {
                 pp_optim_config rot = pinned(sides);
@@ -323,8 +316,8 @@ START_TEST(rotated_with_identity_basis_is_adamw_bit_for_bit)
             free(a);
         }
     }
-    pp_optim_config adamw = config(PP_OPTIM_ADAMW, 0, 0),
-                    rot = config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
+    pp_optim_config adamw = test_optim_config(PP_OPTIM_ADAMW, 0, 0),
+                    rot = test_optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
     float *a = optimize(&g, &adamw, 6), *b = optimize(&g, &rot, 6);
     for (int i = 0; i < g.ntensors; i++) {
         const pp_gpt_tensor *t = &g.tensors[i];
@@ -418,7 +411,7 @@ START_TEST(rotated_with_fixed_basis_is_adamw_on_the_rotated_problem)
     small_stage(&g);
     pp_err e = {{0}};
     for (int sides = PP_ROTATE_LEFT; sides <= PP_ROTATE_BOTH; sides++) {
-        pp_optim_config cfg = pinned(sides), plain = config(PP_OPTIM_ADAMW, 0, 0);
+        pp_optim_config cfg = pinned(sides), plain = test_optim_config(PP_OPTIM_ADAMW, 0, 0);
         pp_cpu_optim o;
         ck_assert_msg(pp_cpu_optim_init(&o, &g, &cfg, &e) == 0, "%s", e.msg);
         size_t n = g.nparams;
@@ -558,7 +551,7 @@ START_TEST(refresh_gives_orthonormal_eigenbases_of_the_covariances)
     small_stage(&g);
     pp_err e = {{0}};
     for (int src = PP_ROTATE_GRADIENT; src <= PP_ROTATE_MOMENT; src++) {
-        pp_optim_config cfg = config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
+        pp_optim_config cfg = test_optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
         cfg.rotate_every = 3;
         cfg.rotate_basis = (pp_rotate_basis)src;
         pp_cpu_optim o;
@@ -657,8 +650,8 @@ START_TEST(delay_correction_with_beta_zero_is_the_plain_optimizer)
     pp_gpt_stage g;
     small_stage(&g);
     for (int kind = PP_OPTIM_ADAMW; kind <= PP_OPTIM_MUON; kind++) {
-        pp_optim_config plain = config(kind, 0, 0), zero = config(kind, 1, 0),
-                        half = config(kind, 1, 0.5f);
+        pp_optim_config plain = test_optim_config(kind, 0, 0), zero = test_optim_config(kind, 1, 0),
+                        half = test_optim_config(kind, 1, 0.5f);
         float *a = optimize(&g, &plain, 5), *b = optimize(&g, &zero, 5),
               *c = optimize(&g, &half, 5);
         ck_assert_msg(!memcmp(a, b, g.nparams * sizeof *a), "%s: beta 0 is not the plain update",
@@ -735,7 +728,7 @@ typedef struct {
 
 static void configure(pp_run_config *c, const opt_case *k)
 {
-    c->optim = config(k->kind, k->beta != 0, k->beta);
+    c->optim = test_optim_config(k->kind, k->beta != 0, k->beta);
     if (k->rotate_every)
         c->optim.rotate_every = k->rotate_every;
     if (k->rotate_sides)
@@ -887,17 +880,17 @@ START_TEST(state_sizes_follow_the_optimizer)
             left += 2 * r * r;
             right += 2 * c * c;
         }
-    pp_optim_config rot_left = config(PP_OPTIM_ADAMW_ROTATED, 1, 0.5f);
+    pp_optim_config rot_left = test_optim_config(PP_OPTIM_ADAMW_ROTATED, 1, 0.5f);
     rot_left.rotate_sides = PP_ROTATE_LEFT;
     const struct {
         pp_optim_config c;
         size_t floats;
     } want[] = {
-        {config(PP_OPTIM_ADAMW, 0, 0), 2 * n},
-        {config(PP_OPTIM_MUON, 0, 0), nmat + 2 * (n - nmat)},
-        {config(PP_OPTIM_ADAMW, 1, 0.5f), 3 * n},
-        {config(PP_OPTIM_MUON, 1, 0.5f), nmat + 2 * (n - nmat) + n},
-        {config(PP_OPTIM_ADAMW_ROTATED, 0, 0), 2 * n + left + right},
+        {test_optim_config(PP_OPTIM_ADAMW, 0, 0), 2 * n},
+        {test_optim_config(PP_OPTIM_MUON, 0, 0), nmat + 2 * (n - nmat)},
+        {test_optim_config(PP_OPTIM_ADAMW, 1, 0.5f), 3 * n},
+        {test_optim_config(PP_OPTIM_MUON, 1, 0.5f), nmat + 2 * (n - nmat) + n},
+        {test_optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0), 2 * n + left + right},
         {rot_left, 2 * n + left + n},
     };
     pp_err e = {{0}};
@@ -967,8 +960,9 @@ START_TEST(a_backend_refuses_what_it_lacks)
     adamw_only.name = "plain";
     adamw_only.optimizer_init = NULL;
     pp_err e = {{0}};
-    pp_optim_config adamw = config(PP_OPTIM_ADAMW, 0, 0), muon = config(PP_OPTIM_MUON, 0, 0),
-                    delay = config(PP_OPTIM_ADAMW, 1, 0.5f);
+    pp_optim_config adamw = test_optim_config(PP_OPTIM_ADAMW, 0, 0),
+                    muon = test_optim_config(PP_OPTIM_MUON, 0, 0),
+                    delay = test_optim_config(PP_OPTIM_ADAMW, 1, 0.5f);
     ck_assert(pp_backend_optimizer_init(&adamw_only, NULL, &adamw, &e) == 0);
     ck_assert(pp_backend_optimizer_init(&adamw_only, NULL, &muon, &e) < 0);
     ck_assert_msg(strstr(e.msg, "--optimizer muon: the plain backend has only adamw"), "%s",
@@ -976,14 +970,14 @@ START_TEST(a_backend_refuses_what_it_lacks)
     ck_assert(pp_backend_optimizer_init(&pp_backend_cpu, NULL, &muon, &e) == 0);
     ck_assert(pp_backend_optimizer_init(&pp_backend_cpu, NULL, &delay, &e) == 0);
     if (have_rotated()) {
-        pp_optim_config rot = config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
+        pp_optim_config rot = test_optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
         ck_assert(pp_backend_optimizer_init(&pp_backend_cpu, NULL, &rot, &e) == 0);
     }
 #ifdef PPSCHED_HAVE_CUDA
     ck_assert(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &adamw, &e) == 0);
     ck_assert(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &muon, &e) == 0);
     ck_assert(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &delay, &e) == 0);
-    pp_optim_config rot = config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
+    pp_optim_config rot = test_optim_config(PP_OPTIM_ADAMW_ROTATED, 0, 0);
     ck_assert(pp_backend_optimizer_init(&pp_backend_cuda, NULL, &rot, &e) < 0);
     ck_assert_msg(strstr(e.msg, "cuda backend has only adamw and muon"), "%s", e.msg);
 #endif

@@ -58,6 +58,17 @@ static inline pp_run_config test_run_config(const pp_schedule *ir, pp_model_desc
     return c;
 }
 
+/* An optimizer configuration: kind, with the delay correction's buffer
+ * (delay_buffer 1) and beta. */
+static inline pp_optim_config test_optim_config(pp_optim_kind kind, int delay_buffer, float beta)
+{
+    pp_optim_config c = pp_optim_defaults();
+    c.kind = kind;
+    c.delay_buffer = delay_buffer;
+    c.delay_beta = beta;
+    return c;
+}
+
 /* Runs a suite (each test in a forked child) and returns the exit status. */
 static inline int run_suite(Suite *suite)
 {
