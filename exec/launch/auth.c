@@ -145,7 +145,8 @@ static const char *verdict_text(uint32_t v)
     case PP_AUTH_BAD_MAC:
         return "the job secrets differ (PPSCHED_JOB_SECRET must be the same on every rank)";
     case PP_AUTH_NOT_WANTED:
-        return "it does not wait for this rank (two processes with the same rank?)";
+        return "it does not wait for this rank (another world size, or two processes with "
+               "the same rank?)";
     case PP_AUTH_OTHER_JOB:
         return "it runs another job (the ranks' settings differ)";
     case PP_AUTH_VERSION:
