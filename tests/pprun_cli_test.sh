@@ -182,14 +182,20 @@ expect_error '--muon-momentum: 1 is not below 1' "${common[@]}" --optimizer muon
 expect_error '--delay-correction' "${common[@]}" --delay-correction -0.5
 expect_error '--lr-delay-correction' "${common[@]}" --lr-delay-correction -1
 mu=("${common[@]}" --optimizer muon --muon-momentum 0.9 --delay-correction 0.5 --lr-delay-correction 4)
+# resumes_exactly NAME ARGS...: a run of ARGS (its full log in $tmp/NAME-full.jsonl)
+# stopped after update 3 and resumed trains the same losses, and not AdamW's
+resumes_exactly() {
+    local name=$1; shift
+    "$PPRUN" "$@" --checkpoint "$tmp/$name-ck" --stop-after 3 --log "$tmp/$name-a.jsonl" >/dev/null 2>&1 || bad "$name stop-after"
+    "$PPRUN" "$@" --resume "$tmp/$name-ck" --log "$tmp/$name-b.jsonl" >/dev/null 2>&1 || bad "$name resume"
+    cmp -s <(grep '"step"' "$tmp/$name-full.jsonl" | cut -d, -f1,2) <(cat "$tmp/$name-a.jsonl" "$tmp/$name-b.jsonl" | grep '"step"' | cut -d, -f1,2) &&
+        ok || bad "$name: resumed losses differ"
+    cmp -s <(grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/$name-full.jsonl" | cut -d, -f1,2) &&
+        bad "$name trained AdamW's losses" || ok
+}
 "$PPRUN" "${mu[@]}" --log "$tmp/mu-full.jsonl" >/dev/null 2>"$tmp/err" || bad "muon run: $(cat "$tmp/err")"
 grep -q 'optimizer muon (Nesterov momentum 0.9' "$tmp/err" && ok || bad "muon: no banner line: $(cat "$tmp/err")"
-"$PPRUN" "${mu[@]}" --checkpoint "$tmp/mu-ck" --stop-after 3 --log "$tmp/mu-a.jsonl" >/dev/null 2>&1 || bad "muon stop-after"
-"$PPRUN" "${mu[@]}" --resume "$tmp/mu-ck" --log "$tmp/mu-b.jsonl" >/dev/null 2>&1 || bad "muon resume"
-cmp -s <(grep '"step"' "$tmp/mu-full.jsonl" | cut -d, -f1,2) <(cat "$tmp/mu-a.jsonl" "$tmp/mu-b.jsonl" | grep '"step"' | cut -d, -f1,2) &&
-    ok || bad "muon: resumed losses differ"
-cmp -s <(grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/mu-full.jsonl" | cut -d, -f1,2) &&
-    bad "muon trained AdamW's losses" || ok
+resumes_exactly mu "${mu[@]}"
 expect_error 'written with --optimizer muon, this run has --optimizer adamw' "${common[@]}" \
     --delay-correction 0.5 --resume "$tmp/mu-ck"
 expect_error 'written with --delay-correction 0.5, this run has --delay-correction 0' "${common[@]}" \
@@ -213,12 +219,7 @@ if "$PPRUN" "${rot[@]}" --log "$tmp/rot-full.jsonl" >/dev/null 2>"$tmp/err"; the
     expect_error '--rotate-sides: "up" is not left, right or both' "${rot[@]}" --rotate-sides up
     expect_error '--rotate-basis: "hessian" is not gradient or moment' "${rot[@]}" --rotate-basis hessian
     expect_error '--rotate-beta: 1 is not below 1' "${rot[@]}" --rotate-beta 1
-    "$PPRUN" "${rot[@]}" --checkpoint "$tmp/rot-ck" --stop-after 3 --log "$tmp/rot-a.jsonl" >/dev/null 2>&1 || bad "adamw-rotated stop-after"
-    "$PPRUN" "${rot[@]}" --resume "$tmp/rot-ck" --log "$tmp/rot-b.jsonl" >/dev/null 2>&1 || bad "adamw-rotated resume"
-    cmp -s <(grep '"step"' "$tmp/rot-full.jsonl" | cut -d, -f1,2) <(cat "$tmp/rot-a.jsonl" "$tmp/rot-b.jsonl" | grep '"step"' | cut -d, -f1,2) &&
-        ok || bad "adamw-rotated: resumed losses differ"
-    cmp -s <(grep '"step"' "$tmp/full.jsonl" | cut -d, -f1,2) <(grep '"step"' "$tmp/rot-full.jsonl" | cut -d, -f1,2) &&
-        bad "adamw-rotated trained AdamW's losses" || ok
+    resumes_exactly rot "${rot[@]}"
     expect_error 'written with --rotate-sides both, this run has --rotate-sides left' "${rot[@]}" \
         --rotate-sides left --resume "$tmp/rot-ck"
 else
