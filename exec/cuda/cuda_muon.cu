@@ -125,8 +125,8 @@ static void muon_matrix(cuda_stage *c, const pp_gpt_tensor *t, float *mom, float
     }
     /* cpu_optim.c's scale and decay, computed the same way */
     float scale = 0.2f * sqrtf((float)cc), wdt = t->decay ? wd : 0.0f;
-    k_muon_apply(w + t->offset, o.prev ? o.prev + t->offset : nullptr, X, rows, cols, lr, scale,
-                 wdt, o.cfg.delay_beta, c->stream);
+    k_matrix_apply(w + t->offset, o.prev ? o.prev + t->offset : nullptr, X, rows, cols,
+                   rows > cols, lr, scale, wdt, o.cfg.delay_beta, c->stream);
     check_launch(c, "Muon update");
 }
 

@@ -1,9 +1,10 @@
-/* The CUDA backend's optimizers (optim.h: AdamW, Muon, either with the
- * delay correction) on the stage's stream: choosing one and laying out its
+/* The CUDA backend's optimizers (optim.h: AdamW, Muon, adamw-rotated, any
+ * of them with the delay correction) on the stage's stream: choosing one and laying out its
  * state, the update, the gradient's sum of squares and scaling for
  * clipping, and the state to and from the host in the CPU backend's layout
  * (cpu_optim.h), so that a checkpoint's optimizer state means the same on
- * both backends. Muon's matrices are cuda_muon.cu's. */
+ * both backends. Muon's matrices are cuda_muon.cu's, adamw-rotated's
+ * cuda_rotated.cu's. */
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -61,22 +62,20 @@ void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *
         k_scale((float *)grad, step->grad_scale, np, c->stream);
         check_launch(c, "clip gradient");
     }
+    /* Bias corrections as adamw.c computes them: in double, then float. */
+    float c1 = (float)(1.0 - pow(hp->beta1, (double)o.t)),
+          c2 = (float)(1.0 - pow(hp->beta2, (double)o.t));
     if (np) {
-        /* Bias corrections as adamw.c computes them: in double, then float. */
-        pp_adamw_args a = {step->lr,
-                           hp->beta1,
-                           hp->beta2,
-                           hp->eps,
-                           hp->weight_decay,
-                           (float)(1.0 - pow(hp->beta1, (double)o.t)),
-                           (float)(1.0 - pow(hp->beta2, (double)o.t)),
-                           o.cfg.delay_beta};
+        pp_adamw_args a = {step->lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay,
+                           c1,       c2,        o.cfg.delay_beta};
         k_adamw((float *)w, (const float *)grad, o.m, o.v, o.prev, np, c->d_tstart,
                 c->d_state_at, c->d_tdecay, c->g.ntensors, &a, c->stream);
         check_launch(c, "adamw");
     }
     if (o.mom)
         muon_update(c, (float *)w, (const float *)grad, step->lr, hp->weight_decay);
+    if (o.rot)
+        rotated_update(c, (float *)w, (const float *)grad, step->lr, hp, c1, c2);
     ck(c, cudaMemsetAsync(grad, 0, np * sizeof(float), c->stream), "zero grad");
 }
 
@@ -88,6 +87,7 @@ static void release_state(cuda_stage *c, cuda_optim &o)
                     o.ns_xh, o.ns_ah, o.ns_bh, o.ns_part};
     for (void *p : bufs)
         cuda_release(c, p);
+    rotated_release(c, o);
 }
 
 /* cpu_optim.c's layout for cfg over the stage's tensors, its buffers
@@ -95,7 +95,7 @@ static void release_state(cuda_stage *c, cuda_optim &o)
 static bool make_state(cuda_stage *c, const pp_optim_config *cfg, cuda_optim &o)
 {
     const pp_gpt_stage *g = &c->g;
-    bool muon = cfg->kind == PP_OPTIM_MUON;
+    bool muon = cfg->kind == PP_OPTIM_MUON, rotated = cfg->kind == PP_OPTIM_ADAMW_ROTATED;
     size_t big = 0, gram = 0;
     o.cfg = *cfg;
     o.adam_at.assign(g->ntensors, PP_GPT_NO_STATE);
@@ -109,6 +109,11 @@ static bool make_state(cuda_stage *c, const pp_optim_config *cfg, cuda_optim &o)
             muon_scratch_floats(t->rows, t->cols, &b, &k);
             big = b > big ? b : big;
             gram = k > gram ? k : gram;
+        } else if (rotated) {
+            /* moments for every parameter at its own offset; the AdamW
+             * kernel leaves the hidden matrices to cuda_rotated.cu */
+            o.adam_at[i] = pp_muon_matrix(t) ? PP_GPT_NO_STATE : t->offset;
+            o.nadam = g->nparams;
         } else {
             o.adam_at[i] = o.nadam;
             o.nadam += t->numel;
@@ -120,6 +125,8 @@ static bool make_state(cuda_stage *c, const pp_optim_config *cfg, cuda_optim &o)
     bool ok = o.m && o.v;
     if (cfg->delay_buffer)
         ok = ok && (o.prev = (float *)dev_alloc(c, g->nparams * f, MK_OPT));
+    if (rotated)
+        return ok && rotated_init(c, o);
     if (!muon)
         return ok;
     ok = ok && (o.mom = (float *)dev_alloc(c, o.nmom * f, MK_OPT));
@@ -137,12 +144,13 @@ static bool make_state(cuda_stage *c, const pp_optim_config *cfg, cuda_optim &o)
     return ok;
 }
 
-/* AdamW and Muon, either with the delay correction; what a stage is
- * created with (AdamW) goes through here too. */
+/* AdamW, Muon and adamw-rotated, any of them with the delay correction;
+ * what a stage is created with (AdamW) goes through here too. */
 int cuda_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e)
 {
-    if (cfg->kind != PP_OPTIM_ADAMW && cfg->kind != PP_OPTIM_MUON)
-        return pp_errf(e, "--optimizer %s: the cuda backend has only adamw and muon so far",
+    if (cfg->kind != PP_OPTIM_ADAMW && cfg->kind != PP_OPTIM_MUON &&
+        cfg->kind != PP_OPTIM_ADAMW_ROTATED)
+        return pp_errf(e, "--optimizer %s: not an optimizer of the cuda backend",
                        pp_optim_name(cfg->kind));
     if (!stage)
         return 0;
@@ -151,6 +159,8 @@ int cuda_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e)
     cuda_optim fresh = cuda_optim();
     if (!make_state(c, cfg, fresh)) {
         release_state(c, fresh);
+        if (c->failed)
+            return pp_errf(e, "--backend cuda: %s", c->err);
         return pp_errf(e, "--backend cuda: stage %d: out of device memory for the %s state",
                        c->g.s, pp_optim_name(cfg->kind));
     }
@@ -173,13 +183,16 @@ int cuda_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e)
 /* --- the state, for checkpoints ----------------------------------------------------- */
 
 /* Its device parts in cpu_optim.h's order (Muon's momentum, AdamW's m, v,
- * the delay buffer), then t as a double. */
+ * the rotation's covariances and bases, the delay buffer), then t as a
+ * double. */
 struct part {
     float *p;
     size_t n;
 };
 
-static int parts(cuda_stage *c, part out[4])
+#define NPARTS 5
+
+static int parts(cuda_stage *c, part out[NPARTS])
 {
     cuda_optim &o = c->opt;
     int k = 0;
@@ -187,6 +200,8 @@ static int parts(cuda_stage *c, part out[4])
         out[k++] = {o.mom, o.nmom};
     out[k++] = {o.m, o.nadam};
     out[k++] = {o.v, o.nadam};
+    if (o.rot)
+        out[k++] = {o.rot, o.nrot};
     if (o.prev)
         out[k++] = {o.prev, c->g.nparams};
     return k;
@@ -194,7 +209,7 @@ static int parts(cuda_stage *c, part out[4])
 
 size_t cuda_opt_state_bytes(void *stage)
 {
-    part p[4];
+    part p[NPARTS];
     size_t bytes = sizeof(double);
     for (int i = 0, k = parts(S(stage), p); i < k; i++)
         bytes += p[i].n * sizeof(float);
@@ -204,7 +219,7 @@ size_t cuda_opt_state_bytes(void *stage)
 void cuda_opt_state_get(void *stage, void *host)
 {
     cuda_stage *c = S(stage);
-    part p[4];
+    part p[NPARTS];
     char *at = (char *)host;
     stage_scope in(c);
     for (int i = 0, k = parts(c, p); i < k; i++) {
@@ -221,7 +236,7 @@ void cuda_opt_state_get(void *stage, void *host)
 void cuda_opt_state_put(void *stage, const void *host)
 {
     cuda_stage *c = S(stage);
-    part p[4];
+    part p[NPARTS];
     const char *at = (const char *)host;
     stage_scope in(c);
     for (int i = 0, k = parts(c, p); i < k; i++) {

@@ -6,6 +6,7 @@
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cusolverDn.h>
 #include <cuda_runtime.h>
 
 #include <mutex>
@@ -48,8 +49,10 @@ struct acts_layout {
 
 /* The stage's optimizer (optim.h), with cpu_optim.h's state: Muon's
  * momentum packed over the hidden matrices (pp_muon_matrix), AdamW's m and
- * v packed over the other tensors (all of them for adamw), the delay
- * correction's last update of every parameter, and the step count t.
+ * v packed over the other tensors (all of them for adamw; for
+ * adamw-rotated every parameter at its offset), adamw-rotated's
+ * covariances and bases, the delay correction's last update of every
+ * parameter, and the step count t.
  * Hyperparameters come with every update. */
 struct cuda_optim {
     pp_optim_config cfg;
@@ -69,6 +72,20 @@ struct cuda_optim {
     float *ns_x, *ns_y, *ns_a, *ns_b, *ns_inv;
     __nv_bfloat16 *ns_xh, *ns_ah, *ns_bh;
     double *ns_part;
+    /* adamw-rotated (cuda_rotated.cu): covariances and bases packed as
+     * cpu_rotated.h lays them out, per tensor where its part starts
+     * (PP_GPT_NO_STATE: not rotated); one matrix's work space (rotated
+     * gradient, moment, a product's intermediate); the eigensolver's
+     * matrix, eigenvalues and work space, its info and the not-finite flag
+     * (two ints), and its handle on the stage's stream */
+    float *rot;
+    size_t nrot;
+    std::vector<size_t> rot_at;
+    float *rt_g, *rt_m, *rt_tmp;
+    float *eig_a, *eig_w, *eig_work;
+    int eig_lwork;
+    int *eig_flags;
+    cusolverDnHandle_t solver;
 };
 
 struct cuda_stage {
@@ -187,6 +204,18 @@ void muon_scratch_floats(int rows, int cols, size_t *big, size_t *gram);
 bool muon_bf16(const cuda_stage *c);
 /* Muon's part of an update: every hidden matrix of w, from grad. */
 void muon_update(cuda_stage *c, float *w, const float *grad, float lr, float wd);
+
+/* --- adamw-rotated (cuda_rotated.cu) ------------------------------------ */
+
+/* Lays out and allocates o's rotation state (covariances zero, bases the
+ * identity), its work space and eigensolver for stage c's hidden
+ * matrices; false when out of device memory or cuSOLVER fails. */
+bool rotated_init(cuda_stage *c, cuda_optim &o);
+void rotated_release(cuda_stage *c, cuda_optim &o);
+/* The rotated matrices' part of update t (o.t, already counted), AdamW's
+ * bias corrections c1, c2 as the AdamW kernel takes them. */
+void rotated_update(cuda_stage *c, float *w, const float *grad, float lr,
+                    const pp_adamw_hparams *hp, float c1, float c2);
 
 /* --- entries of the pp_backend_ops table, by file ---------------------- */
 

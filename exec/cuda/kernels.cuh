@@ -93,12 +93,30 @@ void k_adamw(float *w, const float *g, float *m, float *v, float *prev, size_t n
 void k_muon_momentum(float *mom, float *x, const float *g, float mu, size_t n, cudaStream_t s);
 /* X = x [rows][cols] * (*inv), transposed to [cols][rows] when rows > cols. */
 void k_muon_load(float *X, const float *x, const float *inv, int rows, int cols, cudaStream_t s);
-/* w [rows][cols] -= lr (scale O + wd w), O = X transposed back when rows >
- * cols; with prev (the matrix's part of the delay buffer) corrected as
- * k_adamw does. */
-void k_muon_apply(float *w, float *prev, const float *X, int rows, int cols, float lr,
-                  float scale, float wd, float beta, cudaStream_t s);
+/* w [rows][cols] -= lr (scale O + wd w), O = X, or X [cols][rows]
+ * transposed back when `transposed`; with prev (the matrix's part of the
+ * delay buffer) corrected as k_adamw does. */
+void k_matrix_apply(float *w, float *prev, const float *X, int rows, int cols, bool transposed,
+                    float lr, float scale, float wd, float beta, cudaStream_t s);
 /* dst = src rounded to bf16 (to nearest even). */
 void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t s);
+
+/* adamw-rotated (cuda_rotated.cu). m = beta1 m + (1 - beta1) g. */
+void k_adam_moment(float *m, const float *g, float beta1, size_t n, cudaStream_t s);
+/* Adam on the rotated gradient gt and moment mt: v = beta2 v + (1 - beta2)
+ * gt^2, u = (mt / c1) / (sqrt(v / c2) + eps); u may be gt. */
+void k_rotated_adam(float *u, float *v, const float *gt, const float *mt, float beta2, float c1,
+                    float c2, float eps, size_t n, cudaStream_t s);
+/* *bad = 1 when an element of x is inf or nan; left as it is otherwise. */
+void k_flag_nonfinite(int *bad, const float *x, size_t n, cudaStream_t s);
+/* q [k][k] = the identity. */
+void k_identity(float *q, int k, cudaStream_t s);
+/* a [k][k] = x, or the identity when *bad: the eigensolver's input. */
+void k_copy_or_identity(float *a, const float *x, int k, const int *bad, cudaStream_t s);
+/* q [k][k] (row-major, eigenvectors as columns) = the column-major
+ * eigenvectors a transposed, unless *bad or the solver's *info != 0: then
+ * q keeps the old basis, as the CPU does. */
+void k_take_basis(float *q, const float *a, int k, const int *bad, const int *info,
+                  cudaStream_t s);
 
 #endif

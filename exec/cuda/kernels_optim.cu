@@ -1,7 +1,9 @@
-/* The optimizers' kernels (cuda_optimizer.cu, cuda_muon.cu): sums of
- * squares, AdamW with its per-tensor state table and the delay correction,
- * and Muon's elementwise parts around the Newton-Schulz products. fp32
- * throughout, the formulas of adamw.c and cpu_optim.c. */
+/* The optimizers' kernels (cuda_optimizer.cu, cuda_muon.cu,
+ * cuda_rotated.cu): sums of squares, AdamW with its per-tensor state table
+ * and the delay correction, Muon's elementwise parts around the
+ * Newton-Schulz products, and adamw-rotated's around its basis changes and
+ * eigensolver. fp32 throughout, the formulas of adamw.c, cpu_optim.c and
+ * cpu_rotated.c. */
 #include "kernels.cuh"
 
 namespace {
@@ -118,7 +120,7 @@ __global__ void muon_load(float *X, const float *x, const float *inv, int rows, 
 
 /* w [rows][cols] -= lr (scale O + wd w), O read from X [r][c] (transposed
  * back when tall), through the delay correction when prev. */
-__global__ void muon_apply(float *w, float *prev, const float *X, int rows, int cols, bool tall,
+__global__ void matrix_apply(float *w, float *prev, const float *X, int rows, int cols, bool tall,
                            float lr, float scl, float wd, float beta)
 {
     size_t n = (size_t)rows * cols;
@@ -140,6 +142,64 @@ __global__ void to_bf16(__nv_bfloat16 *dst, const float *src, size_t n)
 {
     GRID_STRIDE(i, n) {
         dst[i] = __float2bfloat16_rn(src[i]);
+    }
+}
+
+/* AdamW's first moment, its expression (adamw.c). */
+__global__ void adam_moment(float *m, const float *g, float b1, size_t n)
+{
+    GRID_STRIDE(i, n) {
+        m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+    }
+}
+
+/* cpu_rotated.c's Adam in the basis, term for term; u may be gt. */
+__global__ void rotated_adam(float *u, float *v, const float *gt, const float *mt, float b2,
+                             float c1, float c2, float eps, size_t n)
+{
+    GRID_STRIDE(i, n) {
+        float g = gt[i];
+        float vi = b2 * v[i] + (1.0f - b2) * g * g;
+        v[i] = vi;
+        float mhat = mt[i] / c1, vhat = vi / c2;
+        u[i] = mhat / (sqrtf(vhat) + eps);
+    }
+}
+
+__global__ void flag_nonfinite(int *bad, const float *x, size_t n)
+{
+    GRID_STRIDE(i, n) {
+        if (!isfinite(x[i]))
+            *bad = 1; /* every writer writes the same value */
+    }
+}
+
+__global__ void identity(float *q, int k)
+{
+    size_t kk = (size_t)k * k;
+    GRID_STRIDE(i, kk) {
+        q[i] = i / k == i % k ? 1.0f : 0.0f;
+    }
+}
+
+__global__ void copy_or_identity(float *a, const float *x, int k, const int *bad)
+{
+    size_t kk = (size_t)k * k;
+    bool id = *bad != 0;
+    GRID_STRIDE(i, kk) {
+        a[i] = id ? (i / k == i % k ? 1.0f : 0.0f) : x[i];
+    }
+}
+
+/* q[i][j] = a[j][i]: column j of q is column j of the column-major a. */
+__global__ void take_basis(float *q, const float *a, int k, const int *bad, const int *info)
+{
+    if (*bad || *info != 0)
+        return;
+    size_t kk = (size_t)k * k;
+    GRID_STRIDE(i, kk) {
+        size_t row = i / k, col = i % k;
+        q[i] = a[col * k + row];
     }
 }
 
@@ -179,15 +239,47 @@ void k_muon_load(float *X, const float *x, const float *inv, int rows, int cols,
                                                                  rows > cols);
 }
 
-void k_muon_apply(float *w, float *prev, const float *X, int rows, int cols, float lr,
-                  float scale, float wd, float beta, cudaStream_t s)
+void k_matrix_apply(float *w, float *prev, const float *X, int rows, int cols, bool transposed,
+                    float lr, float scale, float wd, float beta, cudaStream_t s)
 {
-    muon_apply<<<grid_for((size_t)rows * cols), kThreads, 0, s>>>(w, prev, X, rows, cols,
-                                                                  rows > cols, lr, scale, wd,
-                                                                  beta);
+    matrix_apply<<<grid_for((size_t)rows * cols), kThreads, 0, s>>>(w, prev, X, rows, cols,
+                                                                    transposed, lr, scale, wd,
+                                                                    beta);
 }
 
 void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t s)
 {
     to_bf16<<<grid_for(n), kThreads, 0, s>>>(dst, src, n);
+}
+
+void k_adam_moment(float *m, const float *g, float beta1, size_t n, cudaStream_t s)
+{
+    adam_moment<<<grid_for(n), kThreads, 0, s>>>(m, g, beta1, n);
+}
+
+void k_rotated_adam(float *u, float *v, const float *gt, const float *mt, float beta2, float c1,
+                    float c2, float eps, size_t n, cudaStream_t s)
+{
+    rotated_adam<<<grid_for(n), kThreads, 0, s>>>(u, v, gt, mt, beta2, c1, c2, eps, n);
+}
+
+void k_flag_nonfinite(int *bad, const float *x, size_t n, cudaStream_t s)
+{
+    flag_nonfinite<<<grid_for(n), kThreads, 0, s>>>(bad, x, n);
+}
+
+void k_copy_or_identity(float *a, const float *x, int k, const int *bad, cudaStream_t s)
+{
+    copy_or_identity<<<grid_for((size_t)k * k), kThreads, 0, s>>>(a, x, k, bad);
+}
+
+void k_take_basis(float *q, const float *a, int k, const int *bad, const int *info,
+                  cudaStream_t s)
+{
+    take_basis<<<grid_for((size_t)k * k), kThreads, 0, s>>>(q, a, k, bad, info);
+}
+
+void k_identity(float *q, int k, cudaStream_t s)
+{
+    identity<<<grid_for((size_t)k * k), kThreads, 0, s>>>(q, k);
 }
