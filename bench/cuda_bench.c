@@ -109,16 +109,18 @@ int main(int argc, char **argv)
         double t0 = now_s();
         if (b->forward(st, w, tok, NULL, tgt, acts, NULL, &loss, &e) < 0)
             return die(e.msg);
-        b->sync(st);
+        if (b->sync(st, &e) < 0)
+            return die(e.msg);
         double t1 = now_s();
-        b->backward_input(st, w, acts, NULL, NULL, 1.0f);
-        b->sync(st);
+        if (b->backward_input(st, w, acts, NULL, NULL, 1.0f, &e) < 0 || b->sync(st, &e) < 0)
+            return die(e.msg);
         double t2 = now_s();
-        b->backward_weight(st, acts, grad);
-        b->sync(st);
+        if (b->backward_weight(st, acts, grad, &e) < 0 || b->sync(st, &e) < 0)
+            return die(e.msg);
         double t3 = now_s();
-        b->optimizer_update(st, w, grad, &(pp_opt_step){1e-4f, pp_adamw_defaults(), 1.0f});
-        b->sync(st);
+        pp_opt_step os = {1e-4f, pp_adamw_defaults(), 1.0f};
+        if (b->optimizer_update(st, w, grad, &os, &e) < 0 || b->sync(st, &e) < 0)
+            return die(e.msg);
         double t4 = now_s();
         if (it == 0)
             first_loss = loss;

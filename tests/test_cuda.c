@@ -168,7 +168,7 @@ static void pipe_open_at(pipe *p, const pp_backend_ops *b, const pp_model_desc *
         p->dx[s] = b->alloc(p->st[s], p->nb);
         ck_assert(p->w[s] && p->grad[s] && p->acts[s] && p->x[s] && p->dx[s]);
         b->init_weights(p->st[s], p->w[s], seed);
-        b->sync(p->st[s]);
+        ck_assert(b->sync(p->st[s], NULL) == 0);
     }
 }
 
@@ -201,7 +201,7 @@ static float pipe_forward(pipe *p, const int *tok, const int *tgt)
                                     first ? NULL : p->x[s - 1], last ? tgt : NULL, p->acts[s],
                                     last ? NULL : p->x[s], last ? &loss : NULL, &e) == 0,
                       "%s", e.msg);
-        p->b->sync(p->st[s]);
+        ck_assert(p->b->sync(p->st[s], NULL) == 0);
     }
     return loss;
 }
@@ -210,13 +210,14 @@ static void pipe_backward(pipe *p, float scale)
 {
     for (int s = p->P - 1; s >= 0; s--) {
         int first = s == 0, last = s == p->P - 1;
-        p->b->backward_input(p->st[s], p->w[s], p->acts[s], last ? NULL : p->dx[s + 1],
-                             first ? NULL : p->dx[s], scale);
-        p->b->sync(p->st[s]);
+        ck_assert(p->b->backward_input(p->st[s], p->w[s], p->acts[s],
+                                       last ? NULL : p->dx[s + 1], first ? NULL : p->dx[s],
+                                       scale, NULL) == 0);
+        ck_assert(p->b->sync(p->st[s], NULL) == 0);
     }
     for (int s = 0; s < p->P; s++) {
-        p->b->backward_weight(p->st[s], p->acts[s], p->grad[s]);
-        p->b->sync(p->st[s]);
+        ck_assert(p->b->backward_weight(p->st[s], p->acts[s], p->grad[s], NULL) == 0);
+        ck_assert(p->b->sync(p->st[s], NULL) == 0);
     }
 }
 
@@ -418,7 +419,7 @@ static void check_clocks(int P, int partitions)
         pipe_forward(&g, tok, tgt);
         for (int s = 0; s < P; s++) {
             g.b->clock_mark(g.st[s], 1);
-            g.b->sync(g.st[s]);
+            ck_assert(g.b->sync(g.st[s], NULL) == 0);
             double t0 = g.b->clock_read(g.st[s], 0), t1 = g.b->clock_read(g.st[s], 1);
             ck_assert_msg(t0 >= prev[s] && t1 > t0,
                           "partitions %d stage %d round %d: clocks %.9f, %.9f after %.9f",
@@ -567,9 +568,9 @@ static void train_steps(const pp_optim_config *cfg, int steps, const char *what)
             float lr = 1e-2f * (float)(step + 1) / 10.0f;
             pp_opt_step os = pp_opt_step_default(lr);
             for (int s = 0; s < P; s++) {
-                g.b->optimizer_update(g.st[s], g.w[s], g.grad[s], &os);
-                c.b->optimizer_update(c.st[s], c.w[s], c.grad[s], &os);
-                g.b->sync(g.st[s]);
+                ck_assert(g.b->optimizer_update(g.st[s], g.w[s], g.grad[s], &os, NULL) == 0);
+                ck_assert(c.b->optimizer_update(c.st[s], c.w[s], c.grad[s], &os, NULL) == 0);
+                ck_assert(g.b->sync(g.st[s], NULL) == 0);
             }
         }
         ck_assert_msg(lastc < first, "%s: the loss did not fall: %g -> %g", what, first, lastc);
@@ -636,9 +637,9 @@ static void same_steps(pipe *g, pipe *c, int s, int steps)
         pp_opt_step os = pp_opt_step_default(lr);
         g->b->from_host(g->st[s], g->grad[s], hg, bytes);
         c->b->from_host(c->st[s], c->grad[s], hg, bytes);
-        g->b->optimizer_update(g->st[s], g->w[s], g->grad[s], &os);
-        c->b->optimizer_update(c->st[s], c->w[s], c->grad[s], &os);
-        g->b->sync(g->st[s]);
+        ck_assert(g->b->optimizer_update(g->st[s], g->w[s], g->grad[s], &os, NULL) == 0);
+        ck_assert(c->b->optimizer_update(c->st[s], c->w[s], c->grad[s], &os, NULL) == 0);
+        ck_assert(g->b->sync(g->st[s], NULL) == 0);
     }
     free(hw);
     free(hg);
@@ -817,8 +818,8 @@ START_TEST(test_rotated_refresh)
         bad[tab->tensors[first].offset] = NAN;
         g.b->from_host(g.st[s], g.grad[s], bad, wb);
         pp_opt_step os = pp_opt_step_default(1e-2f);
-        g.b->optimizer_update(g.st[s], g.w[s], g.grad[s], &os);
-        g.b->sync(g.st[s]);
+        ck_assert(g.b->optimizer_update(g.st[s], g.w[s], g.grad[s], &os, NULL) == 0);
+        ck_assert(g.b->sync(g.st[s], NULL) == 0);
         char *after = malloc(ob);
         g.b->opt_state_get(g.st[s], after);
         rotation q0 = rotation_of(&c, s, &cfg, og, first), q1 = rotation_of(&c, s, &cfg, after, first);
@@ -885,8 +886,8 @@ static void resume_check(const pp_optim_config *cfg, int P, const char *what)
             pipe_backward(p, 1.0f);
             pp_opt_step os = pp_opt_step_default(1e-2f);
             for (int s = 0; s < P; s++) {
-                p->b->optimizer_update(p->st[s], p->w[s], p->grad[s], &os);
-                p->b->sync(p->st[s]);
+                ck_assert(p->b->optimizer_update(p->st[s], p->w[s], p->grad[s], &os, NULL) == 0);
+                ck_assert(p->b->sync(p->st[s], NULL) == 0);
             }
         }
     }
@@ -1084,6 +1085,13 @@ static Suite *cuda_suite(void)
 
 int main(void)
 {
+    /* Set by the backend at load, before CUDA starts (backend_cuda.cu): a
+     * check that needs no GPU. */
+    const char *queues = getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    if (!queues || strcmp(queues, "32") != 0) {
+        printf("FAIL: CUDA_DEVICE_MAX_CONNECTIONS is %s, not 32\n", queues ? queues : "unset");
+        return EXIT_FAILURE;
+    }
     if (skip_without_gpu())
         return EXIT_SUCCESS;
     const char *math = getenv("PPSCHED_CUDA_MATH");

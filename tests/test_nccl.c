@@ -186,14 +186,14 @@ START_TEST(test_parking)
     for (int i = 0; i < 3; i++) {
         ck_assert_msg(l.tr->recv(l.tr, 1, 0, PP_MSG_ACT, want[i], y, l.nb, &e) == 0, "%s",
                       e.msg);
-        l.b->sync(l.st[1]);
+        ck_assert(l.b->sync(l.st[1], NULL) == 0);
         check_pattern(&l, 1, y, 1000.0f * (float)want[i]);
     }
     /* And the other direction: gradients from stage 1 to stage 0. */
     void *g = pattern(&l, 1, 5.0f);
     ck_assert_msg(l.tr->send(l.tr, 1, 0, PP_MSG_GRAD, 0, g, l.nb, &e) == 0, "%s", e.msg);
     ck_assert_msg(l.tr->recv(l.tr, 0, 1, PP_MSG_GRAD, 0, x, l.nb, &e) == 0, "%s", e.msg);
-    l.b->sync(l.st[0]);
+    ck_assert(l.b->sync(l.st[0], NULL) == 0);
     check_pattern(&l, 0, x, 5.0f);
     l.b->release(l.st[0], x);
     l.b->release(l.st[1], y);

@@ -381,6 +381,75 @@ END_TEST
 
 /* --- the optimizer's options ----------------------------------------- */
 
+/* A device that fails in any action stops the run: a CPU backend whose
+ * call number `fail_at` of one kind fails, as a GPU's sticky error would
+ * (backend.h), with the stage and action named. */
+static int calls, fail_at;
+
+static int failing(pp_err *e)
+{
+    int n = __atomic_add_fetch(&calls, 1, __ATOMIC_SEQ_CST); /* stage threads call at once */
+    return n == fail_at ? pp_errf(e, "CUDA stage 1: injected device failure") : 0;
+}
+
+static int fail_backward_input(void *st, const void *w, void *acts, const void *dx_out,
+                               void *dx_in, float loss_scale, pp_err *e)
+{
+    if (pp_backend_cpu.backward_input(st, w, acts, dx_out, dx_in, loss_scale, e) < 0)
+        return -1;
+    return failing(e);
+}
+
+static int fail_backward_weight(void *st, void *acts, void *grad, pp_err *e)
+{
+    if (pp_backend_cpu.backward_weight(st, acts, grad, e) < 0)
+        return -1;
+    return failing(e);
+}
+
+static int fail_optimizer_update(void *st, void *w, void *grad, const pp_opt_step *step,
+                                 pp_err *e)
+{
+    if (pp_backend_cpu.optimizer_update(st, w, grad, step, e) < 0)
+        return -1;
+    return failing(e);
+}
+
+static int fail_sync(void *st, pp_err *e)
+{
+    (void)st;
+    return failing(e);
+}
+
+START_TEST(a_failing_device_stops_the_run)
+{
+    const char *kinds[] = {"backward_input", "backward_weight", "optimizer_update", "sync"};
+    for (int k = 0; k < 4; k++) {
+        pp_backend_ops b = pp_backend_cpu;
+        if (k == 0)
+            b.backward_input = fail_backward_input;
+        else if (k == 1)
+            b.backward_weight = fail_backward_weight;
+        else if (k == 2)
+            b.optimizer_update = fail_optimizer_update;
+        else
+            b.sync = fail_sync;
+        calls = 0;
+        fail_at = 3; /* counted over the calls of every stage */
+        pp_model_desc md = small_model();
+        pp_schedule ir = test_schedule("1f1b-flush", 2, 2, 3);
+        pp_run_config c = test_run_config(&ir, &md, &b, 60);
+        pp_run_result r;
+        pp_err e = {{0}};
+        ck_assert_msg(pp_run(&c, &r, &e) < 0, "%s: a failed call went unnoticed", kinds[k]);
+        ck_assert_msg(strstr(e.msg, "injected device failure") && strstr(e.msg, "stage ") &&
+                          strstr(e.msg, "action ") && !strchr(e.msg, '\n'),
+                      "%s: %s", kinds[k], e.msg);
+        pp_schedule_free(&ir);
+    }
+}
+END_TEST
+
 /* Largest relative difference between two runs' losses. */
 static double loss_gap(const pp_run_result *a, const pp_run_result *b)
 {
@@ -453,10 +522,10 @@ START_TEST(cpu_update_takes_hyperparameters_and_scale)
             sumsq += (double)gi * gi;
         }
         ck_assert(b->grad_sumsq(st[0], g[0]) == sumsq);
-        b->optimizer_update(st[0], w[0], g[0], &half);
-        b->optimizer_update(st[1], w[1], g[1], &whole);
-        b->optimizer_update(st[2], w[2], g[2], &spelled);
-        b->optimizer_update(st[3], w[3], g[3], &dflt);
+        ck_assert(b->optimizer_update(st[0], w[0], g[0], &half, NULL) == 0);
+        ck_assert(b->optimizer_update(st[1], w[1], g[1], &whole, NULL) == 0);
+        ck_assert(b->optimizer_update(st[2], w[2], g[2], &spelled, NULL) == 0);
+        ck_assert(b->optimizer_update(st[3], w[3], g[3], &dflt, NULL) == 0);
         ck_assert(b->grad_sumsq(st[0], g[0]) == 0.0); /* the update zeroes the gradient */
     }
     ck_assert_msg(memcmp(w[0], w[1], n * sizeof(float)) == 0, "scale 0.5 != halved gradient");
@@ -588,6 +657,7 @@ int main(void)
     tcase_add_test(t, global_clip_equals_sequential);
     tcase_add_test(t, clip_above_every_norm_changes_nothing);
     tcase_add_test(t, per_stage_clip_on_paci);
+    tcase_add_test(t, a_failing_device_stops_the_run);
     suite_add_tcase(s, t);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);

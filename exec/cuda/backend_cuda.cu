@@ -55,6 +55,18 @@
 
 namespace pp_cuda {
 
+/* Hopper has 32 hardware work queues, but the CUDA runtime opens 8 unless
+ * CUDA_DEVICE_MAX_CONNECTIONS says otherwise, and reads it once, when it
+ * creates the context. With more streams than queues (8 stages and their
+ * evaluation twins on one GPU) streams share queues and one stage's work
+ * can wait behind another's: idle time that is not the schedule's bubble.
+ * So the backend asks for 32 when the program loads, before any CUDA
+ * call; a value the user set stays. */
+__attribute__((constructor)) static void open_every_work_queue(void)
+{
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
+}
+
 /* --- errors ------------------------------------------------------------ */
 
 void fail(cuda_stage *c, const char *what, const char *detail)
@@ -86,6 +98,12 @@ bool ckb(cuda_stage *c, cublasStatus_t rc, const char *what)
 void check_launch(cuda_stage *c, const char *what)
 {
     ck(c, cudaGetLastError(), what);
+}
+
+int status(cuda_stage *c, pp_err *e)
+{
+    std::lock_guard<std::mutex> lk(c->mu);
+    return c->failed ? pp_errf(e, "%s", c->err) : 0;
 }
 
 /* --- stage lifecycle ------------------------------------------------------ */
@@ -339,11 +357,12 @@ static void cuda_init_weights(void *stage, void *w, uint64_t seed)
     free(h);
 }
 
-static void cuda_sync(void *stage)
+static int cuda_sync(void *stage, pp_err *e)
 {
     cuda_stage *c = S(stage);
     stage_scope in(c);
     ck(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    return status(c, e);
 }
 
 /* --- device clocks ---------------------------------------------------------------- */

@@ -160,8 +160,8 @@ int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_i
     int N = c->N;
     size_t NC = (size_t)N * c->C;
     stage_scope in(c);
-    if (c->failed)
-        return pp_errf(e, "%s", c->err);
+    if (status(c, e) < 0)
+        return -1;
     if (g->is_first && check_ids(tokens, N, c->V, "token", e) != 0)
         return -1;
     if (g->is_last && check_ids(targets, N, c->V, "target", e) != 0)
@@ -209,8 +209,8 @@ int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_i
            "loss to host");
         ck(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     }
-    if (c->failed)
-        return pp_errf(e, "%s", c->err);
+    if (status(c, e) < 0)
+        return -1;
     return 0;
 }
 
@@ -242,8 +242,8 @@ static void block_backward_input(cuda_stage *c, const float *w, void *acts, int 
     check_launch(c, "layernorm_backward_input");
 }
 
-void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_out,
-                         void *dx_in, float loss_scale)
+int cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_out,
+                        void *dx_in, float loss_scale, pp_err *e)
 {
     cuda_stage *c = S(stage);
     const pp_gpt_stage *g = &c->g;
@@ -252,6 +252,8 @@ void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx
     int N = c->N, nb = g->nblocks;
     size_t NC = (size_t)N * c->C;
     stage_scope in(c);
+    if (status(c, e) < 0)
+        return -1;
     if (g->is_last) {
         k_xent_backward(F(acts, L.logits), I(acts, L.targets), N, c->V, loss_scale / N,
                         c->stream);
@@ -273,11 +275,12 @@ void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx
         ck(c, cudaMemcpyAsync(dx_in, F(acts, L.d_res[0]), NC * sizeof(float),
                               cudaMemcpyDeviceToDevice, c->stream),
            "copy dx_in");
+    return status(c, e);
 }
 
 /* --- backward: W ---------------------------------------------------------------- */
 
-void cuda_backward_weight(void *stage, void *acts, void *gradv)
+int cuda_backward_weight(void *stage, void *acts, void *gradv, pp_err *e)
 {
     cuda_stage *c = S(stage);
     const pp_gpt_stage *g = &c->g;
@@ -285,6 +288,8 @@ void cuda_backward_weight(void *stage, void *acts, void *gradv)
     float *grad = (float *)gradv;
     int C = c->C, nb = g->nblocks;
     stage_scope in(c);
+    if (status(c, e) < 0)
+        return -1;
     reclassify(c, gradv, MK_GRADS);
     if (g->is_last) {
         linear_backward_weight(c, grad + g->head_w, nullptr, F(acts, L.logits), F(acts, L.lnf),
@@ -317,6 +322,7 @@ void cuda_backward_weight(void *stage, void *acts, void *gradv)
         k_embed_backward_wpe(grad + g->wpe, dx, c->B, c->T, C, c->stream);
         check_launch(c, "embed_backward_wpe");
     }
+    return status(c, e);
 }
 
 } // namespace pp_cuda

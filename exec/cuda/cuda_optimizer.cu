@@ -49,13 +49,15 @@ double cuda_grad_sumsq(void *stage, const void *grad)
 
 /* --- the update ------------------------------------------------------------------- */
 
-void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step)
+int cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step, pp_err *e)
 {
     cuda_stage *c = S(stage);
     cuda_optim &o = c->opt;
     const pp_adamw_hparams *hp = &step->hp;
     size_t np = c->g.nparams;
     stage_scope in(c);
+    if (status(c, e) < 0)
+        return -1;
     reclassify(c, grad, MK_GRADS);
     o.t++; /* every update is one AdamW step, Muon's included (cpu_optim.c) */
     if (np && step->grad_scale != 1.0f) {
@@ -77,6 +79,7 @@ void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *
     if (o.rot)
         rotated_update(c, (float *)w, (const float *)grad, step->lr, hp, c1, c2);
     ck(c, cudaMemsetAsync(grad, 0, np * sizeof(float), c->stream), "zero grad");
+    return status(c, e);
 }
 
 /* --- choosing the optimizer ------------------------------------------------------- */

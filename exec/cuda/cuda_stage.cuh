@@ -132,6 +132,8 @@ void fail(cuda_stage *c, const char *what, const char *detail);
 bool ck(cuda_stage *c, cudaError_t rc, const char *what);
 bool ckb(cuda_stage *c, cublasStatus_t rc, const char *what);
 void check_launch(cuda_stage *c, const char *what);
+/* 0, or -1 with the stage's sticky error in e: what every action returns. */
+int status(cuda_stage *c, pp_err *e);
 
 /* --- memory and the activation layout (cuda_memory.cu) ----------------- */
 
@@ -228,11 +230,12 @@ void cuda_release(void *stage, void *p);
 /* cuda_layers.cu */
 int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_in,
                  const int *targets, void *acts, void *x_out, float *loss, pp_err *e);
-void cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_out,
-                         void *dx_in, float loss_scale);
-void cuda_backward_weight(void *stage, void *acts, void *gradv);
+int cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_out,
+                        void *dx_in, float loss_scale, pp_err *e);
+int cuda_backward_weight(void *stage, void *acts, void *gradv, pp_err *e);
 /* cuda_optimizer.cu */
-void cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step);
+int cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step,
+                          pp_err *e);
 int cuda_optimizer_init(void *stage, const pp_optim_config *cfg, pp_err *e);
 double cuda_grad_sumsq(void *stage, const void *grad);
 size_t cuda_opt_state_bytes(void *stage);

@@ -9,7 +9,13 @@
  * pointers; the runtime never touches their contents except through
  * to_host/from_host (checkpoints, the in-process transport on the CPU).
  * Every function runs on the stage's own thread and, on a GPU, its own
- * stream. */
+ * stream.
+ *
+ * A device that fails keeps its first error (sticky): forward,
+ * backward_input, backward_weight, optimizer_update and sync return -1
+ * with it in one line once it is set, so a failure in any action stops
+ * the run. Work queued on a GPU can fail after the call that queued it
+ * returned: the next call, or sync, reports it. */
 #ifndef PP_BACKEND_H
 #define PP_BACKEND_H
 
@@ -75,13 +81,14 @@ struct pp_backend_ops {
     int (*forward)(void *stage, const void *w, const int *tokens, const void *x_in,
                    const int *targets, void *acts, void *x_out, float *loss, pp_err *e);
     /* I: input gradient; the last stage starts from d loss * loss_scale. */
-    void (*backward_input)(void *stage, const void *w, void *acts, const void *dx_out,
-                           void *dx_in, float loss_scale);
+    int (*backward_input)(void *stage, const void *w, void *acts, const void *dx_out,
+                          void *dx_in, float loss_scale, pp_err *e);
     /* W: adds this micro-batch's weight gradient into grad. */
-    void (*backward_weight)(void *stage, void *acts, void *grad);
+    int (*backward_weight)(void *stage, void *acts, void *grad, pp_err *e);
     /* OPT: one step of the stage's optimizer (AdamW unless optimizer_init
      * chose another) on w with grad as `step` says, then zeroes grad. */
-    void (*optimizer_update)(void *stage, void *w, void *grad, const pp_opt_step *step);
+    int (*optimizer_update)(void *stage, void *w, void *grad, const pp_opt_step *step,
+                            pp_err *e);
     /* Chooses the stage's optimizer (optim.h), state zero, before its
      * first update and before opt_state_*; a stage starts with AdamW.
      * With stage NULL it only says whether the backend has cfg's
@@ -99,7 +106,8 @@ struct pp_backend_ops {
     size_t (*opt_state_bytes)(void *stage);
     void (*opt_state_get)(void *stage, void *host);
     void (*opt_state_put)(void *stage, const void *host);
-    void (*sync)(void *stage); /* waits for the stage's queued work */
+    /* Waits for the stage's queued work; -1 with the device's error. */
+    int (*sync)(void *stage, pp_err *e);
     /* Device clocks: NULL where the host clock times the work exactly (the
      * CPU). clock_origin records the stage's time origin on its stream and
      * waits for it; clock_mark records mark `slot` (0: action start, 1:

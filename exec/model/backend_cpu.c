@@ -99,27 +99,35 @@ static float *gacts_of(cpu_stage *c, void *acts)
     return (float *)acts + pp_gpt_acts_floats(&c->g);
 }
 
-static void cpu_backward_input(void *stage, const void *w, void *acts, const void *dx_out,
-                               void *dx_in, float loss_scale)
+/* The CPU's compute cannot fail once its buffers exist: 0 throughout. */
+static int cpu_backward_input(void *stage, const void *w, void *acts, const void *dx_out,
+                              void *dx_in, float loss_scale, pp_err *e)
 {
+    (void)e;
     cpu_stage *c = stage;
     pp_gpt_backward_input(&c->g, w, acts, dx_out, dx_in, gacts_of(c, acts), loss_scale);
+    return 0;
 }
 
-static void cpu_backward_weight(void *stage, void *acts, void *grad)
+static int cpu_backward_weight(void *stage, void *acts, void *grad, pp_err *e)
 {
+    (void)e;
     cpu_stage *c = stage;
     pp_gpt_backward_weight(&c->g, acts, gacts_of(c, acts), grad);
+    return 0;
 }
 
 /* The hyperparameters come with every update (configuration, not state). */
-static void cpu_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step)
+static int cpu_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *step,
+                                pp_err *e)
 {
+    (void)e;
     cpu_stage *c = stage;
     if (step->grad_scale != 1.0f)
         pp_grad_scale(grad, c->g.nparams, step->grad_scale);
     pp_cpu_optim_step(&c->opt, w, grad, step->lr, &step->hp);
     pp_grad_zero(grad, c->g.nparams);
+    return 0;
 }
 
 /* Every optimizer of optim.h; a stage's state starts from zero. */
@@ -156,9 +164,11 @@ static void cpu_opt_state_put(void *stage, const void *host)
     pp_cpu_optim_state_put(&((cpu_stage *)stage)->opt, host);
 }
 
-static void cpu_sync(void *stage)
+static int cpu_sync(void *stage, pp_err *e)
 {
     (void)stage;
+    (void)e;
+    return 0;
 }
 
 const pp_backend_ops pp_backend_cpu = {

@@ -143,8 +143,9 @@ static int do_backward_input(stage_rt *s, const pp_action *a, int *version, pp_e
         return pp_errf(e, "%s%d: no forward state", pp_op_name(a->op), mb);
     size_t nb = b->boundary_floats(s->bk) * sizeof(float);
     float scale = 1.0f / (float)r->info.microbatches_per_step;
-    b->backward_input(s->bk, w, f->acts, last ? NULL : s->dx_out, first ? NULL : s->dx_in,
-                      scale);
+    if (b->backward_input(s->bk, w, f->acts, last ? NULL : s->dx_out, first ? NULL : s->dx_in,
+                          scale, e) < 0)
+        return -1;
     record_checksum(s, w, mb, 1);
     *version = backward_version(s, f);
     if (!first)
@@ -161,7 +162,7 @@ static int do_backward_weight(stage_rt *s, const pp_action *a, int *version, pp_
     if (!pp_mbt_remove(&s->flying, a->mb, &f))
         return pp_errf(e, "%s%d: no forward state", pp_op_name(a->op), a->mb);
     *version = backward_version(s, &f);
-    b->backward_weight(s->bk, f.acts, s->grad);
+    int rc = b->backward_weight(s->bk, f.acts, s->grad, e);
     pp_acts_put(s, f.acts);
     if (f.stash)
         pp_weights_ref(&s->ws, f.v_f, -1);
@@ -169,7 +170,7 @@ static int do_backward_weight(stage_rt *s, const pp_action *a, int *version, pp_
         s->loss_sum += f.loss;
         s->loss_n++;
     }
-    return 0;
+    return rc;
 }
 
 /* AdamW's hyperparameters of the run: a config that leaves them all zero
@@ -192,7 +193,8 @@ static int do_opt(stage_rt *s, int *version, pp_err *e)
     void *w = pp_weights_begin_update(&s->ws, e);
     if (!w)
         return -1;
-    b->optimizer_update(s->bk, w, s->grad, &step);
+    if (b->optimizer_update(s->bk, w, s->grad, &step, e) < 0)
+        return -1;
     pp_weights_commit_update(&s->ws);
     s->updates++;
     *version = s->ws.current;
@@ -295,7 +297,11 @@ static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
         return pp_errf(e, "stage %d: version %d is not alive", s->s, next_fv);
     if (b->clock_mark)
         b->clock_mark(s->bk, 1);
-    b->sync(s->bk);
+    if (b->sync(s->bk, e) < 0) {
+        char buf[32];
+        return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
+                             pp_action_format(*a, buf, sizeof buf));
+    }
     ta.version = v;
     ta.end = pp_now_s() - s->r->t0;
     if (b->clock_read) { /* the device's own times of the work, on the host's time line */

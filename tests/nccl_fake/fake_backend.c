@@ -75,20 +75,21 @@ static int fake_forward(void *st, const void *w, const int *tokens, const void *
     return CPU.forward(st, w, tokens, x_in, targets, acts, x_out, loss, e);
 }
 
-static void fake_backward_input(void *st, const void *w, void *acts, const void *dx_out,
-                                void *dx_in, float loss_scale)
+static int fake_backward_input(void *st, const void *w, void *acts, const void *dx_out,
+                               void *dx_in, float loss_scale, pp_err *e)
 {
-    CPU.backward_input(st, w, acts, dx_out, dx_in, loss_scale);
+    return CPU.backward_input(st, w, acts, dx_out, dx_in, loss_scale, e);
 }
 
-static void fake_backward_weight(void *st, void *acts, void *grad)
+static int fake_backward_weight(void *st, void *acts, void *grad, pp_err *e)
 {
-    CPU.backward_weight(st, acts, grad);
+    return CPU.backward_weight(st, acts, grad, e);
 }
 
-static void fake_optimizer_update(void *st, void *w, void *grad, const pp_opt_step *step)
+static int fake_optimizer_update(void *st, void *w, void *grad, const pp_opt_step *step,
+                                 pp_err *e)
 {
-    CPU.optimizer_update(st, w, grad, step);
+    return CPU.optimizer_update(st, w, grad, step, e);
 }
 
 static double fake_grad_sumsq(void *st, const void *grad)
@@ -111,9 +112,9 @@ static void fake_opt_state_put(void *st, const void *host)
     CPU.opt_state_put(st, host);
 }
 
-static void fake_sync(void *st)
+static int fake_sync(void *st, pp_err *e)
 {
-    CPU.sync(st);
+    return CPU.sync(st, e);
 }
 
 const pp_backend_ops pp_backend_cuda = {
