@@ -1023,6 +1023,63 @@ START_TEST(test_runtime_rotated)
 }
 END_TEST
 
+/* The validation losses a run reports (on_step), in update order. */
+typedef struct {
+    double val[16];
+    int n;
+} val_log;
+
+static void keep_val(void *ctx, const pp_step_record *rec)
+{
+    val_log *v = ctx;
+    if (rec->has_val && v->n < 16)
+        v->val[v->n++] = rec->val_loss;
+}
+
+/* Validation on the GPU at P = 2 and 3: the evaluator's stages run on
+ * their own streams, so stage s + 1 must not read its input before stage
+ * s has written it. The validation losses after every update and at the
+ * end match the CPU's, and two runs give the same bits (a race would make
+ * them differ from run to run). */
+START_TEST(test_runtime_evaluation)
+{
+    pp_model_desc m = tiny_model();
+    m.layers = 3; /* a block on every stage at P = 3 */
+    for (int P = 2; P <= 3; P++) {
+        pp_run_result r[3];
+        val_log v[3] = {{{0}, 0}};
+        const pp_backend_ops *b[3] = {&pp_backend_cuda, &pp_backend_cuda, &pp_backend_cpu};
+        for (int k = 0; k < 3; k++) {
+            pp_schedule ir = test_schedule("pipedream-2bw", P, 4, 3);
+            pp_err e = {{0}};
+            pp_run_config c = test_run_config(&ir, &m, b[k], 120);
+            c.val_batch = synth_batch;
+            c.eval_every = 1;
+            c.eval_batches = 3;
+            c.on_step = keep_val;
+            c.on_step_ctx = &v[k];
+            ck_assert_msg(pp_run(&c, &r[k], &e) == 0, "P=%d %s: %s", P, b[k]->name, e.msg);
+            pp_schedule_free(&ir);
+        }
+        ck_assert_int_gt(v[2].n, 1);
+        ck_assert_int_eq(v[0].n, v[2].n);
+        ck_assert_int_eq(v[1].n, v[2].n);
+        for (int i = 0; i < v[2].n; i++) {
+            ck_assert_msg(memcmp(&v[0].val[i], &v[1].val[i], sizeof(double)) == 0,
+                          "P=%d evaluation %d: validation loss %.9g, then %.9g", P, i + 1,
+                          v[0].val[i], v[1].val[i]);
+            char msg[64];
+            snprintf(msg, sizeof msg, "P=%d evaluation %d: validation loss", P, i + 1);
+            check_loss((float)v[0].val[i], (float)v[2].val[i], i == 0 ? TOL : TOL_STEPS, msg);
+        }
+        check_loss((float)r[0].final_val_loss, (float)r[2].final_val_loss, TOL_STEPS,
+                   "final validation loss");
+        for (int k = 0; k < 3; k++)
+            pp_run_result_free(&r[k]);
+    }
+}
+END_TEST
+
 /* The runtime with each stage thread in its own SM partition: messages
  * cross green contexts (one stage releases what another allocated). */
 START_TEST(test_runtime_partitions)
@@ -1072,6 +1129,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, test_rotated_refresh);
     tcase_add_test(tc, test_optimizer_resume);
     tcase_add_test(tc, test_runtime_rotated);
+    tcase_add_test(tc, test_runtime_evaluation);
     tcase_add_test(tc, test_runtime_muon);
     tcase_add_test(tc, test_runtime_parity);
     tcase_add_test(tc, test_bad_token);

@@ -86,6 +86,11 @@ int pp_evaluate(const pp_backend_ops *b, const pp_model_desc *m, int P, void **s
             rc = b->forward(stages[s], w[s], s == 0 ? tokens : NULL, s == 0 ? NULL : x,
                             s == P - 1 ? targets : NULL, acts[s], s == P - 1 ? NULL : y,
                             s == P - 1 ? &l : NULL, e);
+            /* On a GPU each evaluator stage has its own stream: stage s's
+             * output must be written before stage s + 1 reads it (and x,
+             * read by stage s, is written next by stage s + 1). */
+            if (rc == 0)
+                rc = b->sync(stages[s], e);
             void *t = x;
             x = y;
             y = t;
