@@ -183,6 +183,7 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
     c->C = c->g.C;
     c->H = c->g.H;
     c->V = c->g.V;
+    c->Vp = (c->V + 127) / 128 * 128;
     c->N = c->B * c->T;
     c->math = math_from_env(&c->compute);
     build_layout(c);

@@ -36,13 +36,15 @@ void gemm_batched(cuda_stage *c, cublasOperation_t ta, cublasOperation_t tb, int
         "cublasGemmStridedBatchedEx");
 }
 
-/* Row-major linear layers, W[OC][IC] as in PyTorch. */
+/* Row-major linear layers, W[OC][IC] as in PyTorch. The output's rows
+ * are ld apart (0: OC), for the padded logits (cuda_stage::Vp). */
 
 /* out[N][OC] = in[N][IC] W^T (+ bias) (+ res). */
 static void linear_forward(cuda_stage *c, float *out, const float *in, const float *W,
-                           const float *bias, const float *res, int IC, int OC)
+                           const float *bias, const float *res, int IC, int OC, int ld = 0)
 {
-    gemm(c, CUBLAS_OP_T, CUBLAS_OP_N, OC, c->N, IC, 1.0f, W, IC, in, IC, 0.0f, out, OC);
+    gemm(c, CUBLAS_OP_T, CUBLAS_OP_N, OC, c->N, IC, 1.0f, W, IC, in, IC, 0.0f, out,
+         ld ? ld : OC);
     if (bias) {
         k_bias_residual(out, bias, res, c->N, OC, c->stream);
         check_launch(c, "bias_residual");
@@ -51,17 +53,19 @@ static void linear_forward(cuda_stage *c, float *out, const float *in, const flo
 
 /* din[N][IC] = dout[N][OC] W. */
 static void linear_backward_input(cuda_stage *c, float *din, const float *dout, const float *W,
-                                  int IC, int OC)
+                                  int IC, int OC, int ld = 0)
 {
-    gemm(c, CUBLAS_OP_N, CUBLAS_OP_N, IC, c->N, OC, 1.0f, W, IC, dout, OC, 0.0f, din, IC);
+    gemm(c, CUBLAS_OP_N, CUBLAS_OP_N, IC, c->N, OC, 1.0f, W, IC, dout, ld ? ld : OC, 0.0f, din,
+         IC);
 }
 
 /* dW[OC][IC] += dout^T in; dbias[OC] += column sums of dout. */
 static void linear_backward_weight(cuda_stage *c, float *dW, float *dbias, const float *dout,
-                                   const float *in, int IC, int OC)
+                                   const float *in, int IC, int OC, int ld = 0)
 {
-    gemm(c, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, c->N, 1.0f, in, IC, dout, OC, 1.0f, dW, IC);
-    if (dbias) {
+    gemm(c, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, c->N, 1.0f, in, IC, dout, ld ? ld : OC, 1.0f, dW,
+         IC);
+    if (dbias) { /* (never with ld: the output layer has no bias) */
         float one = 1.0f;
         ckb(c, cublasSgemv(c->blas, CUBLAS_OP_N, OC, c->N, &one, dout, OC, c->ones, 1, &one,
                            dbias, 1),
@@ -199,9 +203,9 @@ int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_i
                             c->stream);
         check_launch(c, "layernorm_forward");
         linear_forward(c, F(acts, L.logits), F(acts, L.lnf), w + g->head_w, nullptr, nullptr,
-                       c->C, c->V);
+                       c->C, c->V, c->Vp);
         k_xent_forward(F(acts, L.logits), F(acts, L.losses), I(acts, L.targets), N, c->V,
-                       c->stream);
+                       c->Vp, c->stream);
         check_launch(c, "xent_forward");
         k_mean(c->d_loss, F(acts, L.losses), N, c->stream);
         check_launch(c, "mean");
@@ -255,11 +259,11 @@ int cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_
     if (status(c, e) < 0)
         return -1;
     if (g->is_last) {
-        k_xent_backward(F(acts, L.logits), I(acts, L.targets), N, c->V, loss_scale / N,
+        k_xent_backward(F(acts, L.logits), I(acts, L.targets), N, c->V, c->Vp, loss_scale / N,
                         c->stream);
         check_launch(c, "xent_backward");
         linear_backward_input(c, F(acts, L.d_lnf), F(acts, L.logits), w + g->head_w, c->C,
-                              c->V);
+                              c->V, c->Vp);
         k_layernorm_backward_input(F(acts, L.d_res[nb]), nullptr, F(acts, L.d_lnf),
                                    F(acts, L.res_last), F(acts, L.lnf_mean),
                                    F(acts, L.lnf_rstd), w + g->lnf_w, N, c->C, c->stream);
@@ -293,7 +297,7 @@ int cuda_backward_weight(void *stage, void *acts, void *gradv, pp_err *e)
     reclassify(c, gradv, MK_GRADS);
     if (g->is_last) {
         linear_backward_weight(c, grad + g->head_w, nullptr, F(acts, L.logits), F(acts, L.lnf),
-                               C, c->V);
+                               C, c->V, c->Vp);
         layernorm_backward_weight(c, grad + g->lnf_w, grad + g->lnf_b, F(acts, L.d_lnf),
                                   F(acts, L.res_last), F(acts, L.lnf_mean),
                                   F(acts, L.lnf_rstd));

@@ -130,7 +130,8 @@ void build_layout(cuda_stage *c)
         L.lnf = take(&off, NC);
         L.lnf_mean = take(&off, N);
         L.lnf_rstd = take(&off, N);
-        L.logits = take(&off, N * (size_t)c->V); /* probabilities, then d logits */
+        /* [N][Vp]: logits, probabilities, then d logits */
+        L.logits = take(&off, N * (size_t)c->Vp);
         L.losses = take(&off, N);
     }
     /* Gradients saved by I for W. */

@@ -94,6 +94,11 @@ struct cuda_stage {
     pp_green part; /* its SM partition; zero: the whole device */
     int sms;       /* SMs the stage may use */
     int B, T, C, H, V, N;
+    /* The logits' row stride: V rounded up to a multiple of 128, so that
+     * every row starts 16-byte aligned and the output layer's three
+     * products (a quarter of GPT-2's FLOPs at V = 50257) can take cuBLAS's
+     * fastest kernels; the padding columns are never written or read. */
+    int Vp;
     cudaStream_t stream;
     cudaEvent_t clk_origin, clk_mark[2]; /* device clocks */
     cublasHandle_t blas;

@@ -48,13 +48,15 @@ void k_softmax_causal_forward(float *att, size_t rows, int T, cudaStream_t s);
  * diagonal. */
 void k_softmax_causal_backward(float *datt, const float *att, size_t rows, int T, float scale,
                                cudaStream_t s);
-/* Softmax of logits[N][V] in place; losses[n] = -log p[target]. */
-void k_xent_forward(float *logits, float *losses, const int *targets, int N, int V,
+/* Softmax of logits[N][V] (rows ld apart) in place; losses[n] = -log
+ * p[target]. */
+void k_xent_forward(float *logits, float *losses, const int *targets, int N, int V, int ld,
                     cudaStream_t s);
 /* *out = mean of losses[N] (double accumulation, fixed order). */
 void k_mean(float *out, const float *losses, int N, cudaStream_t s);
-/* probs -> (probs - onehot(target)) * k in place. */
-void k_xent_backward(float *probs, const int *targets, int N, int V, float k, cudaStream_t s);
+/* probs -> (probs - onehot(target)) * k in place (rows ld apart). */
+void k_xent_backward(float *probs, const int *targets, int N, int V, int ld, float k,
+                     cudaStream_t s);
 
 /* --- optimizers (kernels_optim.cu) --- */
 

@@ -88,11 +88,11 @@ __global__ void softmax_causal_backward(float *datt, const float *att, size_t ro
         d[j] = j <= t ? p[j] * (d[j] - dot) * scale : 0.0f;
 }
 
-/* One block per row of V logits. */
-__global__ void xent_forward(float *logits, float *losses, const int *targets, int V)
+/* One block per row of V logits, rows ld apart. */
+__global__ void xent_forward(float *logits, float *losses, const int *targets, int V, int ld)
 {
     __shared__ float sh[32];
-    float *x = logits + (size_t)blockIdx.x * V;
+    float *x = logits + (size_t)blockIdx.x * ld;
     float target_logit = x[targets[blockIdx.x]];
     float mx = -INFINITY;
     for (int v = threadIdx.x; v < V; v += blockDim.x)
@@ -127,14 +127,17 @@ __global__ void mean_kernel(float *out, const float *x, int n)
         *out = (float)(sh[0] / n);
 }
 
-__global__ void xent_backward(float *probs, const int *targets, int V, float k, size_t total)
+/* Over the N x V entries, rows ld apart (the padding left alone). */
+__global__ void xent_backward(float *probs, const int *targets, int V, int ld, float k,
+                              size_t total)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         size_t n = i / V;
         int v = (int)(i % V);
-        float d = probs[i] * k;
-        probs[i] = v == targets[n] ? d - k : d;
+        float *p = probs + n * ld + v;
+        float d = *p * k;
+        *p = v == targets[n] ? d - k : d;
     }
 }
 
@@ -162,11 +165,11 @@ void k_softmax_causal_backward(float *datt, const float *att, size_t rows, int T
         datt, att, rows, T, scale);
 }
 
-void k_xent_forward(float *logits, float *losses, const int *targets, int N, int V,
+void k_xent_forward(float *logits, float *losses, const int *targets, int N, int V, int ld,
                     cudaStream_t s)
 {
     int threads = V >= 4096 ? 1024 : kThreads;
-    xent_forward<<<N, threads, 0, s>>>(logits, losses, targets, V);
+    xent_forward<<<N, threads, 0, s>>>(logits, losses, targets, V, ld);
 }
 
 void k_mean(float *out, const float *losses, int N, cudaStream_t s)
@@ -174,8 +177,9 @@ void k_mean(float *out, const float *losses, int N, cudaStream_t s)
     mean_kernel<<<1, kThreads, 0, s>>>(out, losses, N);
 }
 
-void k_xent_backward(float *probs, const int *targets, int N, int V, float k, cudaStream_t s)
+void k_xent_backward(float *probs, const int *targets, int N, int V, int ld, float k,
+                     cudaStream_t s)
 {
     size_t total = (size_t)N * V;
-    xent_backward<<<grid_for(total), kThreads, 0, s>>>(probs, targets, V, k, total);
+    xent_backward<<<grid_for(total), kThreads, 0, s>>>(probs, targets, V, ld, k, total);
 }
