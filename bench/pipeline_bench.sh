@@ -13,6 +13,8 @@
 #   STAGES="8" SCHEDULES="1f1b-flush paci" STEPS=12 bench/pipeline_bench.sh
 #   BACKEND=cpu MODEL="--model tiny --layers 8 --dim 64 --heads 4 --seq-len 64 \
 #     --micro-batch-size 4" STAGES=4 STEPS=8 bench/pipeline_bench.sh   # CPU smoke run
+#   EXTRA_ARGS="--sm-partitions off --timeout 20" bench/pipeline_bench.sh  # more pprun options
+#   NO_BUILD=1 BUILD_DIR=build bench/pipeline_bench.sh     # that build as it is
 #
 # Outputs under $OUT_DIR (default out/pipeline): per run the log, the
 # measured trace (NAME.trace.json) beside the simulated one from the run's
@@ -30,9 +32,12 @@ model=${MODEL:-"--layers 24 --dim 1024 --heads 16 --seq-len 1024 --micro-batch-s
 export PPSCHED_CUDA_MATH=${PPSCHED_CUDA_MATH:-bf16}
 out=${OUT_DIR:-$root/out/pipeline}
 data=${DATA:-$root/data/tinyshakespeare.txt}
+read -ra extra <<<"${EXTRA_ARGS:-}"
 
-cmake -S "$root" -B "$build" -DPPSCHED_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null || exit 1
-cmake --build "$build" -j"$(nproc)" --target pprun ppsim >/dev/null || exit 1
+if [ "${NO_BUILD:-0}" != 1 ]; then # NO_BUILD=1: use $BUILD_DIR as it is
+    cmake -S "$root" -B "$build" -DPPSCHED_TESTS=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null || exit 1
+    cmake --build "$build" -j"$(nproc)" --target pprun ppsim >/dev/null || exit 1
+fi
 mkdir -p "$out"
 summary=$out/summary.txt
 : >"$summary"
@@ -44,8 +49,10 @@ summary=$out/summary.txt
 } | tee -a "$summary"
 
 fails=0
-check() { # check NAME CONDITION-AS-AWK-EXPR DETAIL
-    if awk "BEGIN { exit !($2) }"; then echo "PASS $1 ($3)"; else echo "FAIL $1 ($3)"; fails=$((fails + 1)); fi | tee -a "$summary"
+check() { # check NAME CONDITION-AS-AWK-EXPR DETAIL (counted in this shell, not a pipe's)
+    local verdict=PASS
+    awk "BEGIN { exit !($2) }" || { verdict=FAIL; fails=$((fails + 1)); }
+    echo "$verdict $1 ($3)" | tee -a "$summary"
 }
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 
@@ -54,7 +61,7 @@ for P in $stages_list; do
     for s in $schedules; do
         name=$s-P$P
         args=(--schedule "$s" --stages "$P" --microbatches "$m" --steps "$steps" $model
-              --data "$data" --seed 1 --lr 3e-4 --warmup 2)
+              --data "$data" --seed 1 --lr 3e-4 --warmup 2 "${extra[@]}")
         [ "$backend" = cuda ] && args+=(--backend cuda --devices 0)
         echo "== $name" >&2
         "$build/pprun" "${args[@]}" --log "$out/$name.jsonl" --versions "$out/$name.versions.csv" \
