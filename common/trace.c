@@ -1,5 +1,14 @@
 /* Chrome Trace Event JSON (DESIGN §5), streamed with fprintf so a trace of
- * millions of actions costs linear time and no tree in memory. */
+ * millions of actions costs linear time and no tree in memory.
+ *
+ * One process per stage: its compute thread (tid 0), then one thread per
+ * link and direction it uses: "send to stage p" (tid 1 + 2p) and "recv
+ * from stage p" (tid 2 + 2p). A link moves one message at a time, so the
+ * slices of one thread never overlap, and the flow arrow of a transfer,
+ * bound to the slice around its mid-point on its sender's and receiver's
+ * link threads, finds that transfer's slice and no other (two links'
+ * transfers with identical intervals used to share a thread, and an arrow
+ * could bind to the other's slice). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,7 +16,17 @@
 #include "atomic_file.h"
 #include "timeline.h"
 
-enum { TID_COMPUTE = 0, TID_SEND = 1, TID_RECV = 2 };
+enum { TID_COMPUTE = 0 };
+
+static int tid_send_to(int peer)
+{
+    return 1 + 2 * peer;
+}
+
+static int tid_recv_from(int peer)
+{
+    return 2 + 2 * peer;
+}
 
 /* A JSON string literal; control characters become \u escapes. */
 static void json_str(FILE *f, const char *s)
@@ -40,6 +59,29 @@ static void put_us(FILE *f, const char *key, double t, const pp_timeline *tl)
     fprintf(f, ",\"%s\":%.3f", key, finite_or_0(t * tl->us_per_unit));
 }
 
+/* t in whole nanoseconds (llround), within what an int64 holds. */
+static long long ns_of(double t, const pp_timeline *tl)
+{
+    double ns = finite_or_0(t * tl->us_per_unit) * 1e3;
+    return ns > 9e18 ? (long long)9e18 : ns < -9e18 ? (long long)-9e18 : llround(ns);
+}
+
+static void put_ns_as_us(FILE *f, const char *key, long long ns)
+{
+    unsigned long long a = ns < 0 ? 0ull - (unsigned long long)ns : (unsigned long long)ns;
+    fprintf(f, ",\"%s\":%s%llu.%03llu", key, ns < 0 ? "-" : "", a / 1000, a % 1000);
+}
+
+/* A slice's ts and dur: the end rounded, less the start rounded, so that
+ * a slice that ends where the next begins does not overlap it after
+ * rounding (rounding the duration on its own could add a nanosecond). */
+static void put_span(FILE *f, double start, double end, const pp_timeline *tl)
+{
+    long long a = ns_of(start, tl), b = ns_of(end, tl);
+    put_ns_as_us(f, "ts", a);
+    put_ns_as_us(f, "dur", b - a);
+}
+
 /* Separates events; the first one gets no comma. */
 static void sep(FILE *f, int *first)
 {
@@ -60,17 +102,57 @@ static void meta(FILE *f, int *first, const char *what, int pid, int tid, const 
     fputs("}}", f);
 }
 
-static void stage_metadata(FILE *f, int *first, int s)
+static void thread_metadata(FILE *f, int *first, int pid, int tid, const char *name)
 {
-    static const char *const threads[] = {"compute", "send", "recv"};
-    char name[32];
-    snprintf(name, sizeof name, "stage %d", s);
-    meta(f, first, "process_name", s, 0, "name", name, 0);
-    meta(f, first, "process_sort_index", s, 0, "sort_index", NULL, s);
-    for (int tid = 0; tid < 3; tid++) {
-        meta(f, first, "thread_name", s, tid, "name", threads[tid], 0);
-        meta(f, first, "thread_sort_index", s, tid, "sort_index", NULL, tid);
+    meta(f, first, "thread_name", pid, tid, "name", name, 0);
+    meta(f, first, "thread_sort_index", pid, tid, "sort_index", NULL, tid);
+}
+
+/* One thread of a process: (pid, tid) packed for sorting. */
+typedef struct {
+    int pid, tid;
+} track;
+
+static int track_cmp(const void *a, const void *b)
+{
+    const track *x = a, *y = b;
+    if (x->pid != y->pid)
+        return x->pid < y->pid ? -1 : 1;
+    return (x->tid > y->tid) - (x->tid < y->tid);
+}
+
+/* Every stage's process and compute thread, and the link threads its
+ * transfers use, each once. -1 when out of memory. */
+static int metadata(FILE *f, int *first, const pp_timeline *t)
+{
+    for (int s = 0; s < t->info.stages; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "stage %d", s);
+        meta(f, first, "process_name", s, 0, "name", name, 0);
+        meta(f, first, "process_sort_index", s, 0, "sort_index", NULL, s);
+        thread_metadata(f, first, s, TID_COMPUTE, "compute");
     }
+    track *k = malloc((2 * t->ntransfers + 1) * sizeof *k);
+    if (!k)
+        return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < t->ntransfers; i++) {
+        const pp_transfer *x = &t->transfers[i];
+        k[n++] = (track){x->src, tid_send_to(x->dst)};
+        k[n++] = (track){x->dst, tid_recv_from(x->src)};
+    }
+    qsort(k, n, sizeof *k, track_cmp);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && track_cmp(&k[i], &k[i - 1]) == 0)
+            continue;
+        char name[48];
+        int peer = (k[i].tid - 1) / 2;
+        snprintf(name, sizeof name, k[i].tid % 2 ? "send to stage %d" : "recv from stage %d",
+                 peer);
+        thread_metadata(f, first, k[i].pid, k[i].tid, name);
+    }
+    free(k);
+    return 0;
 }
 
 static const char *op_cat(int op)
@@ -122,8 +204,7 @@ static int stage_actions(FILE *f, int *first, const pp_timeline *t, int s)
         json_str(f, name);
         fprintf(f, ",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d", op_cat(a->act.op), s,
                 TID_COMPUTE);
-        put_us(f, "ts", a->start, t);
-        put_us(f, "dur", a->end - a->start, t);
+        put_span(f, a->start, a->end, t);
         action_args(f, a, fv, nfv);
         fputc('}', f);
     }
@@ -131,25 +212,26 @@ static int stage_actions(FILE *f, int *first, const pp_timeline *t, int s)
     return 0;
 }
 
-/* One side of a transfer: its slice and the flow end bound to that slice.
- * The flow point sits mid-slice so it binds to it even at equal times. */
+/* One side of a transfer: its slice on the link's thread and the flow end
+ * bound to that slice. The flow point sits mid-slice so that it binds to
+ * it even where the link's previous transfer ends as this one starts. */
 static void transfer_side(FILE *f, int *first, const pp_timeline *t, const pp_transfer *x,
                           size_t id, int sender)
 {
     char name[32];
     snprintf(name, sizeof name, "%s%d", x->is_grad ? "grad" : "act", x->mb);
-    int pid = sender ? x->src : x->dst, tid = sender ? TID_SEND : TID_RECV;
+    int pid = sender ? x->src : x->dst;
+    int tid = sender ? tid_send_to(x->dst) : tid_recv_from(x->src);
     sep(f, first);
     fprintf(f, "{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d", name,
             sender ? "send" : "recv", pid, tid);
-    put_us(f, "ts", x->start, t);
-    put_us(f, "dur", x->end - x->start, t);
+    put_span(f, x->start, x->end, t);
     fprintf(f, ",\"args\":{\"microbatch\":%d,\"kind\":\"%s\",\"from\":%d,\"to\":%d}}", x->mb,
             x->is_grad ? "gradient" : "activation", x->src, x->dst);
     sep(f, first);
     fprintf(f, "{\"name\":\"%s\",\"cat\":\"flow\",\"ph\":\"%s\",\"id\":%zu,\"pid\":%d,\"tid\":%d%s",
             name, sender ? "s" : "f", id, pid, tid, sender ? "" : ",\"bp\":\"e\"");
-    put_us(f, "ts", (x->start + x->end) / 2.0, t);
+    put_ns_as_us(f, "ts", (ns_of(x->start, t) + ns_of(x->end, t)) / 2);
     fputc('}', f);
 }
 
@@ -197,8 +279,8 @@ static int write_trace(FILE *f, const pp_timeline *t)
 {
     int first = 1;
     fputs("{\"traceEvents\":[", f);
-    for (int s = 0; s < t->info.stages; s++)
-        stage_metadata(f, &first, s);
+    if (metadata(f, &first, t) < 0)
+        return -1;
     for (int s = 0; s < t->info.stages; s++)
         if (stage_actions(f, &first, t, s) < 0)
             return -1;

@@ -424,14 +424,14 @@ START_TEST(trace_flows_pair_up)
         int id = (int)num_of(ev, "id");
         ck_assert(id >= 1 && id <= SMALL_TRANSFERS);
         const pp_transfer *x = &t.transfers[id - 1];
-        if (ph[0] == 's') {
+        if (ph[0] == 's') { /* on the sender's "send to stage dst" thread */
             sends[id]++;
             ck_assert_int_eq((int)num_of(ev, "pid"), x->src);
-            ck_assert_int_eq((int)num_of(ev, "tid"), 1);
-        } else {
+            ck_assert_int_eq((int)num_of(ev, "tid"), 1 + 2 * x->dst);
+        } else { /* on the receiver's "recv from stage src" thread */
             recvs[id]++;
             ck_assert_int_eq((int)num_of(ev, "pid"), x->dst);
-            ck_assert_int_eq((int)num_of(ev, "tid"), 2);
+            ck_assert_int_eq((int)num_of(ev, "tid"), 2 + 2 * x->src);
             ck_assert_str_eq(str_of(ev, "bp"), "e");
         }
         double ts = num_of(ev, "ts");
@@ -440,6 +440,120 @@ START_TEST(trace_flows_pair_up)
     for (int i = 1; i <= SMALL_TRANSFERS; i++) {
         ck_assert_int_eq(sends[i], 1);
         ck_assert_int_eq(recvs[i], 1);
+    }
+    cJSON_Delete(root);
+    cleanup(dir, "trace.json");
+    pp_timeline_free(&t);
+}
+END_TEST
+
+/* A time in the trace (microseconds, 3 decimals) in whole nanoseconds. */
+static long long ns_in(const cJSON *ev, const char *key)
+{
+    return llround(num_of(ev, key) * 1000.0);
+}
+
+/* The X events of one (pid, tid), sorted by ts, into out; their count. */
+static int slices_of(const cJSON *events, int pid, int tid, const cJSON **out, int cap)
+{
+    int n = 0;
+    const cJSON *ev;
+    cJSON_ArrayForEach(ev, events)
+    {
+        if (strcmp(str_of(ev, "ph"), "X") == 0 && num_of(ev, "pid") == pid &&
+            num_of(ev, "tid") == tid && n < cap)
+            out[n++] = ev;
+    }
+    for (int i = 1; i < n; i++) /* insertion sort by ts */
+        for (int j = i; j > 0 && ns_in(out[j], "ts") < ns_in(out[j - 1], "ts"); j--) {
+            const cJSON *tmp = out[j];
+            out[j] = out[j - 1];
+            out[j - 1] = tmp;
+        }
+    return n;
+}
+
+/* Back-to-back slices whose times fall between nanoseconds: written as
+ * rounded end less rounded start, one ends exactly where the next begins
+ * (rounding start and duration apart overlapped them by 0.001 us). */
+START_TEST(trace_slices_do_not_overlap_after_rounding)
+{
+    pp_timeline t;
+    init(&t, "x", 2, 4);
+    t.us_per_unit = 1.0; /* units are microseconds: the fractions below are sub-ns */
+    double at[] = {0.0006, 1.0004, 2.0006, 3.0004, 4.0006};
+    for (int i = 0; i < 4; i++) {
+        add(&t, 0, PP_OP_F, i, 0, at[i], at[i + 1]);
+        xfer(&t, 0, 1, i, at[i + 1], at[i + 1] + 0.9998);
+    }
+    char dir[64];
+    cJSON *root = load_trace(&t, dir, sizeof dir);
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(root, "traceEvents");
+    const cJSON *sl[8];
+    int tracks[][2] = {{0, 0}, {0, 3}, {1, 2}}; /* compute; send to 1; recv from 0 */
+    for (int k = 0; k < 3; k++) {
+        int n = slices_of(events, tracks[k][0], tracks[k][1], sl, 8);
+        ck_assert_int_eq(n, 4);
+        for (int i = 1; i < n; i++) {
+            long long end = ns_in(sl[i - 1], "ts") + ns_in(sl[i - 1], "dur");
+            ck_assert_msg(end <= ns_in(sl[i], "ts"),
+                          "pid %d tid %d: slice %d ends at %lld ns, slice %d starts at %lld ns",
+                          tracks[k][0], tracks[k][1], i - 1, end, i, ns_in(sl[i], "ts"));
+        }
+    }
+    cJSON_Delete(root);
+    cleanup(dir, "trace.json");
+    pp_timeline_free(&t);
+}
+END_TEST
+
+/* Stage 1 sends an activation to stage 2 and a gradient to stage 0 over
+ * the same interval (free, independent links): the two transfers sit on
+ * two threads of stage 1 ("send to stage 2", "send to stage 0"), so they
+ * do not overlap on one thread, and each flow arrow starts on its own
+ * transfer's thread inside its slice. */
+START_TEST(trace_one_thread_per_link)
+{
+    pp_timeline t;
+    init(&t, "x", 3, 1);
+    add(&t, 1, PP_OP_F, 0, 0, 0, 1);
+    xfer(&t, 1, 2, 0, 1, 2);
+    xfer(&t, 1, 0, 0, 1, 2);
+    char dir[64];
+    cJSON *root = load_trace(&t, dir, sizeof dir);
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(root, "traceEvents");
+    int names = 0;
+    const cJSON *ev;
+    cJSON_ArrayForEach(ev, events)
+    {
+        if (strcmp(str_of(ev, "ph"), "M") != 0 || strcmp(str_of(ev, "name"), "thread_name") != 0)
+            continue;
+        int pid = (int)num_of(ev, "pid"), tid = (int)num_of(ev, "tid");
+        const char *name = str_of(cJSON_GetObjectItem(ev, "args"), "name");
+        names++;
+        if (tid == 0)
+            ck_assert_str_eq(name, "compute");
+        else if (pid == 1)
+            ck_assert_str_eq(name, tid == 5 ? "send to stage 2" : "send to stage 0");
+        else
+            ck_assert_str_eq(name, "recv from stage 1");
+    }
+    ck_assert_int_eq(names, 3 + 4); /* three compute threads, two links both ways */
+    const cJSON *sl[4];
+    ck_assert_int_eq(slices_of(events, 1, 5, sl, 4), 1); /* send to stage 2 */
+    ck_assert_str_eq(str_of(sl[0], "name"), "act0");
+    ck_assert_int_eq(slices_of(events, 1, 1, sl, 4), 1); /* send to stage 0 */
+    ck_assert_str_eq(str_of(sl[0], "name"), "grad0");
+    cJSON_ArrayForEach(ev, events)
+    {
+        const char *ph = str_of(ev, "ph");
+        if (strcmp(ph, "s") != 0 && strcmp(ph, "f") != 0)
+            continue;
+        const pp_transfer *x = &t.transfers[(int)num_of(ev, "id") - 1];
+        int pid = (int)num_of(ev, "pid"), tid = (int)num_of(ev, "tid");
+        ck_assert_int_eq(slices_of(events, pid, tid, sl, 4), 1);
+        ck_assert_str_eq(str_of(ev, "name"), str_of(sl[0], "name"));
+        ck_assert_int_eq(pid, ph[0] == 's' ? x->src : x->dst);
     }
     cJSON_Delete(root);
     cleanup(dir, "trace.json");
@@ -605,6 +719,8 @@ static Suite *timeline_suite(void)
     tcase_add_test(trace, trace_shape);
     tcase_add_test(trace, trace_actions_scaled_with_drift);
     tcase_add_test(trace, trace_flows_pair_up);
+    tcase_add_test(trace, trace_slices_do_not_overlap_after_rounding);
+    tcase_add_test(trace, trace_one_thread_per_link);
     tcase_add_test(trace, trace_escapes_strings);
     suite_add_tcase(s, trace);
     TCase *svg = tcase_create("svg");
