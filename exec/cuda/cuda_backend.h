@@ -79,10 +79,11 @@ const char *pp_cuda_stage_math(void *stage);
 /* Name of device `device` ("NVIDIA H100 80GB HBM3"), or "" if unknown. */
 void pp_cuda_device_name(int device, char *buf, size_t n);
 
-/* Measured matrix-product throughput, TFLOP/s: an n x n x n fp32-storage
- * GEMM in the arithmetic PPSCHED_CUDA_MATH selects (the ceiling the
- * backend's own products can reach), best of `reps` after a warm-up.
- * -1 with e filled on failure. */
+/* The device's bf16 matrix-product peak, TFLOP/s, the denominator of an
+ * honest MFU: an n x n x n product of random bf16 operands with fp32
+ * accumulation and an fp32 result (random, because zeros or constants run
+ * faster than real data), the median of `reps` after a warm-up. -1 with e
+ * filled on failure. */
 double pp_cuda_gemm_tflops(int device, int n, int reps, pp_err *e);
 
 #ifdef __cplusplus

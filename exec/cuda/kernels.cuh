@@ -40,6 +40,9 @@ void k_gelu_forward(float *out, const float *x, size_t n, cudaStream_t s);
 /* dx = dout * gelu'(x). */
 void k_gelu_backward(float *dx, const float *x, const float *dout, size_t n, cudaStream_t s);
 void k_fill(float *x, float v, size_t n, cudaStream_t s);
+/* x[i] uniform in [-1, 1), from a hash of (seed, i): random operands for
+ * timing (zeros or constants run faster than real data). */
+void k_fill_uniform(float *x, size_t n, unsigned long long seed, cudaStream_t s);
 
 /* Causal softmax in place over rows of length T (row r is query r % T):
  * entries j <= t become probabilities, j > t zero. */

@@ -160,6 +160,18 @@ __global__ void gelu_backward(float *dx, const float *x, const float *dout, size
     }
 }
 
+__global__ void fill_uniform(float *x, size_t n, unsigned long long seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        unsigned long long z = seed + i * 0x9E3779B97F4A7C15ull; /* splitmix64 */
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        x[i] = (float)(z >> 40) * 0x1.0p-23f - 1.0f;
+    }
+}
+
 __global__ void fill(float *x, float v, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
@@ -228,6 +240,11 @@ void k_gelu_forward(float *out, const float *x, size_t n, cudaStream_t s)
 void k_gelu_backward(float *dx, const float *x, const float *dout, size_t n, cudaStream_t s)
 {
     gelu_backward<<<grid_for(n), kThreads, 0, s>>>(dx, x, dout, n);
+}
+
+void k_fill_uniform(float *x, size_t n, unsigned long long seed, cudaStream_t s)
+{
+    fill_uniform<<<grid_for(n), kThreads, 0, s>>>(x, n, seed);
 }
 
 void k_fill(float *x, float v, size_t n, cudaStream_t s)
