@@ -324,28 +324,34 @@ START_TEST(resume_is_bit_identical)
 END_TEST
 
 /* A backend whose "device clock" says every action took exactly 0.25 s,
- * one action per simulated second: the runtime must put those times, not
- * the host's, on the timeline, and renew the origin before event times
- * grow large (every 10 s). One stage, so the counters need no lock. */
+ * one action per device second: the runtime must put those times, not the
+ * host's, on the timeline, reading each action's marks after up to 32
+ * newer ones were queued (device_clock.c), so the marks' slots are reused
+ * many times over 54 actions: a slot read after it was reused would give
+ * another action's time. One stage, so the counters need no lock. */
 static int fake_origins, fake_marks;
+static double fake_time[PP_CLOCK_SLOTS];
 
-static void fake_clock_origin(void *stage)
+static void fake_clock_origin(void *stage, int slot)
 {
     (void)stage;
     fake_origins++;
     fake_marks = 0;
+    fake_time[slot] = 0.0;
 }
 
+/* Mark k after the origin: action k / 2 starts at k / 2 + 1 s, ends 0.25 s later. */
 static void fake_clock_mark(void *stage, int slot)
 {
     (void)stage;
-    fake_marks += slot == 1;
+    fake_time[slot] = fake_marks / 2 + 1.0 + (fake_marks % 2 ? 0.25 : 0.0);
+    fake_marks++;
 }
 
-static double fake_clock_read(void *stage, int slot)
+static double fake_clock_between(void *stage, int a, int b)
 {
     (void)stage;
-    return fake_marks - 1 + (slot ? 0.25 : 0.0);
+    return fake_time[b] - fake_time[a];
 }
 
 START_TEST(device_clock_times_the_actions)
@@ -353,7 +359,7 @@ START_TEST(device_clock_times_the_actions)
     pp_backend_ops clocked = pp_backend_cpu;
     clocked.clock_origin = fake_clock_origin;
     clocked.clock_mark = fake_clock_mark;
-    clocked.clock_read = fake_clock_read;
+    clocked.clock_between = fake_clock_between;
     pp_model_desc md = small_model();
     pp_schedule ir = test_schedule("1f1b-flush", 1, 4, 6);
     pp_run_config c = base_config(&ir, &md);
@@ -367,12 +373,15 @@ START_TEST(device_clock_times_the_actions)
     ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s", e.msg);
     size_t n = tl.stage[0].count;
     ck_assert_uint_eq(n, 6 * (4 * 2 + 1));
+    const pp_timed_action *first = &tl.stage[0].items[0];
     for (size_t i = 0; i < n; i++) {
         const pp_timed_action *a = &tl.stage[0].items[i];
-        ck_assert_double_eq_tol(a->end - a->start, 0.25, 1e-12);
+        ck_assert_double_eq_tol(a->end - a->start, 0.25, 1e-9);
+        ck_assert_msg(fabs(a->start - first->start - (double)i) < 1e-9,
+                      "action %zu starts %.9f s after the first, not %zu", i,
+                      a->start - first->start, i);
     }
-    /* 54 actions, one clock second each: renewed after every 11 */
-    ck_assert_int_eq(fake_origins, 1 + (int)(n / 11));
+    ck_assert_int_eq(fake_origins, 1); /* chained readings: no new origin */
     pp_run_result_free(&r);
     pp_timeline_free(&tl);
     pp_schedule_free(&ir);

@@ -126,8 +126,7 @@ static void stage_free(cuda_stage *c)
                 cudaFreeAsync(a.p, c->stream);
             cudaStreamSynchronize(c->stream);
         }
-        cudaEvent_t evs[] = {c->clk_origin, c->clk_mark[0], c->clk_mark[1]};
-        for (cudaEvent_t ev : evs)
+        for (cudaEvent_t ev : c->clk)
             if (ev)
                 cudaEventDestroy(ev);
         if (c->blas)
@@ -239,9 +238,9 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
         ckb(c, cublasSetSmCountTarget(c->blas, c->sms), "cublasSetSmCountTarget");
     /* Default flags: timing enabled (the device clocks). */
     what = "cudaEventCreate";
-    rc = cudaEventCreate(&c->clk_origin);
-    for (int i = 0; i < 2 && rc == cudaSuccess; i++)
-        rc = cudaEventCreate(&c->clk_mark[i]);
+    rc = cudaSuccess;
+    for (int i = 0; i < PP_CLOCK_SLOTS && rc == cudaSuccess; i++)
+        rc = cudaEventCreate(&c->clk[i]);
     if (rc != cudaSuccess) {
         cudaGetLastError();
         pp_errf(e, "--backend cuda: stage %d: cudaEventCreate: %s", s, cudaGetErrorString(rc));
@@ -369,36 +368,40 @@ static int cuda_sync(void *stage, pp_err *e)
 /* --- device clocks ---------------------------------------------------------------- */
 
 /* The clocks are a measurement, not part of the computation: a failure
- * shows as clock_read < 0 (the runtime then keeps the host's times) and
+ * shows as clock_between < 0 (the runtime then keeps the host's times) and
  * its error is cleared so that the next launch check does not take it for
  * the stage's own. */
-static void cuda_clock_origin(void *stage)
+static void cuda_clock_origin(void *stage, int slot)
 {
     cuda_stage *c = S(stage);
+    if (slot < 0 || slot >= PP_CLOCK_SLOTS)
+        return;
     stage_scope in(c);
-    if (cudaEventRecord(c->clk_origin, c->stream) != cudaSuccess ||
-        cudaEventSynchronize(c->clk_origin) != cudaSuccess)
+    if (cudaEventRecord(c->clk[slot], c->stream) != cudaSuccess ||
+        cudaEventSynchronize(c->clk[slot]) != cudaSuccess)
         cudaGetLastError();
 }
 
 static void cuda_clock_mark(void *stage, int slot)
 {
     cuda_stage *c = S(stage);
-    if (slot < 0 || slot > 1)
+    if (slot < 0 || slot >= PP_CLOCK_SLOTS)
         return;
     stage_scope in(c);
-    if (cudaEventRecord(c->clk_mark[slot], c->stream) != cudaSuccess)
+    if (cudaEventRecord(c->clk[slot], c->stream) != cudaSuccess)
         cudaGetLastError();
 }
 
-static double cuda_clock_read(void *stage, int slot)
+/* Waits for mark b only: the work queued after it runs on. */
+static double cuda_clock_between(void *stage, int a, int b)
 {
     cuda_stage *c = S(stage);
-    if (slot < 0 || slot > 1)
+    if (a < 0 || a >= PP_CLOCK_SLOTS || b < 0 || b >= PP_CLOCK_SLOTS)
         return -1.0;
     stage_scope in(c);
     float ms = 0.0f;
-    if (cudaEventElapsedTime(&ms, c->clk_origin, c->clk_mark[slot]) != cudaSuccess) {
+    if (cudaEventSynchronize(c->clk[b]) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, c->clk[a], c->clk[b]) != cudaSuccess) {
         cudaGetLastError();
         return -1.0;
     }
@@ -437,7 +440,7 @@ const pp_backend_ops pp_backend_cuda = {
     cuda_sync,
     cuda_clock_origin,
     cuda_clock_mark,
-    cuda_clock_read,
+    cuda_clock_between,
 };
 
 int pp_cuda_available(pp_err *e)

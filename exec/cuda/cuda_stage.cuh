@@ -100,7 +100,7 @@ struct cuda_stage {
      * fastest kernels; the padding columns are never written or read. */
     int Vp;
     cudaStream_t stream;
-    cudaEvent_t clk_origin, clk_mark[2]; /* device clocks */
+    cudaEvent_t clk[PP_CLOCK_SLOTS]; /* device clock marks (backend.h) */
     cublasHandle_t blas;
     cublasComputeType_t compute;
     const char *math;

@@ -29,6 +29,10 @@
 
 typedef struct pp_backend_ops pp_backend_ops;
 
+/* Clock marks a stage keeps (clock_mark): the runtime reads an action's
+ * times up to 32 actions behind the work (runtime/device_clock.c). */
+#define PP_CLOCK_SLOTS 66
+
 /* Where a stage runs. On one GPU that several stages share, each stage
  * gets its own partition of the SMs (a CUDA green context), so that its
  * idle time really idles those SMs, as on P separate GPUs. */
@@ -109,13 +113,16 @@ struct pp_backend_ops {
     /* Waits for the stage's queued work; -1 with the device's error. */
     int (*sync)(void *stage, pp_err *e);
     /* Device clocks: NULL where the host clock times the work exactly (the
-     * CPU). clock_origin records the stage's time origin on its stream and
-     * waits for it; clock_mark records mark `slot` (0: action start, 1:
-     * action end) on the stream; clock_read, after sync, returns the
-     * seconds from the origin to that mark (negative on failure). */
-    void (*clock_origin)(void *stage);
+     * CPU). A mark records the position of the stage's queue in one of
+     * PP_CLOCK_SLOTS slots (a later mark in a slot replaces it):
+     * clock_mark records it; clock_origin records it and waits for it, so
+     * that its host time is known; clock_between waits for mark b and
+     * returns the device's seconds from mark a to mark b (negative on
+     * failure). The runtime reads them behind the work
+     * (runtime/device_clock.c). */
+    void (*clock_origin)(void *stage, int slot);
     void (*clock_mark)(void *stage, int slot);
-    double (*clock_read)(void *stage, int slot);
+    double (*clock_between)(void *stage, int a, int b);
 };
 
 /* Sets stage's optimizer to cfg through b's optimizer_init (stage NULL:

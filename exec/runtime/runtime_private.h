@@ -26,6 +26,15 @@ typedef struct {
     float loss;               /* last stage: its training loss */
 } flying_mb;
 
+/* An action queued on a device, its clock marks not read yet
+ * (device_clock.c). */
+typedef struct {
+    pp_timed_action ta;
+    int start_slot, end_slot;
+} pp_clocked_action;
+
+#define PP_CLOCK_PENDING 32
+
 typedef struct {
     run *r;
     int s;
@@ -51,7 +60,12 @@ typedef struct {
     struct pp_outbox_msg *outbox; /* copies kept for checkpoints */
     int noutbox, capoutbox;
     pp_spares free_acts;          /* activation buffers not in use (acts_pool.c) */
-    double clock0;                /* host time of the device clock's origin */
+    /* device clocks (device_clock.c): the actions whose marks are not
+     * read yet, oldest at clk_head; the next slot; the anchor mark and its
+     * time on the run's time line */
+    pp_clocked_action clk_pending[PP_CLOCK_PENDING];
+    int clk_head, clk_count, clk_next, clk_anchor;
+    double clk_anchor_t;
     float grad_scale;             /* the next OPT's gradient factor (grad_clip.c) */
 } stage_rt;
 
@@ -150,6 +164,16 @@ int pp_log_push(stage_rt *s, const pp_timed_action *ta, pp_err *e);
 void pp_log_close(stage_rt *s);
 int pp_log_merge(run *r, pp_err *e);
 void pp_log_free(stage_rt *s);
+
+/* device_clock.c: actions timed by the device's clock (backends with
+ * clock_mark), read behind the work instead of waiting for each action.
+ * start records the origin; begin marks an action's start (reading the
+ * oldest pending action first when PP_CLOCK_PENDING are), end its end
+ * and keeps it pending; drain reads and logs every pending action. */
+void pp_clock_start(stage_rt *s);
+int pp_clock_begin(stage_rt *s, int *start_slot, pp_err *e);
+void pp_clock_end(stage_rt *s, const pp_timed_action *ta, int start_slot);
+int pp_clock_drain(stage_rt *s, pp_err *e);
 
 /* grad_clip.c: gradient clipping. init decides how this run clips (the
  * global norm needs every stage here) and sets up the exchange; before each

@@ -242,13 +242,6 @@ static int receive_input(stage_rt *s, const pp_action *a, pp_err *e)
     return 0;
 }
 
-/* The device clock's origin, now, on the host's time line. */
-static void clock_restart(stage_rt *s)
-{
-    s->r->cfg->backend->clock_origin(s->bk);
-    s->clock0 = pp_now_s() - s->r->t0;
-}
-
 static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
 {
     const pp_backend_ops *b = s->r->cfg->backend;
@@ -256,10 +249,10 @@ static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
     size_t idx = s->pos;
     /* the version the stage's next F names, as the simulator asks it */
     int32_t next_fv = ir->next_f_version ? ir->next_f_version(ir, s->s) : -1;
-    int rc = receive_input(s, a, e), v = 0;
+    int rc = receive_input(s, a, e), v = 0, start_slot = -1;
     pp_timed_action ta = {*a, 0, 0, next_fv, pp_now_s() - s->r->t0, 0};
-    if (b->clock_mark)
-        b->clock_mark(s->bk, 0);
+    if (rc == 0 && b->clock_mark)
+        rc = pp_clock_begin(s, &start_slot, e);
     switch (rc < 0 ? -1 : a->op) {
     case PP_OP_F:
         rc = do_forward(s, a, &ta, e);
@@ -295,27 +288,19 @@ static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
     }
     if (pp_weights_pin(&s->ws, next_fv) < 0)
         return pp_errf(e, "stage %d: version %d is not alive", s->s, next_fv);
-    if (b->clock_mark)
-        b->clock_mark(s->bk, 1);
+    ta.version = v;
+    s->pos++;
+    if (b->clock_mark) { /* queued: its device times are read later */
+        ta.end = pp_now_s() - s->r->t0;
+        pp_clock_end(s, &ta, start_slot);
+        return 0;
+    }
     if (b->sync(s->bk, e) < 0) {
         char buf[32];
         return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
                              pp_action_format(*a, buf, sizeof buf));
     }
-    ta.version = v;
     ta.end = pp_now_s() - s->r->t0;
-    if (b->clock_read) { /* the device's own times of the work, on the host's time line */
-        double t0 = b->clock_read(s->bk, 0), t1 = b->clock_read(s->bk, 1);
-        if (t0 >= 0 && t1 >= t0) {
-            ta.start = s->clock0 + t0;
-            ta.end = s->clock0 + t1;
-        }
-        /* event times are float milliseconds from the origin: a recent
-         * origin keeps them to microseconds */
-        if (t1 > 10.0)
-            clock_restart(s);
-    }
-    s->pos++;
     return pp_log_push(s, &ta, e);
 }
 
@@ -339,12 +324,18 @@ static int step(stage_rt *s, const pp_action *a, pp_err *e)
 void *pp_stage_main(void *arg)
 {
     stage_rt *s = arg;
-    if (s->r->cfg->backend->clock_origin)
-        clock_restart(s);
+    const pp_backend_ops *b = s->r->cfg->backend;
+    if (b->clock_origin)
+        pp_clock_start(s);
     int rc = pp_stage_resend(s, &s->err);
     pp_action a;
     while (rc == 0 && pp_stream_next(s->r->ir, s->s, &a))
         rc = step(s, &a, &s->err);
+    /* what is still queued: its errors, then its times */
+    if (rc >= 0 && b->sync(s->bk, &s->err) < 0)
+        rc = pp_err_prefix(&s->err, "stage %d, after its last action", s->s);
+    if (rc >= 0 && b->clock_mark)
+        rc = pp_clock_drain(s, &s->err);
     if (rc < 0) {
         s->failed = 1;
         pp_run_abort(s->r);
