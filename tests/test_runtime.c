@@ -388,6 +388,74 @@ START_TEST(device_clock_times_the_actions)
 }
 END_TEST
 
+/* The in-process transport on a backend with fences (a GPU's way: no host
+ * waits for messages): each message is copied in behind a wait for its
+ * fence and marks it, and copied out the same way. On the CPU the copies
+ * are done at once, so the run must train exactly as without fences, with
+ * one wait and one mark per copy and every fence freed. */
+static int fence_marks, fence_waits, fences_live;
+
+static void *count_fence_new(void *st)
+{
+    (void)st;
+    __atomic_add_fetch(&fences_live, 1, __ATOMIC_SEQ_CST);
+    return malloc(1);
+}
+
+static void count_fence_free(void *st, void *f)
+{
+    (void)st;
+    __atomic_sub_fetch(&fences_live, 1, __ATOMIC_SEQ_CST);
+    free(f);
+}
+
+static void count_fence_mark(void *st, void *f)
+{
+    (void)st;
+    (void)f;
+    __atomic_add_fetch(&fence_marks, 1, __ATOMIC_SEQ_CST);
+}
+
+static void count_fence_wait(void *st, void *f)
+{
+    (void)st;
+    (void)f;
+    __atomic_add_fetch(&fence_waits, 1, __ATOMIC_SEQ_CST);
+}
+
+START_TEST(fenced_messages_train_alike)
+{
+    pp_backend_ops fenced = pp_backend_cpu;
+    fenced.fence_new = count_fence_new;
+    fenced.fence_free = count_fence_free;
+    fenced.fence_mark = count_fence_mark;
+    fenced.fence_wait = count_fence_wait;
+    fenced.copy_queued = pp_backend_cpu.copy;
+    int P = 3, m = 4, S = 3;
+    pp_model_desc md = small_model();
+    pp_run_result r[2];
+    for (int k = 0; k < 2; k++) {
+        pp_schedule ir = test_schedule("1f1b-flush", P, m, S);
+        pp_run_config c = base_config(&ir, &md);
+        c.backend = k ? &fenced : &pp_backend_cpu;
+        pp_err e = {{0}};
+        fence_marks = fence_waits = fences_live = 0;
+        ck_assert_msg(pp_run(&c, &r[k], &e) == 0, "%s", e.msg);
+        pp_schedule_free(&ir);
+    }
+    int copies = 2 * 2 * (P - 1) * m * S; /* activations and gradients, in and out */
+    ck_assert_int_eq(fence_marks, copies);
+    ck_assert_int_eq(fence_waits, copies);
+    ck_assert_int_eq(fences_live, 0);
+    ck_assert_int_eq(r[0].steps, r[1].steps);
+    for (int i = 0; i < r[0].steps; i++)
+        ck_assert_msg(r[0].step_loss[i] == r[1].step_loss[i], "update %d: loss %.9g, fenced %.9g",
+                      i + 1, r[0].step_loss[i], r[1].step_loss[i]);
+    pp_run_result_free(&r[0]);
+    pp_run_result_free(&r[1]);
+}
+END_TEST
+
 /* --- the optimizer's options ----------------------------------------- */
 
 /* A device that fails in any action stops the run: a CPU backend whose
@@ -667,6 +735,7 @@ int main(void)
     tcase_add_test(t, clip_above_every_norm_changes_nothing);
     tcase_add_test(t, per_stage_clip_on_paci);
     tcase_add_test(t, a_failing_device_stops_the_run);
+    tcase_add_test(t, fenced_messages_train_alike);
     suite_add_tcase(s, t);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);

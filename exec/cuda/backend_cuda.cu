@@ -327,6 +327,49 @@ static void cuda_copy(void *stage, void *dst, const void *src, size_t bytes)
     ck(c, cudaStreamSynchronize(c->stream), "copy");
 }
 
+/* The transport's ordering without host waits (backend.h): CUDA events
+ * without timing, waited for by another stage's stream (of another green
+ * context or device too). */
+static void cuda_copy_queued(void *stage, void *dst, const void *src, size_t bytes)
+{
+    cuda_stage *c = S(stage);
+    stage_scope in(c);
+    ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->stream), "message copy");
+}
+
+static void *cuda_fence_new(void *stage)
+{
+    cuda_stage *c = S(stage);
+    stage_scope in(c);
+    cudaEvent_t ev = nullptr;
+    if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+        cudaGetLastError(); /* out of resources: the transport says out of memory */
+        return nullptr;
+    }
+    return ev;
+}
+
+static void cuda_fence_free(void *stage, void *fence)
+{
+    cuda_stage *c = S(stage);
+    stage_scope in(c);
+    cudaEventDestroy((cudaEvent_t)fence);
+}
+
+static void cuda_fence_mark(void *stage, void *fence)
+{
+    cuda_stage *c = S(stage);
+    stage_scope in(c);
+    ck(c, cudaEventRecord((cudaEvent_t)fence, c->stream), "message fence");
+}
+
+static void cuda_fence_wait(void *stage, void *fence)
+{
+    cuda_stage *c = S(stage);
+    stage_scope in(c);
+    ck(c, cudaStreamWaitEvent(c->stream, (cudaEvent_t)fence, 0), "message fence wait");
+}
+
 static void cuda_to_host(void *stage, void *host, const void *dev, size_t bytes)
 {
     cuda_stage *c = S(stage);
@@ -438,6 +481,11 @@ const pp_backend_ops pp_backend_cuda = {
     cuda_opt_state_get,
     cuda_opt_state_put,
     cuda_sync,
+    cuda_fence_new,
+    cuda_fence_free,
+    cuda_fence_mark,
+    cuda_fence_wait,
+    cuda_copy_queued,
     cuda_clock_origin,
     cuda_clock_mark,
     cuda_clock_between,

@@ -112,6 +112,17 @@ struct pp_backend_ops {
     void (*opt_state_put)(void *stage, const void *host);
     /* Waits for the stage's queued work; -1 with the device's error. */
     int (*sync)(void *stage, pp_err *e);
+    /* Ordering between stages without the host waiting, for messages
+     * between their queues (NULL where every call has finished when it
+     * returns: the CPU). A fence marks the work queued on a stage so far
+     * (fence_mark); fence_wait makes what a stage queues next wait for the
+     * fence's last mark (at once if it has none); copy_queued is copy
+     * without the host's wait. fence_new: NULL when out of memory. */
+    void *(*fence_new)(void *stage);
+    void (*fence_free)(void *stage, void *fence);
+    void (*fence_mark)(void *stage, void *fence);
+    void (*fence_wait)(void *stage, void *fence);
+    void (*copy_queued)(void *stage, void *dst, const void *src, size_t bytes);
     /* Device clocks: NULL where the host clock times the work exactly (the
      * CPU). A mark records the position of the stage's queue in one of
      * PP_CLOCK_SLOTS slots (a later mark in a slot replaces it):

@@ -331,8 +331,10 @@ void *pp_stage_main(void *arg)
     pp_action a;
     while (rc == 0 && pp_stream_next(s->r->ir, s->s, &a))
         rc = step(s, &a, &s->err);
-    /* what is still queued: its errors, then its times */
-    if (rc >= 0 && b->sync(s->bk, &s->err) < 0)
+    /* what is still queued: its errors, then its times; a failed stage
+     * waits too, before the buffers its queued work reads are freed */
+    int synced = b->sync(s->bk, rc < 0 ? NULL : &s->err);
+    if (rc >= 0 && synced < 0)
         rc = pp_err_prefix(&s->err, "stage %d, after its last action", s->s);
     if (rc >= 0 && b->clock_mark)
         rc = pp_clock_drain(s, &s->err);

@@ -9,10 +9,18 @@
  * small pool the sender takes from, so a run allocates as many as are ever
  * in flight on a link at once, not one per micro-batch.
  *
+ * On a backend with fences (a GPU), neither side waits on the host: the
+ * sender queues its copy into the message behind a wait for the message's
+ * fence (the previous reader is done with it) and marks the fence; the
+ * receiver queues its copy out behind a wait for the same fence (the
+ * writer is done) and marks it again. The mailbox's lock orders the two
+ * hosts' calls, so each wait sees the mark it needs.
+ *
  * An optional link model delays every message by `link_s` seconds on its
  * link, one message after another per link and direction, exactly as the
  * simulator's communication streams do: on one GPU, stages then see the
- * transfer times of a real interconnect. */
+ * transfer times of a real interconnect. Its delays are host times, so
+ * with a link model the copies wait on the host (no fences). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +30,12 @@
 #include "spares.h"
 #include "transport.h"
 
-/* A message in a mailbox: the sender's copy and when it has crossed the link. */
+/* A message in a mailbox: the sender's copy, when it has crossed the
+ * link, and its fence (NULL without fences). */
 typedef struct {
     void *buf;
     double ready;
+    void *fence;
 } inproc_msg;
 
 /* Spent messages of one link and direction, for its sender to reuse. */
@@ -38,6 +48,7 @@ typedef struct {
     int P;
     double timeout_s;
     double link_s;   /* transfer time of one message; 0: none */
+    int fenced;      /* the backend orders copies with fences (and no link model) */
     double *link_free; /* [src][kind]: when the link is free again (sender's own) */
     const pp_backend_ops *b;
     void **stages;
@@ -60,18 +71,42 @@ static inproc_msg *msg_get(inproc *t, int src, int dst, int kind, size_t bytes)
     pthread_mutex_unlock(&p->mu);
     if (m)
         return m;
-    m = malloc(sizeof *m);
-    if (m && !(m->buf = t->b->alloc(t->stages[src], bytes))) {
+    m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->buf = t->b->alloc(t->stages[src], bytes);
+    if (m->buf && t->fenced)
+        m->fence = t->b->fence_new(t->stages[src]);
+    if (!m->buf || (t->fenced && !m->fence)) {
+        if (m->buf)
+            t->b->release(t->stages[src], m->buf);
         free(m);
-        m = NULL;
+        return NULL;
     }
     return m;
 }
 
 static void msg_free(const pp_backend_ops *b, void *stage, inproc_msg *m)
 {
+    if (m->fence)
+        b->fence_free(stage, m->fence);
     b->release(stage, m->buf);
     free(m);
+}
+
+/* Copies between a stage's buffer and a message: queued behind the
+ * message's fence and marking it, or waited for on the host. */
+static void msg_copy(inproc *t, int stage, inproc_msg *m, void *dst, const void *src,
+                     size_t bytes)
+{
+    void *st = t->stages[stage];
+    if (!m->fence) {
+        t->b->copy(st, dst, src, bytes);
+        return;
+    }
+    t->b->fence_wait(st, m->fence);
+    t->b->copy_queued(st, dst, src, bytes);
+    t->b->fence_mark(st, m->fence);
 }
 
 /* Hands a received message back to its link's pool. */
@@ -99,7 +134,7 @@ static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, con
     inproc_msg *m = msg_get(t, src, dst, kind, bytes);
     if (!m)
         return pp_errf(e, "out of memory for a message");
-    t->b->copy(t->stages[src], m->buf, buf, bytes);
+    msg_copy(t, src, m, m->buf, buf, bytes);
     m->ready = 0;
     if (t->link_s > 0) { /* after the link's previous message, as the simulator */
         double now = clock_s(), *free_at = &t->link_free[src * 2 + kind];
@@ -139,7 +174,7 @@ static int inproc_recv(pp_transport *tp, int dst, int src, int kind, int mb, voi
         while (nanosleep(&ts, &ts) != 0)
             ;
     }
-    t->b->copy(t->stages[dst], buf, msg->buf, bytes);
+    msg_copy(t, dst, msg, buf, msg->buf, bytes);
     msg_put(t, src, dst, kind, msg);
     return 0;
 }
@@ -197,6 +232,8 @@ int pp_transport_inproc_create(int stages, int capacity, double timeout_s, doubl
     t->timeout_s = timeout_s;
     t->link_s = link_s;
     t->b = backend;
+    t->fenced = link_s <= 0 && backend->fence_new && backend->fence_free &&
+                backend->fence_mark && backend->fence_wait && backend->copy_queued;
     t->stages = malloc((size_t)stages * sizeof *t->stages);
     t->in = calloc((size_t)stages * 2, sizeof *t->in);
     t->link_free = calloc((size_t)stages * 2, sizeof *t->link_free);
