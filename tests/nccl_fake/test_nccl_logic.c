@@ -92,10 +92,15 @@ static int capacity(const pp_schedule *ir)
     return slots;
 }
 
-/* m is the data's description too: it must outlive the run. */
+/* m is the data's description too: it must outlive the run. One CPU
+ * thread per stage in every run: a stage's team size sets the order of
+ * its GEMM sums, and the in-process run (every stage here) would
+ * otherwise get fewer threads per stage than a rank (one stage). */
 static pp_run_config run_config(const pp_schedule *ir, pp_model_desc *m, double timeout_s)
 {
-    return test_run_config(ir, m, &pp_backend_cuda, timeout_s);
+    pp_run_config c = test_run_config(ir, m, &pp_backend_cuda, timeout_s);
+    c.threads = 1;
+    return c;
 }
 
 /* Every stage in this process, over the in-process transport (tr NULL) or
