@@ -115,7 +115,12 @@ void *pp_weights_begin_update(pp_weight_store *ws, pp_err *e)
         pp_errf(e, "out of memory for a weight copy (%zu bytes)", ws->bytes);
         return NULL;
     }
-    ws->b->copy(ws->stage, buf, cur->buf, ws->bytes);
+    /* on the stage's own queue, before the update that reads it: no host
+     * wait where the backend can queue it */
+    if (ws->b->copy_queued)
+        ws->b->copy_queued(ws->stage, buf, cur->buf, ws->bytes);
+    else
+        ws->b->copy(ws->stage, buf, cur->buf, ws->bytes);
     cur->refs--; /* no longer current; still read by others */
     pp_weight_version *x = add(ws, ws->current + 1, buf);
     if (!x) {
