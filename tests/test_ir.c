@@ -619,6 +619,29 @@ START_TEST(pytorch_csv_1f1b)
 }
 END_TEST
 
+/* PyTorch's compute_comms format (and the bookkeeping cells of either):
+ * communication, REDUCE_GRAD, UNSHARD and RESHARD cells carry no compute
+ * and are skipped; CRLF line ends as PyTorch writes them. */
+START_TEST(pytorch_csv_skips_communication)
+{
+    const char *csv = "0UNSHARD,0F0,0SEND_F0,0F1,0SEND_F1,0RECV_B0,0B0,0RECV_B1,0B1,"
+                      "0WAIT_SEND_F0,0WAIT_SEND_F1,0REDUCE_GRAD,0WAIT_REDUCE_GRAD,0RESHARD\r\n"
+                      "1UNSHARD,1RECV_F0,1F0,1B0,1SEND_B0,1RECV_F1,1F1,1B1,1SEND_B1,"
+                      "1REDUCE_GRAD,1WAIT_REDUCE_GRAD,1RESHARD,1WAIT_SEND_B0,1WAIT_SEND_B1\r\n";
+    pp_err e = {{0}};
+    pp_schedule s;
+    ck_assert_msg(pp_schedule_parse_pytorch_csv(csv, &s, &e) == 0, "%s", e.msg);
+    ck_assert_int_eq(s.info.microbatches_per_step, 2);
+    char text[256];
+    stage_text(&s, 0, text, sizeof text);
+    ck_assert_str_eq(text, "F0 F1 B0 B1 OPT");
+    stage_text(&s, 1, text, sizeof text);
+    ck_assert_str_eq(text, "F0 B0 F1 B1 OPT");
+    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s", e.msg);
+    pp_schedule_free(&s);
+}
+END_TEST
+
 START_TEST(pytorch_csv_rejects)
 {
     static const struct {
@@ -629,9 +652,14 @@ START_TEST(pytorch_csv_rejects)
         {"0F0,F1\n", "column 2: cell \"F1\""},
         {"0F0,0F1x\n", "cell \"0F1x\""},
         {"0F0,0F-1\n", "cell \"0F-1\""},
-        {"0F0\n1F0,1SEND_F0\n", "row 2 (rank 1), column 2: cell \"1SEND_F0\""},
+        {"0F0\n1F0,1SEND_F\n", "row 2 (rank 1), column 2: cell \"1SEND_F\""},
+        {"0F0\n1F0,1SEND_X0\n", "row 2 (rank 1), column 2: cell \"1SEND_X0\""},
+        {"0F0,0REDUCE_GRAD1\n", "cell \"0REDUCE_GRAD1\""},
         {"0F0,1F0\n1F0\n", "row 1 (rank 0), column 2: cell \"1F0\": stage 1 on rank 0: "
-                           "virtual/interleaved stages are not supported"},
+                           "a rank that holds several stages"},
+        {"0F0,(0F1;1B0)OVERLAP_F_B\n", "column 2: cell \"(0F1;1B0)OVERLAP_F_B\": an overlapped"},
+        {"0F0,0B0\n1B0,1F0\n", "rank 1, action 1 \"B0\": micro-batch 0 has no forward before it"},
+        {"0F0,0W0,0I0\n", "rank 0, action 2 \"W0\": micro-batch 0 has no input gradient (I)"},
         {"0F0\n0F1\n", "row 2 (rank 1), column 1"},
         {"0F99999999999\n", "cell \"0F99999999999\""},
         {"0F2147483647\n", "too large"},
@@ -687,6 +715,7 @@ static Suite *ir_suite(void)
     tcase_add_test(t, validate_rejects_deadlock);
     tcase_add_test(t, validate_scales);
     tcase_add_test(t, pytorch_csv_1f1b);
+    tcase_add_test(t, pytorch_csv_skips_communication);
     tcase_add_test(t, pytorch_csv_rejects);
     tcase_add_test(t, read_file_errors);
     suite_add_tcase(s, t);

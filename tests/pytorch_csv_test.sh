@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# ppsim against the schedules PyTorch 2.15 itself wrote (_dump_csv, both
+# formats, seven classes: tests/fixtures/pytorch/, manifest.json says what
+# each file is and what PyTorch computed for it). Every file whose ranks
+# hold one stage each loads and simulates, with F = 1, B = 2 (I = W = 1)
+# and free communication, to the makespan PyTorch's schedule visualiser
+# computes for the same costs; PyTorch's own Schedule1F1B files (its last
+# rank runs B0 before any F0) are refused naming that rank, the action and
+# the micro-batch; files with several stages per rank are refused in one
+# line until ppsched models such ranks.
+#
+# usage: pytorch_csv_test.sh PPSIM FIXTURE_DIR
+set -u
+ppsim=$1
+dir=$2
+python3 - "$ppsim" "$dir" <<'PY'
+import json, os, subprocess, sys
+
+ppsim, d = sys.argv[1], sys.argv[2]
+manifest = json.load(open(os.path.join(d, "manifest.json")))
+fails = checked = 0
+
+
+def bad(msg):
+    global fails
+    fails += 1
+    print("FAIL:", msg)
+
+
+for f in manifest["files"]:
+    path = os.path.join(d, f["file"])
+    r = subprocess.run([ppsim, "run", "--pytorch-csv", path, "--fwd", "1", "--bwd", "2",
+                        "--format", "json"], capture_output=True, text=True)
+    err = r.stderr.strip()
+    checked += 1
+    if f["class"] == "Schedule1F1B":
+        if r.returncode != 2 or err.count("\n") or not (f"rank {f['ranks'] - 1}, action 2 \"B0\": micro-batch 0" in err):
+            bad(f"{f['file']}: PyTorch's invalid 1F1B order: exit {r.returncode}, {err!r}")
+    elif f["stages_per_rank"] > 1:
+        if r.returncode != 2 or err.count("\n") or "several stages" not in err:
+            bad(f"{f['file']}: several stages per rank: exit {r.returncode}, {err!r}")
+    else:
+        want = f["pytorch_visualizer"]["makespan"]
+        if r.returncode != 0:
+            bad(f"{f['file']}: exit {r.returncode}: {err}")
+            continue
+        got = json.loads(r.stdout)["makespan"]
+        if want is None or abs(got - want) > 1e-9:
+            bad(f"{f['file']}: makespan {got}, PyTorch's visualiser {want}")
+print(f"{checked} files of PyTorch {manifest['torch_version']}, {fails} failed")
+sys.exit(1 if fails or checked < 60 else 0)
+PY
