@@ -136,6 +136,11 @@ int pp_schedule_load_json(const char *path, pp_schedule *out, pp_err *e);
  * stage so the schedule is one optimizer step. */
 int pp_schedule_parse_pytorch_csv(const char *text, pp_schedule *out, pp_err *e);
 int pp_schedule_load_pytorch_csv(const char *path, pp_schedule *out, pp_err *e);
+/* The compute-only CSV PyTorch's _load_csv reads (ir_pytorch_csv_write.c):
+ * one step, no barriers, no weight selectors; -1 with the stage and
+ * action that PyTorch's format cannot hold. */
+int pp_schedule_write_pytorch_csv(const pp_schedule *s, FILE *f, pp_err *e);
+int pp_schedule_save_pytorch_csv(const pp_schedule *s, const char *path, pp_err *e);
 
 /* Reads a whole file into a NUL-terminated buffer (caller frees). */
 int pp_read_file(const char *path, char **text, size_t *len, pp_err *e);

@@ -7,7 +7,9 @@
 # computes for the same costs; PyTorch's own Schedule1F1B files (its last
 # rank runs B0 before any F0) are refused naming that rank, the action and
 # the micro-batch; files with several stages per rank are refused in one
-# line until ppsched models such ranks.
+# line until ppsched models such ranks. ppsim's own exports (gpipe,
+# 1f1b-flush, one step) read back to the same makespan; asynchronous
+# schedules are refused.
 #
 # usage: pytorch_csv_test.sh PPSIM FIXTURE_DIR
 set -u
@@ -47,6 +49,34 @@ for f in manifest["files"]:
         got = json.loads(r.stdout)["makespan"]
         if want is None or abs(got - want) > 1e-9:
             bad(f"{f['file']}: makespan {got}, PyTorch's visualiser {want}")
-print(f"{checked} files of PyTorch {manifest['torch_version']}, {fails} failed")
+# Export: what ppsim writes for PyTorch reads back as the same schedule
+# (PyTorch's own _load_csv accepting it is check_export.py's, with torch).
+import tempfile
+with tempfile.TemporaryDirectory() as tmp:
+    for sched in ("gpipe", "1f1b-flush"):
+        for P, m in ((2, 4), (4, 8)):
+            gen = ["--schedule", sched, "--stages", str(P), "--microbatches", str(m), "--steps", "1"]
+            out = os.path.join(tmp, "x.csv")
+            r = subprocess.run([ppsim, "export", *gen, "--format", "pytorch-csv", "-o", out],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                bad(f"export {sched} P={P} m={m}: {r.stderr.strip()}")
+                continue
+            spans = []
+            for src in (gen, ["--pytorch-csv", out]):
+                r = subprocess.run([ppsim, "run", *src, "--format", "json"], capture_output=True,
+                                   text=True)
+                spans.append(json.loads(r.stdout)["makespan"] if r.returncode == 0 else r.stderr)
+            checked += 1
+            if spans[0] != spans[1]:
+                bad(f"export {sched} P={P} m={m}: makespan {spans[0]}, exported and read back {spans[1]}")
+    for sched, why in (("paci", "one optimizer step"), ("pipedream", "no weight versions")):
+        r = subprocess.run([ppsim, "export", "--schedule", sched, "--stages", "4", "--format",
+                            "pytorch-csv", "-o", os.path.join(tmp, "y.csv")],
+                           capture_output=True, text=True)
+        checked += 1
+        if r.returncode != 2 or why not in r.stderr or os.path.exists(os.path.join(tmp, "y.csv")):
+            bad(f"export {sched}: exit {r.returncode}, {r.stderr.strip()!r}")
+print(f"{checked} files of PyTorch {manifest['torch_version']} and exports, {fails} failed")
 sys.exit(1 if fails or checked < 60 else 0)
 PY

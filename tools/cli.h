@@ -19,7 +19,7 @@
 
 typedef enum { PP_TOOL_SIM = 1, PP_TOOL_RUN = 2, PP_TOOL_BOTH = 3 } pp_tool;
 
-typedef enum { PP_FORMAT_TABLE, PP_FORMAT_JSON, PP_FORMAT_CSV } pp_format;
+typedef enum { PP_FORMAT_TABLE, PP_FORMAT_JSON, PP_FORMAT_CSV, PP_FORMAT_PYTORCH_CSV } pp_format;
 
 /* ppsim only: the cost model and the report. */
 typedef struct {

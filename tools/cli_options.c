@@ -221,7 +221,8 @@ static const option options[] = {
 
     /* outputs */
     {"--format", NULL, "table|json|csv", SIM, SEC_OUTPUT, V_FORMAT, AT(sim.format), 0, 0,
-     "report format (default table)"},
+     "report format (default table); export: json (the\nIR, default) or pytorch-csv (what "
+     "PyTorch's\n_load_csv reads: one step, no weight versions)"},
     {"--log", NULL, "FILE.jsonl", RUN, SEC_OUTPUT, V_STR, AT(run.log), 0, 0,
      "one JSON line per update: step, loss, val_loss,\ntokens_per_s, lr"},
     {"--versions", NULL, "FILE.csv", RUN, SEC_OUTPUT, V_STR, AT(run.versions), 0, 0,
@@ -337,8 +338,10 @@ static int parse_format(const char *v, pp_format *out, pp_err *e)
         *out = PP_FORMAT_JSON;
     else if (strcmp(v, "csv") == 0)
         *out = PP_FORMAT_CSV;
+    else if (strcmp(v, "pytorch-csv") == 0)
+        *out = PP_FORMAT_PYTORCH_CSV;
     else
-        return pp_errf(e, "--format: \"%s\" is not table, json or csv", v);
+        return pp_errf(e, "--format: \"%s\" is not table, json, csv or pytorch-csv", v);
     return 0;
 }
 

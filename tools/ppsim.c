@@ -23,7 +23,8 @@ static const char usage[] =
     "  run --schedule NAME [opts]    simulate one schedule and print its report\n"
     "  run --ir FILE | --pytorch-csv FILE   simulate a schedule from a file\n"
     "  compare [--schedules a,b,..]  one row per schedule, side by side\n"
-    "  export --schedule NAME -o FILE   write the IR as JSON (or a --pytorch-csv's)\n"
+    "  export --schedule NAME -o FILE   write the IR as JSON (or a --pytorch-csv's);\n"
+    "                                   --format pytorch-csv: as PyTorch's _load_csv reads\n"
     "  validate FILE | --pytorch-csv FILE   check a schedule file\n"
     "\n";
 
@@ -220,6 +221,8 @@ static int cmd_export(pp_cli_opts *o, pp_err *e)
 {
     if (!o->sim.output)
         return pp_errf(e, "export needs -o FILE");
+    if (o->sim.format == PP_FORMAT_CSV)
+        return pp_errf(e, "export --format: json (the IR) or pytorch-csv, not csv");
     pp_schedule s;
     int r = pp_cli_load_ir(o, &s, e);
     if (r < 0)
@@ -235,7 +238,9 @@ static int cmd_export(pp_cli_opts *o, pp_err *e)
             return -1;
         }
     }
-    int rc = pp_schedule_save_json(&s, o->sim.output, e);
+    int torch = o->sim.format == PP_FORMAT_PYTORCH_CSV;
+    int rc = torch ? pp_schedule_save_pytorch_csv(&s, o->sim.output, e)
+                   : pp_schedule_save_json(&s, o->sim.output, e);
     if (rc == 0)
         fprintf(stderr, "ppsim: wrote %s (%s, %d stages, %zu actions)\n", o->sim.output, s.info.name,
                 s.info.stages, pp_schedule_action_count(&s));
@@ -301,6 +306,8 @@ int main(int argc, char **argv)
     pp_optim_kind optimizer; /* a bad name is refused before any work */
     if (pp_optim_parse(o.optimizer, &optimizer, &e) < 0)
         return fail(&e);
+    if (o.sim.format == PP_FORMAT_PYTORCH_CSV && strcmp(cmd, "export") != 0)
+        return fail(&(pp_err){"--format pytorch-csv: only for export (a schedule, not a report)"});
     int rc;
     if (!strcmp(cmd, "list")) {
         cmd_list();
