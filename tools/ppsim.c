@@ -23,8 +23,8 @@ static const char usage[] =
     "  run --schedule NAME [opts]    simulate one schedule and print its report\n"
     "  run --ir FILE | --pytorch-csv FILE   simulate a schedule from a file\n"
     "  compare [--schedules a,b,..]  one row per schedule, side by side\n"
-    "  export --schedule NAME -o FILE   write the IR as JSON (or a --pytorch-csv's);\n"
-    "                                   --format pytorch-csv: as PyTorch's _load_csv reads\n"
+    "  export --schedule NAME -o FILE   write the IR as JSON (or a --pytorch-csv's)\n"
+    "                                   (--format pytorch-csv: as PyTorch reads it)\n"
     "  validate FILE | --pytorch-csv FILE   check a schedule file\n"
     "\n";
 
