@@ -9,7 +9,8 @@
 # the micro-batch; files with several stages per rank are refused in one
 # line until ppsched models such ranks. ppsim's own exports (gpipe,
 # 1f1b-flush, one step) read back to the same makespan; asynchronous
-# schedules are refused.
+# schedules are refused. PyTorch's ZB-H1 files meet the closed form
+# m (F + I + W) + (R - 1) (F + I - W) for unequal splits (--split-backward).
 #
 # usage: pytorch_csv_test.sh PPSIM FIXTURE_DIR
 set -u
@@ -49,6 +50,27 @@ for f in manifest["files"]:
         got = json.loads(r.stdout)["makespan"]
         if want is None or abs(got - want) > 1e-9:
             bad(f"{f['file']}: makespan {got}, PyTorch's visualiser {want}")
+# PyTorch's ZB-H1 (ScheduleInterleavedZeroBubble, one stage per rank) with
+# an unequal split of B: the closed form m (F + I + W) + (R - 1) (F + I - W).
+for f in manifest["files"]:
+    if f["class"] != "ScheduleInterleavedZeroBubble" or f["stages_per_rank"] != 1:
+        continue
+    for x in (0.5, 0.6, 0.75):
+        F, I, W = 1.0, 2.0 * x, 2.0 * (1 - x)
+        want = f["microbatches"] * (F + I + W) + (f["ranks"] - 1) * (F + I - W)
+        r = subprocess.run([ppsim, "run", "--pytorch-csv", os.path.join(d, f["file"]), "--fwd",
+                            "1", "--bwd", "2", "--split-backward", str(x), "--format", "json"],
+                           capture_output=True, text=True)
+        checked += 1
+        got = json.loads(r.stdout)["makespan"] if r.returncode == 0 else r.stderr
+        if not isinstance(got, float) and not isinstance(got, int) or abs(got - want) > 1e-9:
+            bad(f"{f['file']} --split-backward {x}: makespan {got}, ZB-H1's closed form {want}")
+r = subprocess.run([ppsim, "run", "--schedule", "gpipe", "--split-backward", "1.5"],
+                   capture_output=True, text=True)
+checked += 1
+if r.returncode != 2 or "--split-backward: 1.5 for stage 0" not in r.stderr:
+    bad(f"--split-backward 1.5: exit {r.returncode}, {r.stderr.strip()!r}")
+
 # Export: what ppsim writes for PyTorch reads back as the same schedule
 # (PyTorch's own _load_csv accepting it is check_export.py's, with torch).
 import tempfile

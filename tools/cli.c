@@ -70,6 +70,25 @@ static int parse_straggler(const char *text, pp_cost *c, pp_err *e)
     return 0;
 }
 
+/* --split-backward X: I = X B and W = (1 - X) B on each stage (after
+ * --bwd and --profile), X in [0, 1]. */
+static int split_backward(const char *text, pp_cost *c, pp_err *e)
+{
+    double *x = malloc((size_t)c->stages * sizeof *x);
+    if (!x)
+        return pp_errf(e, "out of memory");
+    int rc = pp_parse_per_stage(text, x, c->stages, "--split-backward", e);
+    for (int s = 0; rc == 0 && s < c->stages; s++) {
+        if (!(x[s] >= 0.0 && x[s] <= 1.0))
+            rc = pp_errf(e, "--split-backward: %g for stage %d is not a share between 0 and 1",
+                         x[s], s);
+        c->inp[s] = x[s] * c->bwd[s];
+        c->wgt[s] = c->bwd[s] - c->inp[s];
+    }
+    free(x);
+    return rc;
+}
+
 int pp_cli_cost(const pp_cli_opts *o, int stages, const pp_model_desc *model, pp_cost *c,
                 pp_err *e)
 {
@@ -85,6 +104,8 @@ int pp_cli_cost(const pp_cli_opts *o, int stages, const pp_model_desc *model, pp
             goto fail;
         pp_cost_split_backward(c);
     }
+    if (o->sim.split_backward && split_backward(o->sim.split_backward, c, e) < 0)
+        goto fail;
     if (o->sim.opt && pp_parse_per_stage(o->sim.opt, c->opt, stages, "--opt", e) < 0)
         goto fail;
     /* the optimizer's matrix work at the FLOP rate the stage's forward runs at */

@@ -24,6 +24,7 @@ typedef enum { PP_FORMAT_TABLE, PP_FORMAT_JSON, PP_FORMAT_CSV, PP_FORMAT_PYTORCH
 /* ppsim only: the cost model and the report. */
 typedef struct {
     const char *fwd, *bwd, *opt, *straggler;
+    const char *split_backward; /* --split-backward: I's share of B, per stage */
     double jitter;
     pp_format format;
     const char *per_mb, *output, *schedules;

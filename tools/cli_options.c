@@ -83,7 +83,10 @@ static const option options[] = {
     {"--fwd", NULL, "T", SIM, SEC_COST, V_STR, AT(sim.fwd), 0, 0,
      "forward duration, one value or one per stage\n(1,1,1.3,1); default 1"},
     {"--bwd", NULL, "T", SIM, SEC_COST, V_STR, AT(sim.bwd), 0, 0,
-     "backward duration (default 2); split backward I=W=B/2"},
+     "backward duration (default 2; split into I and W\nby --split-backward)"},
+    {"--split-backward", NULL, "X", SIM, SEC_COST, V_STR, AT(sim.split_backward), 0, 0,
+     "a split backward's I takes X of B and W the rest,\none value or one per stage "
+     "(default 0.5)"},
     {"--opt", NULL, "T", SIM, SEC_COST, V_STR, AT(sim.opt), 0, 0,
      "optimizer step duration (default 0)"},
     {"--opt-flops", NULL, NULL, SIM, SEC_COST, V_FLAG, AT(sim.opt_flops), 0, 0,
