@@ -197,6 +197,11 @@ static int parse_rows(const char *text, pp_schedule *out, int *max_mb, pp_err *e
  * before any F0). */
 static int check_rank_order(const pp_schedule *s, int nmb, pp_err *e)
 {
+    /* a rank with fewer actions than micro-batches cannot hold them all:
+     * validation says so; and the table below stays within the file's size */
+    for (int r = 0; r < s->info.stages; r++)
+        if (s->stage[r].count < (size_t)nmb)
+            return 0;
     unsigned char *seen = malloc((size_t)nmb);
     if (!seen)
         return pp_errf(e, "out of memory");
