@@ -14,7 +14,9 @@
 #                where cuDNN is (CMakeLists.txt takes no cuDNN path yet)
 #   3 build      cmake -G Ninja, Release, tests on, sm_90a; the targets below
 #   4 test_cuda  tests/test_cuda, with Check's TAP log
-#   5 bench      cuda_bench: GPT-2 small bf16 and tf32, medium bf16; PyTorch's
+#   5 bench      bf16 smoke runs of Muon and adamw-rotated with the delay
+#                correction (loss must fall); cuda_bench: GPT-2 small bf16 and
+#                tf32, medium bf16; PyTorch's
 #                bf16 GEMM peak and GPT-2 small baseline (bench/
 #                torch_gpu_baseline.py); MFU of each against both peaks
 #   6 pipeline   bench/pipeline_bench.sh at P = 4, then 8; a P whose runs fail
@@ -50,8 +52,9 @@ total=450            # the deadline: 7.5 minutes, packing included
 grace=5              # timeout -k: a command ignoring SIGTERM is killed after this
 box_versions=20
 box_deps=10
-box_build=90         # configure and build (about 30 s expected on 16 cores)
+box_build=66         # configure and build (about 30 s expected on 16 cores)
 box_test_cuda=60
+box_smoke=12         # each of the two bf16 optimizer runs (tiny model)
 box_cuda_bench=25    # each of the three runs
 box_torch=100        # import, GEMM peak, eager, torch.compile (cold: most of it)
 box_pipeline=35      # each P, and each retry
@@ -61,7 +64,7 @@ min_sanitizer=20     # step 8 starts only with this much left
 
 scale=${PPSCHED_SESSION_BOX_SCALE:-1}
 scaled() { awk -v s="$1" -v k="$scale" 'BEGIN { v = int(s * k + 0.5); print (v < 1 ? 1 : v) }'; }
-for v in total box_versions box_deps box_build box_test_cuda box_cuda_bench box_torch \
+for v in total box_versions box_deps box_build box_test_cuda box_smoke box_cuda_bench box_torch \
          box_pipeline box_test_nccl box_sanitizer min_sanitizer; do
     printf -v "$v" %s "$(scaled "${!v}")"
 done
@@ -190,7 +193,8 @@ trap finish EXIT
         "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
         "$( [ -n "$(git -C "$root" status --porcelain 2>/dev/null)" ] && echo '(with local changes)')"
     echo "boxes (s): versions $box_versions, deps $box_deps, build $box_build," \
-        "test_cuda $box_test_cuda, cuda_bench 3 x $box_cuda_bench, torch $box_torch," \
+        "test_cuda $box_test_cuda, optimizer smoke 2 x $box_smoke, cuda_bench 3 x $box_cuda_bench," \
+        "torch $box_torch," \
         "pipeline $box_pipeline per P, test_nccl $box_test_nccl, sanitizer $box_sanitizer;" \
         "deadline $total"
 } >"$session"
@@ -399,11 +403,31 @@ suite test_cuda "$box_test_cuda"
 
 # --- 5 bench: cuda_bench, PyTorch's peak and baseline, MFU ----------------------
 
-step_begin bench $((3 * box_cuda_bench + box_torch))
+step_begin bench $((2 * box_smoke + 3 * box_cuda_bench + box_torch))
 causes=()
 if [ $built = 0 ]; then
     step_end SKIP "no build"
 else
+    # issue 13's optimizers on the device in bf16, each with the delay
+    # correction, under the delay they are for: the run ends and its loss falls
+    for run in "pipedream-2bw muon" "pipedream adamw-rotated"; do
+        read -r sched opt <<<"$run"
+        log=$logs/smoke-$opt.txt
+        box "$box_smoke" "$log" env PPSCHED_CUDA_MATH=bf16 "$build/pprun" --backend cuda \
+            --devices 0 --schedule "$sched" --stages 2 --microbatches 4 --steps 20 --model tiny \
+            --data "$data" --optimizer "$opt" --delay-correction 0.5 --timeout 10 \
+            --log "$logs/smoke-$opt.jsonl" || failed "bf16 $opt smoke"
+        losses=$(python3 -c 'import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(rows[0]["loss"], rows[-1]["loss"])' "$logs/smoke-$opt.jsonl" 2>/dev/null)
+        read -r l0 l1 <<<"$losses"
+        fig "bf16 $sched $opt + delay correction 0.5: loss ${l0:-?} -> ${l1:-?} over 20 updates"
+        if [ -n "$l1" ] && ! awk "BEGIN { exit !($l1 < $l0) }"; then
+            cause="the loss did not fall"
+            failed "bf16 $opt smoke"
+        fi
+        grep -E 'pprun: error:' "$log" | head -3 | figs_in
+    done
     for run in "gpt2-small bf16" "gpt2-small tf32" "gpt2-medium bf16"; do
         read -r model math <<<"$run"
         log=$logs/cuda_bench-$model-$math.txt
