@@ -823,7 +823,8 @@ START_TEST(test_rotated_refresh)
         ck_assert(g.b->sync(g.st[s], NULL) == 0);
         char *after = malloc(ob);
         g.b->opt_state_get(g.st[s], after);
-        rotation q0 = rotation_of(&c, s, &cfg, og, first), q1 = rotation_of(&c, s, &cfg, after, first);
+        rotation q0 = rotation_of(&c, s, &cfg, og, first);
+        rotation q1 = rotation_of(&c, s, &cfg, after, first);
         const pp_gpt_tensor *t = &tab->tensors[first];
         ck_assert_msg(isnan(q1.L[0]) && isnan(q1.R[0]), "stage %d %s: the covariances took no nan",
                       s, t->name);
