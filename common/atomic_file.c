@@ -45,3 +45,15 @@ void pp_atomic_abort(pp_atomic_file *af)
     af->f = NULL;
     remove(af->tmp);
 }
+
+int pp_atomic_save(const char *path, pp_atomic_writer write, const void *obj, pp_err *e)
+{
+    pp_atomic_file af;
+    if (pp_atomic_open(&af, path, e) < 0)
+        return -1;
+    if (write(af.f, obj, e) < 0) {
+        pp_atomic_abort(&af);
+        return pp_err_prefix(e, "%s", path);
+    }
+    return pp_atomic_commit(&af, e);
+}

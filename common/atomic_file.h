@@ -20,4 +20,10 @@ int pp_atomic_commit(pp_atomic_file *af, pp_err *e);
 /* Discards the temp file (after an error while writing). */
 void pp_atomic_abort(pp_atomic_file *af);
 
+/* The whole of it for one writer: write(f, obj, e) into PATH's temp file,
+ * then commit, or discard it when write returns -1 (e, prefixed with
+ * PATH, says why). */
+typedef int (*pp_atomic_writer)(FILE *f, const void *obj, pp_err *e);
+int pp_atomic_save(const char *path, pp_atomic_writer write, const void *obj, pp_err *e);
+
 #endif

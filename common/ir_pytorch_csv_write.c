@@ -57,14 +57,12 @@ int pp_schedule_write_pytorch_csv(const pp_schedule *s, FILE *f, pp_err *e)
     return ferror(f) ? pp_errf(e, "write error") : 0;
 }
 
+static int write_csv(FILE *f, const void *s, pp_err *e)
+{
+    return pp_schedule_write_pytorch_csv(s, f, e);
+}
+
 int pp_schedule_save_pytorch_csv(const pp_schedule *s, const char *path, pp_err *e)
 {
-    pp_atomic_file af;
-    if (pp_atomic_open(&af, path, e) < 0)
-        return -1;
-    if (pp_schedule_write_pytorch_csv(s, af.f, e) < 0) {
-        pp_atomic_abort(&af);
-        return pp_err_prefix(e, "%s", path);
-    }
-    return pp_atomic_commit(&af, e);
+    return pp_atomic_save(path, write_csv, s, e);
 }

@@ -296,14 +296,12 @@ static int write_trace(FILE *f, const pp_timeline *t)
     return 0;
 }
 
+static int save_trace(FILE *f, const void *t, pp_err *e)
+{
+    return write_trace(f, t) < 0 ? pp_errf(e, "out of memory") : 0;
+}
+
 int pp_trace_save(const char *path, const pp_timeline *t, pp_err *e)
 {
-    pp_atomic_file af;
-    if (pp_atomic_open(&af, path, e) < 0)
-        return -1;
-    if (write_trace(af.f, t) < 0) {
-        pp_atomic_abort(&af);
-        return pp_errf(e, "%s: out of memory", path);
-    }
-    return pp_atomic_commit(&af, e);
+    return pp_atomic_save(path, save_trace, t, e);
 }
