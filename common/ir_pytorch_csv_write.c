@@ -17,21 +17,19 @@ static int check_exportable(const pp_schedule *s, int stage, pp_err *e)
     const pp_action_list *l = &s->stage[stage];
     for (size_t i = 0; i < l->count; i++) {
         pp_action a = l->items[i];
-        char text[32];
-        pp_action_format(a, text, sizeof text);
+        const char *why = NULL;
         if (a.op == PP_OP_BARRIER)
-            return pp_errf(e, "stage %d, action %zu \"%s\": PyTorch's schedules have no barrier",
-                           stage, i + 1, text);
-        if (a.op == PP_OP_OPT && i + 1 != l->count)
-            return pp_errf(e,
-                           "stage %d, action %zu \"%s\": a PyTorch schedule is one optimizer "
-                           "step, its update at the end (export a synchronous schedule with "
-                           "--steps 1)",
-                           stage, i + 1, text);
-        if (a.sel != PP_SEL_LATEST)
-            return pp_errf(e, "stage %d, action %zu \"%s\": PyTorch's schedules name no weight "
-                              "versions",
-                           stage, i + 1, text);
+            why = "PyTorch's schedules have no barrier";
+        else if (a.op == PP_OP_OPT && i + 1 != l->count)
+            why = "a PyTorch schedule is one optimizer step, its update at the end (export a "
+                  "synchronous schedule with --steps 1)";
+        else if (a.sel != PP_SEL_LATEST)
+            why = "PyTorch's schedules name no weight versions";
+        if (why) {
+            char text[32];
+            return pp_errf(e, "stage %d, action %zu \"%s\": %s", stage, i + 1,
+                           pp_action_format(a, text, sizeof text), why);
+        }
     }
     return 0;
 }

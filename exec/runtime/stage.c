@@ -242,6 +242,14 @@ static int receive_input(stage_rt *s, const pp_action *a, pp_err *e)
     return 0;
 }
 
+/* e, prefixed with the stage and the action (its index in the list). */
+static int action_failed(const stage_rt *s, size_t idx, const pp_action *a, pp_err *e)
+{
+    char buf[32];
+    return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
+                         pp_action_format(*a, buf, sizeof buf));
+}
+
 static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
 {
     const pp_backend_ops *b = s->r->cfg->backend;
@@ -281,11 +289,8 @@ static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
                ((a->op == PP_OP_B || a->op == PP_OP_I) && s->s > 0);
     if (rc == 0 && sent && s->r->cfg->ncuts)
         rc = pp_stage_keep_for_checkpoint(s, a, idx, e);
-    if (rc < 0) {
-        char buf[32];
-        return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
-                             pp_action_format(*a, buf, sizeof buf));
-    }
+    if (rc < 0)
+        return action_failed(s, idx, a, e);
     if (pp_weights_pin(&s->ws, next_fv) < 0)
         return pp_errf(e, "stage %d: version %d is not alive", s->s, next_fv);
     ta.version = v;
@@ -295,11 +300,8 @@ static int run_action(stage_rt *s, const pp_action *a, pp_err *e)
         pp_clock_end(s, &ta, start_slot);
         return 0;
     }
-    if (b->sync(s->bk, e) < 0) {
-        char buf[32];
-        return pp_err_prefix(e, "stage %d, action %zu \"%s\"", s->s, idx,
-                             pp_action_format(*a, buf, sizeof buf));
-    }
+    if (b->sync(s->bk, e) < 0)
+        return action_failed(s, idx, a, e);
     ta.end = pp_now_s() - s->r->t0;
     return pp_log_push(s, &ta, e);
 }
