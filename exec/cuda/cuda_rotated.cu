@@ -27,7 +27,7 @@
 #include "kernels.cuh"
 
 extern "C" {
-#include "model/cpu_optim.h" /* pp_muon_matrix: the matrices that rotate */
+#include "model/cpu_optim.h" /* pp_muon_matrix: the matrices that rotate; the layout */
 }
 
 namespace pp_cuda {
@@ -199,9 +199,8 @@ bool rotated_init(cuda_stage *c, cuda_optim &o)
         const pp_gpt_tensor *t = &g->tensors[i];
         if (!pp_muon_matrix(t))
             continue;
-        size_t r = (size_t)t->rows, cc = (size_t)t->cols;
         o.rot_at[i] = o.nrot;
-        o.nrot += (left ? 2 * r * r : 0) + (right ? 2 * cc * cc : 0);
+        o.nrot += pp_rotated_state_floats(t, &o.cfg);
         nmax = t->numel > nmax ? t->numel : nmax;
         if (left && t->rows > kmax)
             kmax = t->rows;

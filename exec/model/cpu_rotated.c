@@ -26,8 +26,7 @@ static int right_of(const pp_optim_config *cfg)
     return (cfg->rotate_sides & PP_ROTATE_RIGHT) != 0;
 }
 
-/* Floats of one matrix's state: a covariance and a basis per side. */
-static size_t state_floats(const pp_gpt_tensor *t, const pp_optim_config *cfg)
+size_t pp_rotated_state_floats(const pp_gpt_tensor *t, const pp_optim_config *cfg)
 {
     size_t r = (size_t)t->rows, c = (size_t)t->cols;
     return (left_of(cfg) ? 2 * r * r : 0) + (right_of(cfg) ? 2 * c * c : 0);
@@ -88,7 +87,7 @@ int pp_rotated_init(pp_rotated *r, const pp_gpt_stage *g, const pp_optim_config 
         if (!pp_muon_matrix(t))
             continue;
         r->at[i] = r->n;
-        r->n += state_floats(t, cfg);
+        r->n += pp_rotated_state_floats(t, cfg);
         if (scratch_floats(t) > scratch)
             scratch = scratch_floats(t);
         if (left_of(cfg) && t->rows > kmax)

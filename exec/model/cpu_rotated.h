@@ -70,6 +70,10 @@ typedef struct {
 /* Sets up the state for stage g's hidden matrices (pp_muon_matrix) and
  * cfg's sides. -1 with one line when out of memory or when the build has
  * no LAPACKE. */
+/* Floats of one rotated matrix's state: a covariance and a basis per side
+ * that rotates (the layout above; the CUDA backend's too). */
+size_t pp_rotated_state_floats(const pp_gpt_tensor *t, const pp_optim_config *cfg);
+
 int pp_rotated_init(pp_rotated *r, const pp_gpt_stage *g, const pp_optim_config *cfg,
                     pp_err *e);
 void pp_rotated_free(pp_rotated *r);
