@@ -8,24 +8,88 @@
 
 /* --- schedule lifetime and builder ----------------------------------- */
 
+/* --- placement -------------------------------------------------------- */
+
+const char *pp_place_name(int placement)
+{
+    static const char *const names[PP_PLACE_COUNT] = {"one", "looped", "v"};
+    return placement >= 0 && placement < PP_PLACE_COUNT ? names[placement] : "?";
+}
+
+int pp_place_parse(const char *text, int *out)
+{
+    for (int p = 0; p < PP_PLACE_COUNT; p++)
+        if (strcmp(text, pp_place_name(p)) == 0) {
+            *out = p;
+            return 0;
+        }
+    return -1;
+}
+
+int pp_info_check_placement(pp_ir_info *info, pp_err *e)
+{
+    int S = info->stages;
+    if (S < 1)
+        return pp_errf(e, "a schedule needs at least 1 stage (got %d)", S);
+    if (S > PP_MAX_STAGES)
+        return pp_errf(e, "%d stages is more than the %d a schedule can hold", S,
+                       PP_MAX_STAGES);
+    if (info->ranks == 0 && info->placement == PP_PLACE_ONE)
+        info->ranks = S;
+    int R = info->ranks;
+    if (R < 1)
+        return pp_errf(e, "a schedule needs at least 1 rank (got %d)", R);
+    switch (info->placement) {
+    case PP_PLACE_ONE:
+        if (R != S)
+            return pp_errf(e, "one stage per rank needs as many ranks as stages (%d ranks, "
+                              "%d stages)", R, S);
+        return 0;
+    case PP_PLACE_LOOPED:
+        if (S % R != 0)
+            return pp_errf(e, "%d stages do not divide over %d ranks (looped placement needs "
+                              "a multiple)", S, R);
+        return 0;
+    case PP_PLACE_V:
+        if (S != 2 * R)
+            return pp_errf(e, "V-shape placement needs two stages per rank (%d stages, %d "
+                              "ranks)", S, R);
+        return 0;
+    default:
+        return pp_errf(e, "unknown placement %d", info->placement);
+    }
+}
+
+int pp_rank_stages(const pp_ir_info *info, int rank, int *out, int cap)
+{
+    int n = 0;
+    for (int s = rank; s < info->stages; s++)
+        if (pp_stage_rank(info, s) == rank && n < cap)
+            out[n++] = s;
+    return n;
+}
+
+/* --- schedule lifetime and builder ----------------------------------- */
+
 int pp_schedule_init(pp_schedule *s, const pp_ir_info *info, pp_err *e)
 {
     memset(s, 0, sizeof *s);
-    if (info->stages < 1)
-        return pp_errf(e, "a schedule needs at least 1 stage (got %d)", info->stages);
-    s->stage = calloc((size_t)info->stages, sizeof *s->stage);
-    if (!s->stage)
-        return pp_errf(e, "out of memory for %d stages", info->stages);
-    s->info = *info;
+    pp_ir_info in = *info;
+    if (pp_info_check_placement(&in, e) < 0)
+        return -1;
+    s->rank = calloc((size_t)in.ranks, sizeof *s->rank);
+    if (!s->rank)
+        return pp_errf(e, "out of memory for %d ranks", in.ranks);
+    s->info = in;
     return 0;
 }
 
 void pp_schedule_free(pp_schedule *s)
 {
-    if (s->stage)
-        for (int i = 0; i < s->info.stages; i++)
-            free(s->stage[i].items);
-    free(s->stage);
+    if (s->rank)
+        for (int i = 0; i < s->info.ranks; i++)
+            free(s->rank[i].items);
+    free(s->rank);
     memset(s, 0, sizeof *s);
 }
 
@@ -43,14 +107,32 @@ static int list_grow(pp_action_list *l)
     return 0;
 }
 
-int pp_schedule_push(pp_schedule *s, int stage, pp_action a, pp_err *e)
+int pp_schedule_push(pp_schedule *s, int rank, pp_action a, pp_err *e)
 {
-    if (stage < 0 || stage >= s->info.stages)
-        return pp_errf(e, "stage %d out of range (schedule has %d stages)", stage,
-                       s->info.stages);
-    pp_action_list *l = &s->stage[stage];
+    const pp_ir_info *in = &s->info;
+    if (rank < 0 || rank >= in->ranks)
+        return pp_multi_stage(in)
+                   ? pp_errf(e, "rank %d out of range (schedule has %d ranks)", rank, in->ranks)
+                   : pp_errf(e, "stage %d out of range (schedule has %d stages)", rank,
+                             in->stages);
+    if (in->placement == PP_PLACE_ONE || a.op == PP_OP_BARRIER) {
+        a.stage = (uint16_t)rank;
+    } else if (a.stage >= in->stages || pp_stage_rank(in, a.stage) != rank) {
+        char buf[32];
+        pp_action_format_staged(a, buf, sizeof buf);
+        if (a.stage == PP_NO_STAGE)
+            return pp_errf(e, "rank %d: \"%s\" names no stage (with several stages per "
+                              "rank an action reads like \"1F3\")", rank, buf);
+        if (a.stage >= in->stages)
+            return pp_errf(e, "rank %d: \"%s\" names stage %d of %d", rank, buf,
+                           (int)a.stage, in->stages);
+        return pp_errf(e, "rank %d: \"%s\": stage %d runs on rank %d (%s placement)", rank,
+                       buf, (int)a.stage, pp_stage_rank(in, a.stage),
+                       pp_place_name(in->placement));
+    }
+    pp_action_list *l = &s->rank[rank];
     if (l->count == l->cap && list_grow(l) < 0)
-        return pp_errf(e, "out of memory after %zu actions on stage %d", l->count, stage);
+        return pp_errf(e, "out of memory after %zu actions on rank %d", l->count, rank);
     l->items[l->count++] = a;
     return 0;
 }
@@ -58,8 +140,8 @@ int pp_schedule_push(pp_schedule *s, int stage, pp_action a, pp_err *e)
 size_t pp_schedule_action_count(const pp_schedule *s)
 {
     size_t n = 0;
-    for (int i = 0; i < s->info.stages; i++)
-        n += s->stage[i].count;
+    for (int i = 0; i < s->info.ranks; i++)
+        n += s->rank[i].count;
     return n;
 }
 
@@ -115,6 +197,22 @@ char *pp_action_format(pp_action a, char *buf, size_t n)
     else
         snprintf(buf, n, "%s%d", op, (int)a.mb);
     return buf;
+}
+
+char *pp_action_format_staged(pp_action a, char *buf, size_t n)
+{
+    if (a.op == PP_OP_BARRIER || a.stage == PP_NO_STAGE)
+        return pp_action_format(a, buf, n);
+    int k = snprintf(buf, n, "%d", (int)a.stage);
+    if (k > 0 && (size_t)k < n)
+        pp_action_format(a, buf + k, n - (size_t)k);
+    return buf;
+}
+
+char *pp_action_format_in(const pp_ir_info *info, pp_action a, char *buf, size_t n)
+{
+    return pp_multi_stage(info) ? pp_action_format_staged(a, buf, n)
+                                : pp_action_format(a, buf, n);
 }
 
 /* Reads a canonical non-negative decimal (no sign, no leading zeros) that
@@ -174,17 +272,18 @@ static int parse_selector(const char *p, pp_op op, pp_action *a, const char *tex
     return pp_errf(e, "unknown action \"%s\"", text);
 }
 
-int pp_action_parse(const char *text, pp_action *out, pp_err *e)
+/* Parses an action without a stage prefix. */
+static int parse_bare(const char *text, const char *whole, pp_action *out, pp_err *e)
 {
     if (strcmp(text, "OPT") == 0 || strcmp(text, "BARRIER") == 0) {
         *out = pp_act(text[0] == 'O' ? PP_OP_OPT : PP_OP_BARRIER, -1);
         return 0;
     }
     if (strncmp(text, "OPT@", 4) == 0 || strncmp(text, "BARRIER@", 8) == 0)
-        return pp_errf(e, "bad action \"%s\": OPT and BARRIER take no selector", text);
+        return pp_errf(e, "bad action \"%s\": OPT and BARRIER take no selector", whole);
     pp_op op;
     if (op_from_letter(text[0], &op) < 0)
-        return pp_errf(e, "unknown action \"%s\"", text);
+        return pp_errf(e, "unknown action \"%s\"", whole);
     int32_t mb;
     size_t k = parse_count(text + 1, &mb);
     if (k == 0) {
@@ -192,13 +291,58 @@ int pp_action_parse(const char *text, pp_action *out, pp_err *e)
         char c = text[1];
         if (c == '-' || c == '+' || (c >= '0' && c <= '9'))
             return pp_errf(e, "bad action \"%s\": micro-batch must be a non-negative "
-                              "integer below 2^31 without leading zeros", text);
-        return pp_errf(e, "unknown action \"%s\"", text);
+                              "integer below 2^31 without leading zeros", whole);
+        return pp_errf(e, "unknown action \"%s\"", whole);
     }
     pp_action a = pp_act(op, mb);
-    if (parse_selector(text + 1 + k, op, &a, text, e) < 0)
+    if (parse_selector(text + 1 + k, op, &a, whole, e) < 0)
         return -1;
     *out = a;
+    return 0;
+}
+
+int pp_action_parse(const char *text, pp_action *out, pp_err *e)
+{
+    int32_t stage = PP_NO_STAGE;
+    size_t k = 0;
+    if (text[0] >= '0' && text[0] <= '9') {
+        k = parse_count(text, &stage);
+        if (k == 0 || stage >= PP_NO_STAGE)
+            return pp_errf(e, "bad action \"%s\": the stage must be an integer 0..%d "
+                              "without leading zeros", text, PP_MAX_STAGES - 1);
+        if (strcmp(text + k, "BARRIER") == 0)
+            return pp_errf(e, "bad action \"%s\": BARRIER belongs to a rank, not a stage",
+                           text);
+    }
+    if (parse_bare(text + k, text, out, e) < 0)
+        return -1;
+    out->stage = (uint16_t)stage;
+    return 0;
+}
+
+int pp_action_parse_cell(const char *text, pp_action out[2], int *n, pp_err *e)
+{
+    const char *plus = strchr(text, '+');
+    if (!plus) {
+        *n = 1;
+        return pp_action_parse(text, &out[0], e);
+    }
+    char first[48];
+    size_t len = (size_t)(plus - text);
+    if (len >= sizeof first)
+        return pp_errf(e, "bad action \"%s\": too long", text);
+    memcpy(first, text, len);
+    first[len] = '\0';
+    if (pp_action_parse(first, &out[0], e) < 0 || pp_action_parse(plus + 1, &out[1], e) < 0)
+        return -1;
+    int f = (out[0].op == PP_OP_F) + (out[1].op == PP_OP_F);
+    int g = (out[0].op == PP_OP_B || out[0].op == PP_OP_I) +
+            (out[1].op == PP_OP_B || out[1].op == PP_OP_I);
+    if (f != 1 || g != 1)
+        return pp_errf(e, "bad overlapped action \"%s\": a pair is one forward and one "
+                          "backward (B or I)", text);
+    out[0].with_next = 1;
+    *n = 2;
     return 0;
 }
 
@@ -212,21 +356,21 @@ void pp_stream_free(pp_stream *st)
 
 typedef struct {
     const pp_schedule *s;
-    size_t *pos;     /* per-stage cursor */
-    size_t *next_f;  /* per stage: index of the next F at or after pos */
+    size_t *pos;     /* per-rank cursor */
+    size_t *next_f;  /* per stage: index in its rank's list of its next F at or after pos */
     uint64_t *stash; /* per-stage bitmaps: B/I of mb reads the stash */
     size_t words;    /* bitmap words per stage (0 when nothing stashes) */
 } sched_stream;
 
-static int sched_next(pp_stream *st, int stage, pp_action *out)
+static int sched_next(pp_stream *st, int rank, pp_action *out)
 {
     sched_stream *ss = st->state;
-    if (stage < 0 || stage >= ss->s->info.stages)
+    if (rank < 0 || rank >= ss->s->info.ranks)
         return 0;
-    const pp_action_list *l = &ss->s->stage[stage];
-    if (ss->pos[stage] >= l->count)
+    const pp_action_list *l = &ss->s->rank[rank];
+    if (ss->pos[rank] >= l->count)
         return 0;
-    *out = l->items[ss->pos[stage]++];
+    *out = l->items[ss->pos[rank]++];
     return 1;
 }
 
@@ -239,17 +383,18 @@ static int sched_stashes(pp_stream *st, int stage, int mb)
 }
 
 /* The cursor to the next F only moves forward, so all the calls of a run
- * cost O(actions) together. */
+ * cost O(actions x stages per rank) together. */
 static int sched_next_f_version(pp_stream *st, int stage)
 {
     sched_stream *ss = st->state;
     if (stage < 0 || stage >= ss->s->info.stages)
         return -1;
-    const pp_action_list *l = &ss->s->stage[stage];
+    int rank = pp_stage_rank(&ss->s->info, stage);
+    const pp_action_list *l = &ss->s->rank[rank];
     size_t *i = &ss->next_f[stage];
-    if (*i < ss->pos[stage])
-        *i = ss->pos[stage];
-    while (*i < l->count && l->items[*i].op != PP_OP_F)
+    if (*i < ss->pos[rank])
+        *i = ss->pos[rank];
+    while (*i < l->count && (l->items[*i].op != PP_OP_F || l->items[*i].stage != stage))
         (*i)++;
     if (*i == l->count || l->items[*i].sel != PP_SEL_VERSION)
         return -1;
@@ -266,17 +411,21 @@ static void sched_destroy(pp_stream *st)
     free(st);
 }
 
+static int reads_stash(const pp_action *a)
+{
+    return (a->op == PP_OP_B || a->op == PP_OP_I) && a->sel == PP_SEL_STASH && a->mb >= 0;
+}
+
 /* Marks which backwards read the stash. Sized by the largest stashing
  * micro-batch, so an unvalidated schedule cannot ask for a huge bitmap. */
 static int build_stash_map(sched_stream *ss)
 {
     const pp_schedule *s = ss->s;
     int32_t max_mb = -1;
-    for (int st = 0; st < s->info.stages; st++)
-        for (size_t i = 0; i < s->stage[st].count; i++) {
-            const pp_action *a = &s->stage[st].items[i];
-            if ((a->op == PP_OP_B || a->op == PP_OP_I) && a->sel == PP_SEL_STASH &&
-                a->mb > max_mb)
+    for (int r = 0; r < s->info.ranks; r++)
+        for (size_t i = 0; i < s->rank[r].count; i++) {
+            const pp_action *a = &s->rank[r].items[i];
+            if (reads_stash(a) && a->mb > max_mb)
                 max_mb = a->mb;
         }
     if (max_mb < 0)
@@ -285,12 +434,12 @@ static int build_stash_map(sched_stream *ss)
     ss->stash = calloc((size_t)s->info.stages * ss->words, sizeof *ss->stash);
     if (!ss->stash)
         return -1;
-    for (int st = 0; st < s->info.stages; st++)
-        for (size_t i = 0; i < s->stage[st].count; i++) {
-            const pp_action *a = &s->stage[st].items[i];
-            if ((a->op == PP_OP_B || a->op == PP_OP_I) && a->sel == PP_SEL_STASH && a->mb >= 0)
-                ss->stash[(size_t)st * ss->words + (size_t)a->mb / 64] |= (uint64_t)1
-                                                                          << (a->mb % 64);
+    for (int r = 0; r < s->info.ranks; r++)
+        for (size_t i = 0; i < s->rank[r].count; i++) {
+            const pp_action *a = &s->rank[r].items[i];
+            if (reads_stash(a) && a->stage < s->info.stages)
+                ss->stash[(size_t)a->stage * ss->words + (size_t)a->mb / 64] |=
+                    (uint64_t)1 << (a->mb % 64);
         }
     return 0;
 }
@@ -299,7 +448,7 @@ int pp_stream_from_schedule(const pp_schedule *s, pp_stream **out, pp_err *e)
 {
     pp_stream *st = calloc(1, sizeof *st);
     sched_stream *ss = calloc(1, sizeof *ss);
-    size_t *pos = calloc((size_t)s->info.stages, sizeof *pos);
+    size_t *pos = calloc((size_t)s->info.ranks, sizeof *pos);
     size_t *next_f = calloc((size_t)s->info.stages, sizeof *next_f);
     if (ss)
         ss->s = s;
@@ -328,10 +477,10 @@ int pp_schedule_from_stream(pp_stream *st, pp_schedule *out, pp_err *e)
 {
     if (pp_schedule_init(out, &st->info, e) < 0)
         return -1;
-    for (int s = 0; s < st->info.stages; s++) {
+    for (int r = 0; r < out->info.ranks; r++) {
         pp_action a;
-        while (pp_stream_next(st, s, &a))
-            if (pp_schedule_push(out, s, a, e) < 0) {
+        while (pp_stream_next(st, r, &a))
+            if (pp_schedule_push(out, r, a, e) < 0) {
                 pp_schedule_free(out);
                 return -1;
             }

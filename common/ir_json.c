@@ -39,12 +39,16 @@ static void write_params(const pp_ir_info *in, FILE *f)
     fputs("},\n", f);
 }
 
-static void write_stage(const pp_action_list *l, FILE *f)
+/* One rank's list; an overlapped pair is one cell "2F5+1B3". */
+static void write_rank(const pp_ir_info *in, const pp_action_list *l, FILE *f)
 {
     fputs("  [", f);
     for (size_t i = 0; i < l->count; i++) {
         char buf[32];
-        fprintf(f, i ? ", \"%s\"" : "\"%s\"", pp_action_format(l->items[i], buf, sizeof buf));
+        fprintf(f, i ? ", \"%s" : "\"%s", pp_action_format_in(in, l->items[i], buf, sizeof buf));
+        if (l->items[i].with_next && i + 1 < l->count)
+            fprintf(f, "+%s", pp_action_format_in(in, l->items[++i], buf, sizeof buf));
+        fputc('"', f);
     }
     fputc(']', f);
 }
@@ -58,11 +62,14 @@ int pp_schedule_write_json(const pp_schedule *s, FILE *f, pp_err *e)
             ", \"stages\": %d, \"microbatches_per_step\": %d, \"steps\": %d, "
             "\"total_microbatches\": %d,\n",
             in->stages, in->microbatches_per_step, in->steps, in->total_microbatches);
+    if (pp_multi_stage(in))
+        fprintf(f, " \"ranks\": %d, \"placement\": \"%s\",\n", in->ranks,
+                pp_place_name(in->placement));
     write_params(in, f);
     fputs(" \"actions\": [\n", f);
-    for (int st = 0; st < in->stages; st++) {
-        write_stage(&s->stage[st], f);
-        fputs(st + 1 < in->stages ? ",\n" : "\n", f);
+    for (int r = 0; r < in->ranks; r++) {
+        write_rank(in, &s->rank[r], f);
+        fputs(r + 1 < in->ranks ? ",\n" : "\n", f);
     }
     fputs(" ]}\n", f);
     if (ferror(f))
@@ -154,6 +161,21 @@ static int read_params(const cJSON *root, pp_ir_info *in, pp_err *e)
     return 0;
 }
 
+/* "ranks" and "placement" are optional: without them, one stage per rank
+ * (every IR file written before ranks existed). */
+static int read_placement(const cJSON *root, pp_ir_info *in, pp_err *e)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "placement");
+    in->placement = PP_PLACE_ONE;
+    if (p && (!cJSON_IsString(p) || pp_place_parse(p->valuestring, &in->placement) < 0))
+        return pp_errf(e, "field \"placement\" must be \"one\", \"looped\" or \"v\"");
+    /* checked against the stages by pp_schedule_init, after the lists are
+     * counted (a huge count must not allocate before that) */
+    int dflt = in->stages;
+    return get_int(root, "ranks", 1, INT_MAX, in->placement == PP_PLACE_ONE ? &dflt : NULL,
+                   &in->ranks, e);
+}
+
 static int read_info(const cJSON *root, pp_ir_info *in, pp_err *e)
 {
     memset(in, 0, sizeof *in);
@@ -177,54 +199,67 @@ static int read_info(const cJSON *root, pp_ir_info *in, pp_err *e)
     int dflt = (int)(n > INT_MAX ? 0 : n);
     if (get_int(root, "total_microbatches", 0, INT_MAX, &dflt, &in->total_microbatches, e) < 0)
         return -1;
+    if (read_placement(root, in, e) < 0)
+        return -1;
     return read_params(root, in, e);
 }
 
-static int read_stage(const cJSON *list, int st, pp_schedule *out, pp_err *e)
+static int read_rank(const cJSON *list, int r, pp_schedule *out, pp_err *e)
 {
+    const char *who = pp_multi_stage(&out->info) ? "rank" : "stage";
     if (!cJSON_IsArray(list))
-        return pp_errf(e, "actions[%d] must be an array of action strings", st);
+        return pp_errf(e, "actions[%d] must be an array of action strings", r);
     size_t i = 0;
     for (const cJSON *a = list->child; a; a = a->next, i++) {
-        pp_action act;
+        pp_action act[2];
+        int n;
         if (!cJSON_IsString(a))
-            return pp_errf(e, "stage %d action %zu: must be a string like \"F3\"", st, i);
-        if (pp_action_parse(a->valuestring, &act, e) < 0)
-            return pp_err_prefix(e, "stage %d action %zu", st, i);
-        if (pp_schedule_push(out, st, act, e) < 0)
-            return -1;
+            return pp_errf(e, "%s %d action %zu: must be a string like \"F3\"", who, r, i);
+        if (pp_action_parse_cell(a->valuestring, act, &n, e) < 0)
+            return pp_err_prefix(e, "%s %d action %zu", who, r, i);
+        for (int k = 0; k < n; k++) {
+            /* one stage per rank: the list is the stage; a prefix must agree */
+            if (!pp_multi_stage(&out->info) && act[k].stage != PP_NO_STAGE &&
+                act[k].stage != r)
+                return pp_errf(e, "stage %d action %zu \"%s\": names stage %d in stage %d's "
+                                  "list", r, i, a->valuestring, (int)act[k].stage, r);
+            if (pp_schedule_push(out, r, act[k], e) < 0)
+                return pp_err_prefix(e, "%s %d action %zu", who, r, i);
+        }
     }
     return 0;
 }
 
-/* The number of lists was checked against "stages" before allocating. */
+/* The number of lists was checked against "ranks" before allocating. */
 static int read_actions(const cJSON *root, pp_schedule *out, pp_err *e)
 {
     const cJSON *acts = cJSON_GetObjectItemCaseSensitive(root, "actions");
-    int st = 0;
-    for (const cJSON *l = acts->child; l; l = l->next, st++)
-        if (read_stage(l, st, out, e) < 0)
+    int r = 0;
+    for (const cJSON *l = acts->child; l; l = l->next, r++)
+        if (read_rank(l, r, out, e) < 0)
             return -1;
     return 0;
 }
 
-/* Counts the stage lists first, so that a huge "stages" cannot make us
- * allocate more than the input justifies. */
-static int check_action_count(const cJSON *root, int stages, pp_err *e)
+/* Counts the lists first (one per rank), so that a huge "stages" or
+ * "ranks" cannot make us allocate more than the input justifies. */
+static int check_action_count(const cJSON *root, const pp_ir_info *in, pp_err *e)
 {
+    int stages = in->ranks;
+    const char *key = pp_multi_stage(in) ? "ranks" : "stages";
     const cJSON *acts = cJSON_GetObjectItemCaseSensitive(root, "actions");
     if (!acts)
         return pp_errf(e, "missing field \"actions\"");
     if (!cJSON_IsArray(acts))
-        return pp_errf(e, "field \"actions\" must be an array (one list per stage)");
+        return pp_errf(e, "field \"actions\" must be an array (one list per rank)");
     int n = 0;
     for (const cJSON *l = acts->child; l && n <= stages; l = l->next)
         n++;
     if (n > stages)
-        return pp_errf(e, "\"actions\" has more than %d lists but \"stages\" is %d", stages,
-                       stages);
+        return pp_errf(e, "\"actions\" has more than %d lists but \"%s\" is %d", stages,
+                       key, stages);
     if (n < stages)
-        return pp_errf(e, "\"actions\" has %d lists but \"stages\" is %d", n, stages);
+        return pp_errf(e, "\"actions\" has %d lists but \"%s\" is %d", n, key, stages);
     return 0;
 }
 
@@ -244,7 +279,7 @@ int pp_schedule_parse_json(const char *text, pp_schedule *out, pp_err *e)
     if (rc == 0)
         rc = read_info(root, &info, e);
     if (rc == 0)
-        rc = check_action_count(root, info.stages, e);
+        rc = check_action_count(root, &info, e);
     if (rc == 0)
         rc = pp_schedule_init(out, &info, e);
     if (rc == 0 && (rc = read_actions(root, out, e)) < 0)

@@ -199,16 +199,16 @@ static int check_rank_order(const pp_schedule *s, int nmb, pp_err *e)
 {
     /* a rank with fewer actions than micro-batches cannot hold them all:
      * validation says so; and the table below stays within the file's size */
-    for (int r = 0; r < s->info.stages; r++)
-        if (s->stage[r].count < (size_t)nmb)
+    for (int r = 0; r < s->info.ranks; r++)
+        if (s->rank[r].count < (size_t)nmb)
             return 0;
     unsigned char *seen = malloc((size_t)nmb);
     if (!seen)
         return pp_errf(e, "out of memory");
     int rc = 0;
-    for (int r = 0; rc == 0 && r < s->info.stages; r++) {
+    for (int r = 0; rc == 0 && r < s->info.ranks; r++) {
         memset(seen, 0, (size_t)nmb); /* bit 0: F, bit 1: I */
-        const pp_action_list *l = &s->stage[r];
+        const pp_action_list *l = &s->rank[r];
         for (size_t i = 0; rc == 0 && i < l->count; i++) {
             pp_action a = l->items[i];
             const char *missing = NULL;

@@ -45,9 +45,9 @@ static void build(pp_schedule *s, int P, int N, const char *const *rows)
 static void stage_text(const pp_schedule *s, int st, char *out, size_t n)
 {
     out[0] = '\0';
-    for (size_t i = 0; i < s->stage[st].count; i++) {
+    for (size_t i = 0; i < s->rank[st].count; i++) {
         char buf[32];
-        pp_action_format(s->stage[st].items[i], buf, sizeof buf);
+        pp_action_format(s->rank[st].items[i], buf, sizeof buf);
         strncat(out, i ? " " : "", n - strlen(out) - 1);
         strncat(out, buf, n - strlen(out) - 1);
     }
@@ -66,9 +66,9 @@ static void assert_same(const pp_schedule *a, const pp_schedule *b)
         ck_assert_str_eq(a->info.params[i].value, b->info.params[i].value);
     }
     for (int st = 0; st < a->info.stages; st++) {
-        ck_assert_uint_eq(a->stage[st].count, b->stage[st].count);
-        for (size_t i = 0; i < a->stage[st].count; i++) {
-            pp_action x = a->stage[st].items[i], y = b->stage[st].items[i];
+        ck_assert_uint_eq(a->rank[st].count, b->rank[st].count);
+        for (size_t i = 0; i < a->rank[st].count; i++) {
+            pp_action x = a->rank[st].items[i], y = b->rank[st].items[i];
             ck_assert_int_eq(x.op, y.op);
             ck_assert_int_eq(x.sel, y.sel);
             ck_assert_int_eq(x.mb, y.mb);
@@ -165,10 +165,10 @@ START_TEST(builder)
     for (int i = 0; i < 10000; i++)
         ck_assert(pp_schedule_push(&s, i % 3, pp_act(PP_OP_F, i), &e) == 0);
     ck_assert_uint_eq(pp_schedule_action_count(&s), 10000);
-    ck_assert_uint_eq(s.stage[1].count, 3333);
-    ck_assert_int_eq(s.stage[2].items[10].mb, 32);
+    ck_assert_uint_eq(s.rank[1].count, 3333);
+    ck_assert_int_eq(s.rank[2].items[10].mb, 32);
     pp_schedule_free(&s);
-    ck_assert_ptr_null(s.stage);
+    ck_assert_ptr_null(s.rank);
     pp_schedule_free(&s); /* freeing twice is harmless */
 }
 END_TEST
@@ -317,7 +317,7 @@ START_TEST(json_defaults_and_numbers)
     ck_assert_str_eq(pp_info_get_param(&s.info, "accum"), "4");
     ck_assert_str_eq(pp_info_get_param(&s.info, "lr"), "0.5");
     ck_assert_str_eq(pp_info_get_param(&s.info, "mode"), "fast");
-    ck_assert_uint_eq(s.stage[0].count, 2);
+    ck_assert_uint_eq(s.rank[0].count, 2);
     pp_schedule_free(&s);
 }
 END_TEST
@@ -382,7 +382,7 @@ START_TEST(json_malformed)
                       cases[i].text);
         ck_assert_msg(strstr(e.msg, cases[i].want), "case %zu: want \"%s\" in \"%s\"", i,
                       cases[i].want, e.msg);
-        ck_assert_ptr_null(s.stage);
+        ck_assert_ptr_null(s.rank);
     }
 }
 END_TEST
@@ -487,29 +487,29 @@ START_TEST(validate_rejects_bad_selectors_and_fields)
     pp_schedule s;
     const char *ok[] = {"F0 B0 OPT"};
     build(&s, 1, 1, ok);
-    s.stage[0].items[0].sel = PP_SEL_STASH;
+    s.rank[0].items[0].sel = PP_SEL_STASH;
     ck_assert_int_eq(pp_schedule_validate(&s, &e), -1);
     ck_assert_msg(strstr(e.msg, "stage 0 action 0 \"F0@s\"") && strstr(e.msg, "stash"), "%s",
                   e.msg);
-    s.stage[0].items[0].sel = PP_SEL_LATEST;
-    s.stage[0].items[1].sel = PP_SEL_VERSION;
+    s.rank[0].items[0].sel = PP_SEL_LATEST;
+    s.rank[0].items[1].sel = PP_SEL_VERSION;
     ck_assert_int_eq(pp_schedule_validate(&s, &e), -1);
     ck_assert_msg(strstr(e.msg, "stage 0 action 1") && strstr(e.msg, "explicit version"),
                   "%s", e.msg);
-    s.stage[0].items[1].sel = PP_SEL_LATEST;
-    s.stage[0].items[2].sel = PP_SEL_STASH;
+    s.rank[0].items[1].sel = PP_SEL_LATEST;
+    s.rank[0].items[2].sel = PP_SEL_STASH;
     ck_assert_int_eq(pp_schedule_validate(&s, &e), -1);
     ck_assert_msg(strstr(e.msg, "stage 0 action 2 \"OPT\""), "%s", e.msg);
-    s.stage[0].items[2].sel = PP_SEL_LATEST;
-    s.stage[0].items[0].mb = -3;
+    s.rank[0].items[2].sel = PP_SEL_LATEST;
+    s.rank[0].items[0].mb = -3;
     ck_assert_int_eq(pp_schedule_validate(&s, &e), -1);
     ck_assert_msg(strstr(e.msg, "stage 0 action 0") && strstr(e.msg, "out of range"), "%s",
                   e.msg);
-    s.stage[0].items[0].mb = 0;
-    s.stage[0].items[0].op = 17;
+    s.rank[0].items[0].mb = 0;
+    s.rank[0].items[0].op = 17;
     ck_assert_int_eq(pp_schedule_validate(&s, &e), -1);
     ck_assert_msg(strstr(e.msg, "stage 0 action 0: unknown op"), "%s", e.msg);
-    s.stage[0].items[0].op = PP_OP_F;
+    s.rank[0].items[0].op = PP_OP_F;
     ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s", e.msg);
     s.info.steps = 0;
     ck_assert_int_eq(pp_schedule_validate(&s, &e), -1);
@@ -674,7 +674,7 @@ START_TEST(pytorch_csv_rejects)
                       "accepted: %s", cases[i].text);
         ck_assert_msg(strstr(e.msg, cases[i].want), "case %zu: want \"%s\" in \"%s\"", i,
                       cases[i].want, e.msg);
-        ck_assert_ptr_null(s.stage);
+        ck_assert_ptr_null(s.rank);
     }
     pp_err e;
     pp_schedule s;

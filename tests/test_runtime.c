@@ -201,7 +201,7 @@ START_TEST(split_backward_equals_full)
     pp_err e;
     ck_assert(pp_schedule_init(&split, &full.info, &e) == 0);
     for (int st = 0; st < 3; st++) {
-        const pp_action_list *l = &full.stage[st];
+        const pp_action_list *l = &full.rank[st];
         int pending_w = -1;
         for (size_t i = 0; i < l->count; i++) {
             pp_action a = l->items[i];
@@ -649,8 +649,8 @@ START_TEST(synchronous_schedules_are_detected)
     pp_schedule full = test_schedule("1f1b-flush", 2, 2, 2), odd;
     ck_assert(pp_schedule_init(&odd, &full.info, &e) == 0);
     for (int st = 0; st < 2; st++)
-        for (size_t i = 0, seen = 0; i < full.stage[st].count; i++) {
-            pp_action a = full.stage[st].items[i];
+        for (size_t i = 0, seen = 0; i < full.rank[st].count; i++) {
+            pp_action a = full.rank[st].items[i];
             if (a.op == PP_OP_OPT && !seen && st == 0)
                 pp_schedule_push(&odd, st, pp_act(PP_OP_BARRIER, 0), &e);
             pp_schedule_push(&odd, st, a, &e);

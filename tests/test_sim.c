@@ -153,9 +153,9 @@ END_TEST
 static void stage_text(const pp_schedule *s, int stage, size_t limit, char *out, size_t n)
 {
     out[0] = '\0';
-    for (size_t i = 0; i < s->stage[stage].count && i < limit; i++) {
+    for (size_t i = 0; i < s->rank[stage].count && i < limit; i++) {
         char buf[32];
-        pp_action_format(s->stage[stage].items[i], buf, sizeof buf);
+        pp_action_format(s->rank[stage].items[i], buf, sizeof buf);
         strncat(out, i ? " " : "", n - strlen(out) - 1);
         strncat(out, buf, n - strlen(out) - 1);
     }

@@ -14,8 +14,8 @@ uint64_t pprun_ir_hash(const pp_schedule *ir)
 {
     uint64_t h = 1469598103934665603ULL;
     for (int s = 0; s < ir->info.stages; s++)
-        for (size_t i = 0; i < ir->stage[s].count; i++) {
-            const pp_action *a = &ir->stage[s].items[i];
+        for (size_t i = 0; i < ir->rank[s].count; i++) {
+            const pp_action *a = &ir->rank[s].items[i];
             int32_t v[4] = {a->op, a->sel, a->mb, a->version};
             const unsigned char *p = (const unsigned char *)v;
             for (size_t k = 0; k < sizeof v; k++)

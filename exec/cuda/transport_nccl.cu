@@ -96,7 +96,7 @@ channel *chan(nccl_tr *t, int src, int dst, int kind)
 static std::vector<int> sender_order(const pp_schedule *ir, int link, int kind)
 {
     std::vector<int> order;
-    const pp_action_list *l = &ir->stage[kind == PP_MSG_ACT ? link : link + 1];
+    const pp_action_list *l = &ir->rank[kind == PP_MSG_ACT ? link : link + 1];
     for (size_t i = 0; i < l->count; i++) {
         int op = l->items[i].op;
         if (kind == PP_MSG_ACT ? op == PP_OP_F : op == PP_OP_B || op == PP_OP_I)

@@ -17,7 +17,7 @@ static int index_stage(const pp_schedule *s, int stage, positions *p)
         return -1;
     for (size_t i = 0; i < N; i++)
         p->f[i] = p->bi[i] = -1;
-    const pp_action_list *l = &s->stage[stage];
+    const pp_action_list *l = &s->rank[stage];
     for (size_t i = 0; i < l->count; i++) {
         const pp_action *a = &l->items[i];
         if (a->op == PP_OP_F)
@@ -67,7 +67,7 @@ int pp_cut_plan(const pp_schedule *s, int K, pp_cut *cut, pp_err *e)
     positions *pos = calloc((size_t)P, sizeof *pos);
     int rc = cut->pos && cut->keep && pos ? 0 : pp_errf(e, "out of memory");
     for (int st = 0; rc == 0 && st < P; st++) {
-        const pp_action_list *l = &s->stage[st];
+        const pp_action_list *l = &s->rank[st];
         int opts = 0;
         size_t i = 0;
         while (i < l->count && opts < K)

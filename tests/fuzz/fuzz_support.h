@@ -66,16 +66,17 @@ static inline int fuzz_same_schedule(const pp_schedule *a, const pp_schedule *b)
     const pp_ir_info *x = &a->info, *y = &b->info;
     if (strcmp(x->name, y->name) || x->stages != y->stages ||
         x->microbatches_per_step != y->microbatches_per_step || x->steps != y->steps ||
-        x->total_microbatches != y->total_microbatches || x->nparams != y->nparams)
+        x->total_microbatches != y->total_microbatches || x->nparams != y->nparams ||
+        x->ranks != y->ranks || x->placement != y->placement)
         return 0;
     for (int i = 0; i < x->nparams; i++)
         if (strcmp(x->params[i].key, y->params[i].key) ||
             strcmp(x->params[i].value, y->params[i].value))
             return 0;
-    for (int s = 0; s < a->info.stages; s++)
-        if (a->stage[s].count != b->stage[s].count ||
-            memcmp(a->stage[s].items, b->stage[s].items,
-                   a->stage[s].count * sizeof *a->stage[s].items) != 0)
+    for (int s = 0; s < a->info.ranks; s++)
+        if (a->rank[s].count != b->rank[s].count ||
+            memcmp(a->rank[s].items, b->rank[s].items,
+                   a->rank[s].count * sizeof *a->rank[s].items) != 0)
             return 0;
     return 1;
 }
