@@ -78,6 +78,12 @@ double pp_cost_duration(const pp_cost *c, int op, int stage, uint64_t index, dou
     return d;
 }
 
+double pp_cost_overlap(const pp_cost *c, double a, double b)
+{
+    double hi = a > b ? a : b, lo = a > b ? b : a;
+    return hi + (1.0 - c->overlap_efficiency) * lo;
+}
+
 double pp_cost_comm_time(const pp_cost *c)
 {
     double t = c->comm_latency;

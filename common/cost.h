@@ -18,6 +18,10 @@ typedef struct {
     int stages;
     double *fwd, *bwd, *inp, *wgt, *opt; /* per stage durations */
     double barrier;                      /* duration of a BARRIER */
+    /* An overlapped forward and backward on one rank (DualPipeV) take
+     * max(F, B) + (1 - X) min(F, B): X = 0 no gain (the default), 1 the
+     * shorter one hides entirely. */
+    double overlap_efficiency;
     double comm_latency;     /* alpha, time units per message */
     double comm_bandwidth;   /* bytes per time unit; 0 = infinite */
     double boundary_bytes;   /* bytes per activation/gradient message */
@@ -39,6 +43,8 @@ void pp_cost_split_backward(pp_cost *c);
  * from (seed, stage, index) so results do not depend on event order. */
 double pp_cost_duration(const pp_cost *c, int op, int stage, uint64_t index,
                         double t);
+/* Duration of an overlapped pair whose parts take a and b alone. */
+double pp_cost_overlap(const pp_cost *c, double a, double b);
 /* Transfer time of one boundary message. */
 double pp_cost_comm_time(const pp_cost *c);
 

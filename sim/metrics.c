@@ -20,6 +20,7 @@ struct pp_acc_stage {
     int copies, inflight;
     double busy, last_end;
     pp_stage_memory mem;
+    double bytes;        /* the last modelled bytes, for the rank's sum */
     /* gradients accumulated since the last OPT */
     long long g_n, g_sum_vb, g_sum_vf;
     int g_min_vb, g_min_vf;
@@ -28,6 +29,37 @@ struct pp_acc_stage {
     long long drift_sum, stale_n;
     double stale_sum, age_sum, hold_sum;
 };
+
+/* The union of its stages' busy intervals (an overlapped pair counts
+ * once) and the sum of their memory over time. */
+struct pp_acc_rank {
+    double busy, last_end;
+    int inflight;
+    double bytes;
+    pp_rank_metrics m;
+};
+
+static pp_acc_rank *rank_of(pp_metrics_acc *a, int stage)
+{
+    return &a->rk[pp_stage_rank(&a->info, stage)];
+}
+
+/* The sum of the rank's stages' bytes (summed afresh, so that one stage
+ * per rank gives the stage's figure to the last bit). */
+static double rank_bytes(const pp_metrics_acc *a, int r)
+{
+    const pp_ir_info *in = &a->info;
+    switch (in->placement) {
+    case PP_PLACE_ONE: return a->st[r].bytes;
+    case PP_PLACE_V: return a->st[r].bytes + a->st[2 * in->ranks - 1 - r].bytes;
+    default: {
+        double b = 0;
+        for (int s = r; s < in->stages; s += in->ranks)
+            b += a->st[s].bytes;
+        return b;
+    }
+    }
+}
 
 static int vref_add(pp_acc_stage *s, int v, int delta, pp_err *e)
 {
@@ -66,16 +98,20 @@ static double stage_bytes(const pp_metrics_acc *a, const pp_acc_stage *s, int in
 static inline int note_memory(pp_metrics_acc *a, int stage, double t, int in_backward)
 {
     pp_acc_stage *s = &a->st[stage];
-    if (!a->model && !a->timeline) { /* summary without bytes: only the count */
-        if (s->inflight > s->m.peak_inflight)
-            s->m.peak_inflight = s->inflight;
+    pp_acc_rank *rk = rank_of(a, stage);
+    if (s->inflight > s->m.peak_inflight)
+        s->m.peak_inflight = s->inflight;
+    if (rk->inflight > rk->m.peak_inflight)
+        rk->m.peak_inflight = rk->inflight;
+    if (!a->model && !a->timeline) /* summary without bytes: only the count */
         return 0;
-    }
     double bytes = stage_bytes(a, s, in_backward);
     if (bytes > s->m.peak_memory_bytes)
         s->m.peak_memory_bytes = bytes;
-    if (s->inflight > s->m.peak_inflight)
-        s->m.peak_inflight = s->inflight;
+    s->bytes = bytes;
+    rk->bytes = rank_bytes(a, pp_stage_rank(&a->info, stage));
+    if (rk->bytes > rk->m.peak_memory_bytes)
+        rk->m.peak_memory_bytes = rk->bytes;
     if (!a->timeline)
         return 0;
     pp_mem_sample ms = {t, s->inflight, s->copies, s->version, 0, bytes};
@@ -90,11 +126,16 @@ int pp_acc_init(pp_metrics_acc *a, const pp_ir_info *info, const pp_model_desc *
     a->model = model;
     a->recompute = recompute;
     a->timeline = timeline;
-    int P = info->stages;
+    if (pp_info_check_placement(&a->info, e) < 0) {
+        memset(a, 0, sizeof *a);
+        return -1;
+    }
+    int P = info->stages, R = a->info.ranks;
     a->st = calloc((size_t)P, sizeof *a->st);
-    a->busy_lo = calloc((size_t)P, sizeof *a->busy_lo);
-    a->busy_hi = calloc((size_t)P, sizeof *a->busy_hi);
-    if (!a->st || !a->busy_lo || !a->busy_hi)
+    a->rk = calloc((size_t)R, sizeof *a->rk);
+    a->busy_lo = calloc((size_t)R, sizeof *a->busy_lo);
+    a->busy_hi = calloc((size_t)R, sizeof *a->busy_hi);
+    if (!a->st || !a->rk || !a->busy_lo || !a->busy_hi)
         goto oom;
     for (int i = 0; i < P; i++) {
         pp_acc_stage *s = &a->st[i];
@@ -130,6 +171,7 @@ void pp_acc_free(pp_metrics_acc *a)
             pp_ring_free(&a->st[i].vref);
         }
     free(a->st);
+    free(a->rk);
     free(a->busy_lo);
     free(a->busy_hi);
     memset(a, 0, sizeof *a);
@@ -137,8 +179,8 @@ void pp_acc_free(pp_metrics_acc *a)
 
 static void snapshot_busy(pp_metrics_acc *a, double t, double *dst)
 {
-    for (int i = 0; i < a->info.stages; i++) {
-        const pp_acc_stage *s = &a->st[i];
+    for (int i = 0; i < a->info.ranks; i++) {
+        const pp_acc_rank *s = &a->rk[i];
         double overhang = s->last_end > t ? s->last_end - t : 0.0;
         dst[i] = s->busy - overhang;
     }
@@ -193,6 +235,7 @@ static int on_forward(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err 
     ta->version = v;
     s->m.forwards++;
     s->inflight++;
+    rank_of(a, stage)->inflight++;
     if (stage == 0)
         watch_steady(a, ta);
     return note_memory(a, stage, ta->start, 0);
@@ -256,6 +299,7 @@ static int on_backward_weight(pp_metrics_acc *a, int stage, pp_timed_action *ta,
         return -1;
     pp_ring_del(&s->mbs, mb);
     s->inflight--;
+    rank_of(a, stage)->inflight--;
     return note_memory(a, stage, ta->end, 0);
 }
 
@@ -351,6 +395,13 @@ int pp_acc_action(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err *e)
     s->busy += ta->end - ta->start;
     if (ta->end > s->last_end)
         s->last_end = ta->end;
+    /* actions come in start order, so the rank's union grows at its end */
+    pp_acc_rank *rk = rank_of(a, stage);
+    double from = ta->start > rk->last_end ? ta->start : rk->last_end;
+    if (ta->end > from)
+        rk->busy += ta->end - from;
+    if (ta->end > rk->last_end)
+        rk->last_end = ta->end;
     a->actions++;
     return 0;
 }
@@ -381,15 +432,27 @@ static void finish_stage(const pp_metrics_acc *a, pp_acc_stage *s, double makesp
     (void)a;
 }
 
+static void finish_ranks(const pp_metrics_acc *a, pp_metrics *out)
+{
+    for (int r = 0; r < a->info.ranks; r++) {
+        pp_rank_metrics *m = &out->rank[r];
+        *m = a->rk[r].m;
+        m->busy = a->rk[r].busy;
+        m->idle = out->makespan - m->busy;
+        m->bubble_fraction = out->makespan > 0 ? m->idle / out->makespan : 0.0;
+    }
+}
+
 static void summarize(const pp_metrics_acc *a, pp_metrics *out)
 {
-    int P = a->info.stages;
+    int P = a->info.stages, R = a->info.ranks;
     double busy = 0, drift_sum = 0, stale_sum = 0, age_sum = 0;
     long long nb = 0, ns = 0;
+    for (int r = 0; r < R; r++)
+        busy += out->rank[r].busy;
     for (int i = 0; i < P; i++) {
         const pp_acc_stage *s = &a->st[i];
         const pp_stage_metrics *m = &out->stage[i];
-        busy += m->busy;
         drift_sum += (double)s->drift_sum;
         nb += m->backwards;
         stale_sum += s->stale_sum;
@@ -400,11 +463,13 @@ static void summarize(const pp_metrics_acc *a, pp_metrics *out)
         MAXTO(out->staleness_max, m->staleness_max);
         MAXTO(out->age_max, m->age_max);
         MAXTO(out->peak_weight_copies_max, m->peak_weight_copies);
-        MAXTO(out->peak_inflight_max, m->peak_inflight);
-        MAXTO(out->peak_memory_bytes_max, m->peak_memory_bytes);
-#undef MAXTO
     }
-    double total = P * out->makespan;
+    for (int r = 0; r < R; r++) {
+        MAXTO(out->peak_inflight_max, out->rank[r].peak_inflight);
+        MAXTO(out->peak_memory_bytes_max, out->rank[r].peak_memory_bytes);
+    }
+#undef MAXTO
+    double total = R * out->makespan;
     out->bubble_fraction = total > 0 ? (total - busy) / total : 0.0;
     out->bubble_megatron = busy > 0 ? (total - busy) / busy : 0.0;
     out->drift_mean = nb ? drift_sum / nb : 0.0;
@@ -415,12 +480,12 @@ static void summarize(const pp_metrics_acc *a, pp_metrics *out)
         out->throughput_tokens = out->throughput_mb * pp_model_tokens_per_mb(a->model);
     if (a->seen_lo && a->seen_hi && a->t_hi > a->t_lo) {
         double b = 0;
-        for (int i = 0; i < P; i++)
+        for (int i = 0; i < R; i++)
             b += a->busy_hi[i] - a->busy_lo[i];
         out->has_steady = 1;
         out->steady_from = a->t_lo;
         out->steady_to = a->t_hi;
-        out->steady_bubble_fraction = 1.0 - b / (P * (a->t_hi - a->t_lo));
+        out->steady_bubble_fraction = 1.0 - b / (R * (a->t_hi - a->t_lo));
         if (fabs(out->steady_bubble_fraction) < 1e-12)
             out->steady_bubble_fraction = 0.0;
     }
@@ -433,8 +498,11 @@ int pp_acc_finish(pp_metrics_acc *a, pp_metrics *out, pp_err *e)
         return -1;
     int P = a->info.stages;
     out->stage = P > 0 ? calloc((size_t)P, sizeof *out->stage) : NULL;
-    if (!out->stage)
+    out->rank = calloc((size_t)a->info.ranks, sizeof *out->rank);
+    if (!out->stage || !out->rank) {
+        pp_metrics_free(out);
         return pp_errf(e, "out of memory");
+    }
     out->info = a->info;
     snprintf(out->unit, sizeof out->unit, "units");
     for (int i = 0; i < P; i++)
@@ -445,6 +513,7 @@ int pp_acc_finish(pp_metrics_acc *a, pp_metrics *out, pp_err *e)
         out->stage[i] = a->st[i].m;
     }
     out->actions = a->actions;
+    finish_ranks(a, out);
     summarize(a, out);
     return 0;
 }
@@ -452,88 +521,7 @@ int pp_acc_finish(pp_metrics_acc *a, pp_metrics *out, pp_err *e)
 void pp_metrics_free(pp_metrics *m)
 {
     free(m->stage);
+    free(m->rank);
     m->stage = NULL;
-}
-
-/* Whether the backward (or input-gradient half) of mb on this stage reads
- * the stash. Linear, but only used on recorded runs, which are small. */
-static int backward_stashes(const pp_timed_list *l, int mb)
-{
-    for (size_t i = 0; i < l->count; i++) {
-        const pp_action *a = &l->items[i].act;
-        if (a->mb == mb && (a->op == PP_OP_B || a->op == PP_OP_I))
-            return a->sel == PP_SEL_STASH;
-    }
-    return 0;
-}
-
-/* For each action, the version the next forward after it names, or -1. */
-static int32_t *next_f_versions(const pp_timed_list *l)
-{
-    int32_t *v = malloc((l->count ? l->count : 1) * sizeof *v);
-    if (!v)
-        return NULL;
-    int32_t next = -1;
-    for (size_t i = l->count; i-- > 0;) {
-        v[i] = next;
-        const pp_action *a = &l->items[i].act;
-        if (a->op == PP_OP_F)
-            next = a->sel == PP_SEL_VERSION ? a->version : -1;
-    }
-    return v;
-}
-
-/* Order of feeding: by start time, ties kept in each stage's own order. */
-typedef struct {
-    double start;
-    int stage;
-    size_t idx;
-} feed_item;
-
-static int feed_cmp(const void *x, const void *y)
-{
-    const feed_item *a = x, *b = y;
-    if (a->start != b->start)
-        return a->start < b->start ? -1 : 1;
-    if (a->stage != b->stage)
-        return a->stage < b->stage ? -1 : 1;
-    return a->idx < b->idx ? -1 : a->idx > b->idx;
-}
-
-int pp_metrics_from_timeline(const pp_timeline *t, const pp_model_desc *model, int recompute,
-                             pp_timeline *mem_out, pp_metrics *out, pp_err *e)
-{
-    size_t n = 0;
-    for (int s = 0; s < t->info.stages; s++)
-        n += t->stage[s].count;
-    feed_item *items = malloc((n ? n : 1) * sizeof *items);
-    if (!items)
-        return pp_errf(e, "out of memory");
-    size_t k = 0;
-    for (int s = 0; s < t->info.stages; s++)
-        for (size_t i = 0; i < t->stage[s].count; i++)
-            items[k++] = (feed_item){t->stage[s].items[i].start, s, i};
-    qsort(items, n, sizeof *items, feed_cmp);
-    int32_t **next_fv = calloc((size_t)t->info.stages, sizeof *next_fv);
-    for (int s = 0; next_fv && s < t->info.stages; s++)
-        next_fv[s] = next_f_versions(&t->stage[s]);
-    pp_metrics_acc acc;
-    int rc = pp_acc_init(&acc, &t->info, model, recompute, mem_out, e);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        pp_timed_action ta = t->stage[items[i].stage].items[items[i].idx];
-        if (ta.act.op == PP_OP_F && backward_stashes(&t->stage[items[i].stage], ta.act.mb))
-            ta.flags |= PP_TA_STASH;
-        ta.next_f_version = next_fv && next_fv[items[i].stage] ? next_fv[items[i].stage][items[i].idx] : -1;
-        rc = pp_acc_action(&acc, items[i].stage, &ta, e);
-    }
-    if (rc == 0)
-        rc = pp_acc_finish(&acc, out, e);
-    if (rc == 0)
-        snprintf(out->unit, sizeof out->unit, "%s", t->unit);
-    pp_acc_free(&acc);
-    for (int s = 0; next_fv && s < t->info.stages; s++)
-        free(next_fv[s]);
-    free(next_fv);
-    free(items);
-    return rc;
+    m->rank = NULL;
 }

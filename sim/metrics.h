@@ -26,13 +26,22 @@ typedef struct {
     long long forwards, backwards, opts;
 } pp_stage_metrics;
 
+/* A rank's share: the device time its stages leave idle and the memory
+ * they hold together (a rank holds the weights of all its stages). With
+ * one stage per rank these equal the stage's figures. */
+typedef struct {
+    double busy, idle, bubble_fraction; /* busy: time any of its stages computes */
+    int peak_inflight;                  /* micro-batches held, all its stages */
+    double peak_memory_bytes;
+} pp_rank_metrics;
+
 typedef struct {
     pp_ir_info info;
     char unit[16];
     double makespan;             /* time units */
     double throughput_mb;        /* micro-batches per time unit */
     double throughput_tokens;    /* tokens per time unit (0 without a model) */
-    double bubble_fraction;      /* idle / (P x makespan) */
+    double bubble_fraction;      /* idle / (R x makespan), R ranks */
     double bubble_megatron;      /* idle / busy (Megatron's convention) */
     int has_steady;              /* 0: too few steps for a steady state */
     double steady_bubble_fraction;
@@ -47,22 +56,25 @@ typedef struct {
     double peak_memory_bytes_max;
     long long actions;
     pp_stage_metrics *stage;     /* info.stages entries */
+    pp_rank_metrics *rank;       /* info.ranks entries */
 } pp_metrics;
 
 void pp_metrics_free(pp_metrics *m);
 
 /* --- the accumulator ------------------------------------------------- */
 typedef struct pp_acc_stage pp_acc_stage;
+typedef struct pp_acc_rank pp_acc_rank;
 
 typedef struct {
     pp_ir_info info;
     pp_acc_stage *st;
+    pp_acc_rank *rk;
     const pp_model_desc *model; /* NULL: no bytes */
     int recompute;
     pp_timeline *timeline;      /* NULL: no memory samples */
     int steady_lo, steady_hi;   /* middle steps [lo, hi) */
     double t_lo, t_hi;
-    double *busy_lo, *busy_hi;  /* per-stage busy time before t_lo / t_hi */
+    double *busy_lo, *busy_hi;  /* per-rank busy time before t_lo / t_hi */
     int seen_lo, seen_hi;
     double last_start;
     long long actions;

@@ -24,6 +24,11 @@ static inline void *pp_ring_get(const pp_ring *r, int32_t key)
     uint32_t i = (uint32_t)key & r->mask;
     return r->keys[i] == key ? r->vals + i * r->vsize : NULL;
 }
+/* Whether key is there (for payload-less tables, where get says NULL). */
+static inline int pp_ring_has(const pp_ring *r, int32_t key)
+{
+    return r->keys[(uint32_t)key & r->mask] == key;
+}
 /* Inserts key or returns the existing payload; NULL only when out of
  * memory. *fresh tells which; a fresh payload is uninitialised (callers
  * fill it: zeroing here cost 7% of a simulation). */
