@@ -62,7 +62,7 @@ typedef struct {
     uint64_t finished; /* actions finished, for cfg->progress */
 } engine;
 
-static int schedule(engine *g, double t, int kind, int where, int mb, pp_err *e)
+static inline int schedule(engine *g, double t, int kind, int where, int mb, pp_err *e)
 {
     if (pp_eq_push(&g->q, make_event(t, kind, where, mb)) < 0)
         return pp_errf(e, "out of memory");
@@ -84,6 +84,8 @@ static int fetch_head(engine *g, int r, pp_err *e)
             return pp_errf(e, "rank %d: an overlapped action is the rank's last", r);
         rk->nhead = 2;
     }
+    if (!pp_multi_stage(g->info)) /* the stream set the stage to the rank */
+        return 0;
     for (int k = 0; k < rk->nhead; k++) {
         const pp_action *a = &rk->head[k];
         if (a->op != PP_OP_BARRIER &&
@@ -106,9 +108,13 @@ static pp_ring *input_of(engine *g, const pp_action *a)
 }
 
 /* Whether every head action's input is here; consumes them if so. */
-static int inputs_ready(engine *g, int r)
+static inline __attribute__((always_inline)) int inputs_ready(engine *g, int r)
 {
     rank_state *rk = &g->rk[r];
+    if (rk->nhead == 1) {
+        pp_ring *need = input_of(g, &rk->head[0]);
+        return !need || pp_ring_take(need, rk->head[0].mb);
+    }
     for (int k = 0; k < rk->nhead; k++) {
         pp_ring *need = input_of(g, &rk->head[k]);
         if (need && !pp_ring_has(need, rk->head[k].mb))
@@ -160,14 +166,12 @@ static int start_action(engine *g, int r, double now, pp_err *e)
     if (rk->nhead == 2)
         d = pp_cost_overlap(g->cfg->cost, d, action_time(g, &rk->head[1], now));
     rk->ncur = rk->nhead;
-    for (int k = 0; k < rk->ncur; k++)
-        if (record(g, &rk->cur[k], &rk->head[k], now, now + d, e) < 0)
-            return -1;
+    if (record(g, &rk->cur[0], &rk->head[0], now, now + d, e) < 0 ||
+        (rk->ncur == 2 && record(g, &rk->cur[1], &rk->head[1], now, now + d, e) < 0))
+        return -1;
     rk->busy = 1;
     return schedule(g, now + d, EV_END, r, 0, e);
 }
-
-static int try_start(engine *g, int r, double now, pp_err *e);
 
 /* A barrier starts on every rank once the last one reaches it. */
 static int try_barrier(engine *g, int r, double now, pp_err *e)
@@ -187,7 +191,10 @@ static int try_barrier(engine *g, int r, double now, pp_err *e)
     return 0;
 }
 
-static int try_start(engine *g, int r, double now, pp_err *e)
+/* Inlined into its two callers: it runs twice per action and mostly finds
+ * the rank busy or its input missing. */
+static inline __attribute__((always_inline)) int try_start(engine *g, int r, double now,
+                                                           pp_err *e)
 {
     rank_state *rk = &g->rk[r];
     if (rk->busy || rk->nhead == 0)
