@@ -38,7 +38,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "sim_bench: error: bad sizes\n");
         return 2;
     }
-    pp_gen_opts o = {P, m, (int)(total / m), 0};
+    pp_gen_opts o = {P, m, (int)(total / m), 0, 0};
     pp_err e;
     pp_cost cost;
     if (pp_cost_init(&cost, P, &e) < 0) {

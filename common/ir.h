@@ -205,10 +205,13 @@ int pp_schedule_write_json(const pp_schedule *s, FILE *f, pp_err *e);
 int pp_schedule_save_json(const pp_schedule *s, const char *path, pp_err *e);
 int pp_schedule_parse_json(const char *text, pp_schedule *out, pp_err *e);
 int pp_schedule_load_json(const char *path, pp_schedule *out, pp_err *e);
-/* PyTorch torch.distributed.pipelining compute-only CSV (one row per rank,
- * cells "0F1", "1B0", "1I0", "1W0", empty = idle). Micro-batches per step
- * default to the number of micro-batches found; an OPT is appended per
- * stage so the schedule is one optimizer step. */
+/* PyTorch torch.distributed.pipelining CSV, either dump format (one row
+ * per rank; cells "0F1", "1B0", "1I0", "1W0", overlapped
+ * "(0F2;1B0)OVERLAP_F_B", empty = idle, bookkeeping and communication
+ * cells skipped; ir_pytorch_csv.c has the grammar). The placement (one
+ * per rank, looped or V) is read off which row runs which stage.
+ * Micro-batches per step default to the number found; an OPT per stage
+ * ends its rank's list, so the schedule is one optimizer step. */
 int pp_schedule_parse_pytorch_csv(const char *text, pp_schedule *out, pp_err *e);
 int pp_schedule_load_pytorch_csv(const char *path, pp_schedule *out, pp_err *e);
 /* The compute-only CSV PyTorch's _load_csv reads (ir_pytorch_csv_write.c):

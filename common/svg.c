@@ -1,6 +1,8 @@
-/* SVG timeline in the style of a paper figure: one row per stage, a box per
- * action coloured by kind and shaded by micro-batch, a time axis and a
- * legend. Streamed, so it scales with the number of actions. */
+/* SVG timeline in the style of a paper figure: one row per rank (a stage
+ * per rank: per stage), a box per action coloured by kind and shaded by
+ * micro-batch (several stages per rank: coloured by the rank's chunk and
+ * shaded by kind, an overlapped pair split in two halves), a time axis and
+ * a legend. Streamed, so it scales with the number of actions. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,16 @@ static const char *const palette[PP_OP_COUNT][SHADES] = {
 };
 #define IDLE_FILL "#ececec"
 
+/* Several stages per rank: a hue per chunk (the rank's first, second, ...
+ * stage), F light, B and I dark, W between. */
+#define CHUNK_HUES 4
+static const char *const chunk_palette[CHUNK_HUES][PP_OP_COUNT] = {
+    {"#80aee6", "#2f62a8", "#2f62a8", "#4f86cc", "#8b0000", "#444444"},
+    {"#f0b070", "#b0560f", "#b0560f", "#e08a3c", "#8b0000", "#444444"},
+    {"#7cc796", "#2a7d4f", "#2a7d4f", "#43a36b", "#8b0000", "#444444"},
+    {"#b39ddb", "#5a3f8c", "#5a3f8c", "#8d70bf", "#8b0000", "#444444"},
+};
+
 typedef struct {
     double t0, t1;  /* time range drawn */
     double scale;   /* pixels per time unit */
@@ -39,6 +51,8 @@ typedef struct {
     int label_boxes; /* few enough actions for text inside boxes */
     int outline;     /* boxes wide enough to separate with white edges */
     int has_split, has_opt, has_barrier;
+    int multi;       /* several stages per rank: rows are ranks */
+    int rows;
 } layout;
 
 /* XML text or attribute value. */
@@ -119,7 +133,8 @@ static void make_layout(const pp_timeline *t, layout *L)
     double w = typ > 0 ? span / typ * PX_PER_TYPICAL : MIN_PLOT_W;
     L->plot_w = w < MIN_PLOT_W ? MIN_PLOT_W : w > MAX_PLOT_W ? MAX_PLOT_W : w;
     L->scale = L->plot_w / span;
-    int P = t->info.stages;
+    L->multi = pp_multi_stage(&t->info);
+    int P = L->rows = t->info.ranks;
     L->row_h = P <= 16 ? 26.0 : fmax(6.0, 416.0 / P);
     L->row_gap = L->row_h >= 20 ? 6.0 : 2.0;
     L->width = LEFT + L->plot_w + RIGHT;
@@ -155,27 +170,33 @@ static void title_line(FILE *f, const pp_timeline *t, const layout *L)
     fprintf(f, "<text x=\"%.1f\" y=\"24\" font-size=\"15\" font-weight=\"bold\">", LEFT);
     xml_str(f, in->name[0] ? in->name : "schedule");
     fprintf(f, "</text>\n<text x=\"%.1f\" y=\"24\" font-size=\"13\" text-anchor=\"end\" "
-               "fill=\"#444\">P = %d, m = %d, steps = %d, ",
-            L->width - RIGHT, in->stages, in->microbatches_per_step, in->steps);
+               "fill=\"#444\">",
+            L->width - RIGHT);
+    if (L->multi)
+        fprintf(f, "R = %d, V = %d (%s), ", in->ranks, in->stages / in->ranks,
+                pp_place_name(in->placement));
+    else
+        fprintf(f, "P = %d, ", in->stages);
+    fprintf(f, "m = %d, steps = %d, ", in->microbatches_per_step, in->steps);
     xml_str(f, t->source);
     fputs("</text>\n", f);
 }
 
-static void stage_rows(FILE *f, const pp_timeline *t, const layout *L)
+static void stage_rows(FILE *f, const layout *L)
 {
-    for (int s = 0; s < t->info.stages; s++) {
+    for (int s = 0; s < L->rows; s++) {
         double y = row_y(L, s);
         fprintf(f, "<rect x=\"%.1f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\"/>\n",
                 LEFT, y, L->plot_w, L->row_h, IDLE_FILL);
         fprintf(f, "<text x=\"%.1f\" y=\"%.2f\" font-size=\"%.0f\" text-anchor=\"end\" "
-                   "dominant-baseline=\"central\">stage %d</text>\n",
-                LEFT - 8, y + L->row_h / 2, fmin(12.0, L->row_h), s);
+                   "dominant-baseline=\"central\">%s %d</text>\n",
+                LEFT - 8, y + L->row_h / 2, fmin(12.0, L->row_h), L->multi ? "rank" : "stage", s);
     }
 }
 
 static void time_axis(FILE *f, const pp_timeline *t, const layout *L)
 {
-    double y = row_y(L, t->info.stages) - L->row_gap + 4, span = L->t1 - L->t0;
+    double y = row_y(L, t->info.ranks) - L->row_gap + 4, span = L->t1 - L->t0;
     double step = tick_step(span);
     fprintf(f, "<g stroke=\"#333\" stroke-width=\"1\">\n<line x1=\"%.1f\" y1=\"%.2f\" "
                "x2=\"%.2f\" y2=\"%.2f\"/>\n",
@@ -201,6 +222,16 @@ static const char *shade(int op, int mb)
     return palette[op][mb >= 0 ? mb % SHADES : 0];
 }
 
+/* The fill of an action: by kind and micro-batch, or with several stages
+ * per rank by its chunk (stage / R: 0 for a rank's first stage) and kind. */
+static const char *fill_of(const pp_timeline *t, const layout *L, const pp_timed_action *a)
+{
+    int op = a->act.op;
+    if (!L->multi || op < 0 || op >= PP_OP_COUNT)
+        return shade(op, a->act.mb);
+    return chunk_palette[(a->act.stage / t->info.ranks) % CHUNK_HUES][op];
+}
+
 /* Hover text, e.g. "B3 stage 1 v1 (F v0, drift 1) [4, 6]". */
 static void tooltip(FILE *f, const pp_timed_action *a, int s, const int32_t *fv, size_t nfv)
 {
@@ -217,14 +248,20 @@ static void tooltip(FILE *f, const pp_timed_action *a, int s, const int32_t *fv,
 }
 
 /* The box of one action; OPT and BARRIER get a narrow mark even at zero
- * duration so they stay visible. */
-static void action_box(FILE *f, const layout *L, const pp_timed_action *a, int s,
-                       const int32_t *fv, size_t nfv)
+ * duration so they stay visible; the halves of an overlapped pair share
+ * the row, the forward on top. */
+static void action_box(FILE *f, const pp_timeline *t, const layout *L, const pp_timed_action *a,
+                       int s, const int32_t *fv, size_t nfv)
 {
     int op = a->act.op;
     double x = x_of(L, isfinite(a->start) ? a->start : L->t0);
     double w = (isfinite(a->end - a->start) ? a->end - a->start : 0) * L->scale;
-    double y = row_y(L, s), h = L->row_h;
+    double y = row_y(L, pp_stage_rank(&t->info, s)), h = L->row_h;
+    if (a->flags & PP_TA_OVERLAP) {
+        h /= 2;
+        if (op != PP_OP_F)
+            y += h;
+    }
     if (op == PP_OP_OPT) {
         w = fmax(w, L->mark_w);
         y -= 2;
@@ -237,7 +274,7 @@ static void action_box(FILE *f, const layout *L, const pp_timed_action *a, int s
         w = fmax(w, 0.4);
     }
     fprintf(f, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\">", x, y, w,
-            h, shade(op, a->act.mb));
+            h, fill_of(t, L, a));
     tooltip(f, a, s, fv, nfv);
     fputs("</rect>\n", f);
     if (!L->label_boxes || a->act.mb < 0 || op == PP_OP_OPT || op == PP_OP_BARRIER)
@@ -246,8 +283,8 @@ static void action_box(FILE *f, const layout *L, const pp_timed_action *a, int s
     int len = snprintf(num, sizeof num, "%d", a->act.mb);
     if (w < len * 7.0 + 4.0)
         return;
-    /* Dark text on the lightest shade, white on the others. */
-    int light = a->act.mb % SHADES == SHADES - 1;
+    /* Dark text on the lightest shade (a chunk's forward), white on the others. */
+    int light = L->multi ? op == PP_OP_F : a->act.mb % SHADES == SHADES - 1;
     fprintf(f, "<text x=\"%.2f\" y=\"%.2f\" stroke=\"none\" fill=\"%s\">%s</text>\n", x + w / 2, y + h / 2,
             light ? "#111" : "#fff", num);
 }
@@ -260,7 +297,7 @@ static int stage_actions(FILE *f, const pp_timeline *t, const layout *L, int s)
         return -1;
     const pp_timed_list *l = &t->stage[s];
     for (size_t i = 0; i < l->count; i++)
-        action_box(f, L, &l->items[i], s, fv, nfv);
+        action_box(f, t, L, &l->items[i], s, fv, nfv);
     free(fv);
     return 0;
 }
@@ -274,10 +311,31 @@ static void legend_item(FILE *f, double *x, double y, const char *fill, double w
     *x += w + 5 + 7.0 * (double)strlen(label) + 18;
 }
 
-static void legend(FILE *f, const layout *L)
+/* Several stages per rank: a hue per chunk, light forward, dark backward. */
+static void chunk_legend(FILE *f, const pp_timeline *t, double *x, double y)
+{
+    int V = t->info.stages / t->info.ranks;
+    for (int v = 0; v < V && v < CHUNK_HUES; v++) {
+        char label[48];
+        snprintf(label, sizeof label, "chunk %d F", v);
+        legend_item(f, x, y, chunk_palette[v][PP_OP_F], 12, label);
+        snprintf(label, sizeof label, "B/I");
+        legend_item(f, x, y, chunk_palette[v][PP_OP_B], 12, label);
+    }
+    legend_item(f, x, y, chunk_palette[0][PP_OP_W], 12, "W (chunk 0)");
+}
+
+static void legend(FILE *f, const pp_timeline *t, const layout *L)
 {
     double x = LEFT, y = L->height - LEGEND_H / 2;
     fputs("<g font-size=\"12\" dominant-baseline=\"central\">\n", f);
+    if (L->multi) {
+        chunk_legend(f, t, &x, y);
+        legend_item(f, &x, y, palette[PP_OP_OPT][0], 3, "OPT");
+        legend_item(f, &x, y, IDLE_FILL, 16, "idle");
+        fputs("</g>\n", f);
+        return;
+    }
     legend_item(f, &x, y, palette[PP_OP_F][0], 16, "F forward");
     legend_item(f, &x, y, palette[PP_OP_B][0], 16, "B backward");
     if (L->has_split) {
@@ -300,7 +358,7 @@ static int write_svg(FILE *f, const pp_timeline *t)
             L.width, L.height, L.width, L.height);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
     title_line(f, t, &L);
-    stage_rows(f, t, &L);
+    stage_rows(f, &L);
     /* Thin white outlines separate neighbouring boxes when they are wide. */
     fprintf(f, "<g stroke=\"#fff\" stroke-width=\"%s\" font-size=\"10\" text-anchor=\"middle\" "
                "dominant-baseline=\"central\">\n",
@@ -310,7 +368,7 @@ static int write_svg(FILE *f, const pp_timeline *t)
             return -1;
     fputs("</g>\n", f);
     time_axis(f, t, &L);
-    legend(f, &L);
+    legend(f, t, &L);
     fputs("</svg>\n", f);
     return 0;
 }

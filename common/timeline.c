@@ -12,6 +12,8 @@ int pp_timeline_init(pp_timeline *t, const pp_ir_info *info, pp_err *e)
     if (info->stages < 1)
         return pp_errf(e, "timeline needs at least 1 stage, got %d", info->stages);
     t->info = *info;
+    if (pp_info_check_placement(&t->info, e) < 0)
+        return -1;
     snprintf(t->source, sizeof t->source, "simulated");
     snprintf(t->unit, sizeof t->unit, "units");
     t->us_per_unit = 1000.0; /* one unit shown as one millisecond */

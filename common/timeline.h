@@ -14,6 +14,9 @@
  * that version alive from the forward on (the weight-copy count needs to
  * know at forward time). */
 #define PP_TA_STASH 1
+/* One half of an overlapped pair: it ran at once with the rank's other
+ * action of the same interval (the SVG splits their box). */
+#define PP_TA_OVERLAP 2
 
 typedef struct {
     pp_action act;

@@ -1,9 +1,11 @@
 /* Chrome Trace Event JSON (DESIGN §5), streamed with fprintf so a trace of
  * millions of actions costs linear time and no tree in memory.
  *
- * One process per stage: its compute thread (tid 0), then one thread per
- * link and direction it uses: "send to stage p" (tid 1 + 2p) and "recv
- * from stage p" (tid 2 + 2p). A link moves one message at a time, so the
+ * One process per rank (named "stage s" with one stage per rank): its
+ * compute thread (tid 0), with the stage named on every slice, then one
+ * thread per link and direction it uses: "send to rank p" (tid 1 + 2p) and
+ * "recv from rank p" (tid 2 + 2p); messages between stages of one rank use
+ * no link. A link moves one message at a time, so the
  * slices of one thread never overlap, and the flow arrow of a transfer,
  * bound to the slice around its mid-point on its sender's and receiver's
  * link threads, finds that transfer's slice and no other (two links'
@@ -121,16 +123,23 @@ static int track_cmp(const void *a, const void *b)
     return (x->tid > y->tid) - (x->tid < y->tid);
 }
 
-/* Every stage's process and compute thread, and the link threads its
+/* The process of a stage's rank. */
+static int rank_of(const pp_timeline *t, int stage)
+{
+    return pp_stage_rank(&t->info, stage);
+}
+
+/* Every rank's process and compute thread, and the link threads its
  * transfers use, each once. -1 when out of memory. */
 static int metadata(FILE *f, int *first, const pp_timeline *t)
 {
-    for (int s = 0; s < t->info.stages; s++) {
+    const char *unit = pp_multi_stage(&t->info) ? "rank" : "stage";
+    for (int r = 0; r < t->info.ranks; r++) {
         char name[32];
-        snprintf(name, sizeof name, "stage %d", s);
-        meta(f, first, "process_name", s, 0, "name", name, 0);
-        meta(f, first, "process_sort_index", s, 0, "sort_index", NULL, s);
-        thread_metadata(f, first, s, TID_COMPUTE, "compute");
+        snprintf(name, sizeof name, "%s %d", unit, r);
+        meta(f, first, "process_name", r, 0, "name", name, 0);
+        meta(f, first, "process_sort_index", r, 0, "sort_index", NULL, r);
+        thread_metadata(f, first, r, TID_COMPUTE, "compute");
     }
     track *k = malloc((2 * t->ntransfers + 1) * sizeof *k);
     if (!k)
@@ -138,8 +147,9 @@ static int metadata(FILE *f, int *first, const pp_timeline *t)
     size_t n = 0;
     for (size_t i = 0; i < t->ntransfers; i++) {
         const pp_transfer *x = &t->transfers[i];
-        k[n++] = (track){x->src, tid_send_to(x->dst)};
-        k[n++] = (track){x->dst, tid_recv_from(x->src)};
+        int from = rank_of(t, x->src), to = rank_of(t, x->dst);
+        k[n++] = (track){from, tid_send_to(to)};
+        k[n++] = (track){to, tid_recv_from(from)};
     }
     qsort(k, n, sizeof *k, track_cmp);
     for (size_t i = 0; i < n; i++) {
@@ -147,7 +157,7 @@ static int metadata(FILE *f, int *first, const pp_timeline *t)
             continue;
         char name[48];
         int peer = (k[i].tid - 1) / 2;
-        snprintf(name, sizeof name, k[i].tid % 2 ? "send to stage %d" : "recv from stage %d",
+        snprintf(name, sizeof name, k[i].tid % 2 ? "send to %s %d" : "recv from %s %d", unit,
                  peer);
         thread_metadata(f, first, k[i].pid, k[i].tid, name);
     }
@@ -161,13 +171,16 @@ static const char *op_cat(int op)
     return op >= 0 && op < PP_OP_COUNT ? cats[op] : "?";
 }
 
-/* The action's args: micro-batch, version, and drift for backwards. */
-static void action_args(FILE *f, const pp_timed_action *a, const int32_t *fv, size_t nfv)
+/* The action's args: stage, micro-batch, version, and drift for
+ * backwards. */
+static void action_args(FILE *f, const pp_timeline *t, const pp_timed_action *a,
+                        const int32_t *fv, size_t nfv)
 {
     char text[32];
-    pp_action_format(a->act, text, sizeof text);
+    pp_action_format_in(&t->info, a->act, text, sizeof text);
     fputs(",\"args\":{\"action\":", f);
     json_str(f, text);
+    fprintf(f, ",\"stage\":%d", (int)a->act.stage);
     int op = a->act.op, mb = a->act.mb;
     if (mb >= 0)
         fprintf(f, ",\"microbatch\":%d", mb);
@@ -198,14 +211,14 @@ static int stage_actions(FILE *f, int *first, const pp_timeline *t, int s)
         bare.sel = PP_SEL_LATEST;
         bare.version = 0;
         char name[32];
-        pp_action_format(bare, name, sizeof name);
+        pp_action_format_in(&t->info, bare, name, sizeof name);
         sep(f, first);
         fputs("{\"name\":", f);
         json_str(f, name);
-        fprintf(f, ",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d", op_cat(a->act.op), s,
-                TID_COMPUTE);
+        fprintf(f, ",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d", op_cat(a->act.op),
+                rank_of(t, s), TID_COMPUTE);
         put_span(f, a->start, a->end, t);
-        action_args(f, a, fv, nfv);
+        action_args(f, t, a, fv, nfv);
         fputc('}', f);
     }
     free(fv);
@@ -220,14 +233,18 @@ static void transfer_side(FILE *f, int *first, const pp_timeline *t, const pp_tr
 {
     char name[32];
     snprintf(name, sizeof name, "%s%d", x->is_grad ? "grad" : "act", x->mb);
-    int pid = sender ? x->src : x->dst;
-    int tid = sender ? tid_send_to(x->dst) : tid_recv_from(x->src);
+    int from = rank_of(t, x->src), to = rank_of(t, x->dst);
+    int pid = sender ? from : to;
+    int tid = sender ? tid_send_to(to) : tid_recv_from(from);
     sep(f, first);
     fprintf(f, "{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d", name,
             sender ? "send" : "recv", pid, tid);
     put_span(f, x->start, x->end, t);
-    fprintf(f, ",\"args\":{\"microbatch\":%d,\"kind\":\"%s\",\"from\":%d,\"to\":%d}}", x->mb,
+    fprintf(f, ",\"args\":{\"microbatch\":%d,\"kind\":\"%s\",\"from\":%d,\"to\":%d", x->mb,
             x->is_grad ? "gradient" : "activation", x->src, x->dst);
+    if (pp_multi_stage(&t->info))
+        fprintf(f, ",\"from_rank\":%d,\"to_rank\":%d", from, to);
+    fputs("}}", f);
     sep(f, first);
     fprintf(f, "{\"name\":\"%s\",\"cat\":\"flow\",\"ph\":\"%s\",\"id\":%zu,\"pid\":%d,\"tid\":%d%s",
             name, sender ? "s" : "f", id, pid, tid, sender ? "" : ",\"bp\":\"e\"");
@@ -235,18 +252,24 @@ static void transfer_side(FILE *f, int *first, const pp_timeline *t, const pp_tr
     fputc('}', f);
 }
 
+/* Counters per stage on its rank's process ("memory", or "memory s1"
+ * where a rank holds several stages). */
 static void memory_counters(FILE *f, int *first, const pp_timeline *t, int s)
 {
     const pp_mem_list *l = &t->mem[s];
+    char suffix[16] = "";
+    if (pp_multi_stage(&t->info))
+        snprintf(suffix, sizeof suffix, " s%d", s);
+    int pid = rank_of(t, s);
     for (size_t i = 0; i < l->count; i++) {
         const pp_mem_sample *m = &l->items[i];
         sep(f, first);
-        fprintf(f, "{\"name\":\"memory\",\"ph\":\"C\",\"pid\":%d,\"tid\":0", s);
+        fprintf(f, "{\"name\":\"memory%s\",\"ph\":\"C\",\"pid\":%d,\"tid\":0", suffix, pid);
         put_us(f, "ts", m->t, t);
         fprintf(f, ",\"args\":{\"bytes_GiB\":%.6g,\"inflight\":%d}}",
                 finite_or_0(m->bytes) / (1024.0 * 1024.0 * 1024.0), m->inflight);
         sep(f, first);
-        fprintf(f, "{\"name\":\"weights\",\"ph\":\"C\",\"pid\":%d,\"tid\":0", s);
+        fprintf(f, "{\"name\":\"weights%s\",\"ph\":\"C\",\"pid\":%d,\"tid\":0", suffix, pid);
         put_us(f, "ts", m->t, t);
         fprintf(f, ",\"args\":{\"version\":%d,\"copies\":%d}}", m->version, m->copies);
     }
@@ -262,9 +285,10 @@ static void other_data(FILE *f, const pp_timeline *t)
     fputs(",\"time_unit\":", f);
     json_str(f, t->unit);
     fprintf(f, ",\"us_per_unit\":%.17g", finite_or_0(t->us_per_unit));
-    fprintf(f, ",\"stages\":%d,\"microbatches_per_step\":%d,\"steps\":%d,"
-               "\"total_microbatches\":%d",
-            in->stages, in->microbatches_per_step, in->steps, in->total_microbatches);
+    fprintf(f, ",\"stages\":%d,\"ranks\":%d,\"placement\":\"%s\",\"microbatches_per_step\":%d,"
+               "\"steps\":%d,\"total_microbatches\":%d",
+            in->stages, in->ranks, pp_place_name(in->placement), in->microbatches_per_step,
+            in->steps, in->total_microbatches);
     fputs(",\"params\":{", f);
     for (int i = 0; i < in->nparams; i++) {
         fputs(i ? "," : "", f);

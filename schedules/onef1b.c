@@ -29,7 +29,7 @@ int pp_gen_info(const char *name, int stages, int m, int steps, pp_ir_info *info
         return pp_errf(e, "%d micro-batches x %d steps is too many", m, steps);
     memset(info, 0, sizeof *info);
     snprintf(info->name, sizeof info->name, "%s", name);
-    info->stages = stages;
+    info->stages = info->ranks = stages; /* one stage per rank */
     info->microbatches_per_step = m;
     info->steps = steps;
     info->total_microbatches = m * steps;

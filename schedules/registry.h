@@ -9,16 +9,19 @@
 #include "ir.h"
 
 typedef struct {
-    int stages;       /* P */
+    int stages;       /* P, or R (ranks) for the generators with chunks */
     int microbatches; /* m per step (PACI's accumulation factor a) */
     int steps;        /* S */
     int recompute;    /* PACI: store only stage inputs, recompute in backward */
+    int chunks;       /* V stages per rank (R*V stages) where a generator takes it
+                         (chunked below); 0 = its default, 2 */
 } pp_gen_opts;
 
 typedef struct {
     const char *name;
     const char *description;
     const char *parameters; /* for `ppsim list` */
+    int chunked;            /* reads pp_gen_opts.chunks (else one stage per rank) */
     int (*open)(const pp_gen_opts *o, pp_stream **out, pp_err *e);
 } pp_generator;
 
@@ -29,7 +32,8 @@ const pp_generator *pp_generator_find(const char *name);
 const char *pp_generator_names(void);
 
 /* Opens the named generator; errors name an unknown schedule or a bad
- * option (for example PipeDream-2BW with m < P, saying why). */
+ * option (for example PipeDream-2BW with m < P, saying why, or chunks for
+ * a schedule with one stage per rank). */
 int pp_generate(const char *name, const pp_gen_opts *o, pp_stream **out, pp_err *e);
 /* The same, drained into a whole schedule. */
 int pp_generate_schedule(const char *name, const pp_gen_opts *o, pp_schedule *out,
@@ -41,5 +45,12 @@ int pp_gen_1f1b_flush(const pp_gen_opts *o, pp_stream **out, pp_err *e);
 int pp_gen_pipedream(const pp_gen_opts *o, pp_stream **out, pp_err *e);
 int pp_gen_pipedream_2bw(const pp_gen_opts *o, pp_stream **out, pp_err *e);
 int pp_gen_paci(const pp_gen_opts *o, pp_stream **out, pp_err *e);
+/* Synchronous schedules with several stages per rank or a split backward
+ * (schedules/step_order.h): o->stages is the number of ranks R. */
+int pp_gen_interleaved_1f1b(const pp_gen_opts *o, pp_stream **out, pp_err *e);
+int pp_gen_looped_bfs(const pp_gen_opts *o, pp_stream **out, pp_err *e);
+int pp_gen_zb_h1(const pp_gen_opts *o, pp_stream **out, pp_err *e);
+int pp_gen_zbv(const pp_gen_opts *o, pp_stream **out, pp_err *e);
+int pp_gen_dualpipev(const pp_gen_opts *o, pp_stream **out, pp_err *e);
 
 #endif

@@ -136,12 +136,12 @@ static double action_time(engine *g, const pp_action *a, double now)
 
 /* Opens one timed action of the rank (the hints, metrics and timeline). */
 static int record(engine *g, pp_timed_action *ta, const pp_action *a, double now, double end,
-                  pp_err *e)
+                  int overlapped, pp_err *e)
 {
     stage_state *st = &g->st[a->stage];
     ta->act = *a;
     ta->version = 0;
-    ta->flags = 0;
+    ta->flags = overlapped ? PP_TA_OVERLAP : 0;
     ta->start = now;
     ta->end = end;
     if (a->op == PP_OP_F && g->src->stashes && g->src->stashes(g->src, a->stage, a->mb))
@@ -166,8 +166,8 @@ static int start_action(engine *g, int r, double now, pp_err *e)
     if (rk->nhead == 2)
         d = pp_cost_overlap(g->cfg->cost, d, action_time(g, &rk->head[1], now));
     rk->ncur = rk->nhead;
-    if (record(g, &rk->cur[0], &rk->head[0], now, now + d, e) < 0 ||
-        (rk->ncur == 2 && record(g, &rk->cur[1], &rk->head[1], now, now + d, e) < 0))
+    if (record(g, &rk->cur[0], &rk->head[0], now, now + d, rk->ncur == 2, e) < 0 ||
+        (rk->ncur == 2 && record(g, &rk->cur[1], &rk->head[1], now, now + d, 1, e) < 0))
         return -1;
     rk->busy = 1;
     return schedule(g, now + d, EV_END, r, 0, e);
@@ -266,6 +266,7 @@ static int on_end(engine *g, int r, double now, pp_err *e)
 {
     rank_state *rk = &g->rk[r];
     rk->busy = 0;
+    rk->nhead = 0; /* finished: a hand-over to a stage of this rank must not restart it */
     for (int k = 0; k < rk->ncur; k++) {
         if (g->cfg->progress && (++g->finished & ((1u << 20) - 1)) == 0)
             g->cfg->progress(g->cfg->progress_ctx, g->finished, total_actions(g->info));

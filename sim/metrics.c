@@ -44,13 +44,11 @@ static pp_acc_rank *rank_of(pp_metrics_acc *a, int stage)
     return &a->rk[pp_stage_rank(&a->info, stage)];
 }
 
-/* The sum of the rank's stages' bytes (summed afresh, so that one stage
- * per rank gives the stage's figure to the last bit). */
+/* The sum of the rank's stages' bytes (several stages per rank). */
 static double rank_bytes(const pp_metrics_acc *a, int r)
 {
     const pp_ir_info *in = &a->info;
     switch (in->placement) {
-    case PP_PLACE_ONE: return a->st[r].bytes;
     case PP_PLACE_V: return a->st[r].bytes + a->st[2 * in->ranks - 1 - r].bytes;
     default: {
         double b = 0;
@@ -98,10 +96,10 @@ static double stage_bytes(const pp_metrics_acc *a, const pp_acc_stage *s, int in
 static inline int note_memory(pp_metrics_acc *a, int stage, double t, int in_backward)
 {
     pp_acc_stage *s = &a->st[stage];
-    pp_acc_rank *rk = rank_of(a, stage);
+    pp_acc_rank *rk = a->multi ? rank_of(a, stage) : NULL;
     if (s->inflight > s->m.peak_inflight)
         s->m.peak_inflight = s->inflight;
-    if (rk->inflight > rk->m.peak_inflight)
+    if (rk && rk->inflight > rk->m.peak_inflight)
         rk->m.peak_inflight = rk->inflight;
     if (!a->model && !a->timeline) /* summary without bytes: only the count */
         return 0;
@@ -109,9 +107,11 @@ static inline int note_memory(pp_metrics_acc *a, int stage, double t, int in_bac
     if (bytes > s->m.peak_memory_bytes)
         s->m.peak_memory_bytes = bytes;
     s->bytes = bytes;
-    rk->bytes = rank_bytes(a, pp_stage_rank(&a->info, stage));
-    if (rk->bytes > rk->m.peak_memory_bytes)
-        rk->m.peak_memory_bytes = rk->bytes;
+    if (rk) {
+        rk->bytes = rank_bytes(a, pp_stage_rank(&a->info, stage));
+        if (rk->bytes > rk->m.peak_memory_bytes)
+            rk->m.peak_memory_bytes = rk->bytes;
+    }
     if (!a->timeline)
         return 0;
     pp_mem_sample ms = {t, s->inflight, s->copies, s->version, 0, bytes};
@@ -131,6 +131,7 @@ int pp_acc_init(pp_metrics_acc *a, const pp_ir_info *info, const pp_model_desc *
         return -1;
     }
     int P = info->stages, R = a->info.ranks;
+    a->multi = pp_multi_stage(&a->info);
     a->st = calloc((size_t)P, sizeof *a->st);
     a->rk = calloc((size_t)R, sizeof *a->rk);
     a->busy_lo = calloc((size_t)R, sizeof *a->busy_lo);
@@ -177,13 +178,16 @@ void pp_acc_free(pp_metrics_acc *a)
     memset(a, 0, sizeof *a);
 }
 
+static double busy_before(double busy, double last_end, double t)
+{
+    return busy - (last_end > t ? last_end - t : 0.0);
+}
+
 static void snapshot_busy(pp_metrics_acc *a, double t, double *dst)
 {
-    for (int i = 0; i < a->info.ranks; i++) {
-        const pp_acc_rank *s = &a->rk[i];
-        double overhang = s->last_end > t ? s->last_end - t : 0.0;
-        dst[i] = s->busy - overhang;
-    }
+    for (int i = 0; i < a->info.ranks; i++)
+        dst[i] = a->multi ? busy_before(a->rk[i].busy, a->rk[i].last_end, t)
+                          : busy_before(a->st[i].busy, a->st[i].last_end, t);
 }
 
 static void watch_steady(pp_metrics_acc *a, const pp_timed_action *ta)
@@ -235,7 +239,8 @@ static int on_forward(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err 
     ta->version = v;
     s->m.forwards++;
     s->inflight++;
-    rank_of(a, stage)->inflight++;
+    if (a->multi)
+        rank_of(a, stage)->inflight++;
     if (stage == 0)
         watch_steady(a, ta);
     return note_memory(a, stage, ta->start, 0);
@@ -299,7 +304,8 @@ static int on_backward_weight(pp_metrics_acc *a, int stage, pp_timed_action *ta,
         return -1;
     pp_ring_del(&s->mbs, mb);
     s->inflight--;
-    rank_of(a, stage)->inflight--;
+    if (a->multi)
+        rank_of(a, stage)->inflight--;
     return note_memory(a, stage, ta->end, 0);
 }
 
@@ -395,13 +401,14 @@ int pp_acc_action(pp_metrics_acc *a, int stage, pp_timed_action *ta, pp_err *e)
     s->busy += ta->end - ta->start;
     if (ta->end > s->last_end)
         s->last_end = ta->end;
-    /* actions come in start order, so the rank's union grows at its end */
-    pp_acc_rank *rk = rank_of(a, stage);
-    double from = ta->start > rk->last_end ? ta->start : rk->last_end;
-    if (ta->end > from)
-        rk->busy += ta->end - from;
-    if (ta->end > rk->last_end)
-        rk->last_end = ta->end;
+    if (a->multi) { /* start order: the rank's union of intervals grows at its end */
+        pp_acc_rank *rk = rank_of(a, stage);
+        double from = ta->start > rk->last_end ? ta->start : rk->last_end;
+        if (ta->end > from)
+            rk->busy += ta->end - from;
+        if (ta->end > rk->last_end)
+            rk->last_end = ta->end;
+    }
     a->actions++;
     return 0;
 }
@@ -432,12 +439,19 @@ static void finish_stage(const pp_metrics_acc *a, pp_acc_stage *s, double makesp
     (void)a;
 }
 
+/* With one stage per rank the rank's figures are its stage's. */
 static void finish_ranks(const pp_metrics_acc *a, pp_metrics *out)
 {
     for (int r = 0; r < a->info.ranks; r++) {
         pp_rank_metrics *m = &out->rank[r];
-        *m = a->rk[r].m;
-        m->busy = a->rk[r].busy;
+        if (a->multi) {
+            *m = a->rk[r].m;
+            m->busy = a->rk[r].busy;
+        } else {
+            m->peak_inflight = a->st[r].m.peak_inflight;
+            m->peak_memory_bytes = a->st[r].m.peak_memory_bytes;
+            m->busy = a->st[r].busy;
+        }
         m->idle = out->makespan - m->busy;
         m->bubble_fraction = out->makespan > 0 ? m->idle / out->makespan : 0.0;
     }

@@ -68,7 +68,8 @@ typedef struct pp_acc_rank pp_acc_rank;
 typedef struct {
     pp_ir_info info;
     pp_acc_stage *st;
-    pp_acc_rank *rk;
+    pp_acc_rank *rk;            /* kept only with several stages per rank */
+    int multi;
     const pp_model_desc *model; /* NULL: no bytes */
     int recompute;
     pp_timeline *timeline;      /* NULL: no memory samples */

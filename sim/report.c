@@ -45,20 +45,46 @@ static void fmt_steady(char *buf, size_t n, const pp_metrics *m)
         snprintf(buf, n, "n/a");
 }
 
+/* With several stages per rank: what each device does and holds. */
+static void rank_table(FILE *f, const pp_metrics *m)
+{
+    const pp_ir_info *i = &m->info;
+    fprintf(f, "\nrank     busy    idle bubble in-flight peak GiB  stages\n");
+    fprintf(f, "       (%s)  (%s)      %%       max\n", m->unit, m->unit);
+    for (int r = 0; r < i->ranks; r++) {
+        const pp_rank_metrics *p = &m->rank[r];
+        fprintf(f, "%4d %8.4g %7.4g %6.1f %9d %8.3f  ", r, p->busy, p->idle,
+                100.0 * p->bubble_fraction, p->peak_inflight, p->peak_memory_bytes / GIB);
+        int st[64];
+        int n = pp_rank_stages(i, r, st, (int)(sizeof st / sizeof st[0]));
+        for (int k = 0; k < n; k++)
+            fprintf(f, "%s%d", k ? "," : "", st[k]);
+        fprintf(f, n == (int)(sizeof st / sizeof st[0]) ? ",...\n" : "\n");
+    }
+}
+
 void pp_report_table(FILE *f, const pp_metrics *m, const pp_model_desc *model)
 {
     const pp_ir_info *i = &m->info;
     char steady[32];
     fmt_steady(steady, sizeof steady, m);
-    fprintf(f, "schedule %s: P=%d stages, m=%d micro-batches/step, %d steps, %d micro-batches\n",
-            i->name, i->stages, i->microbatches_per_step, i->steps, i->total_microbatches);
+    int multi = pp_multi_stage(i);
+    if (multi)
+        fprintf(f, "schedule %s: R=%d ranks holding %d stages (%s placement), m=%d "
+                   "micro-batches/step, %d steps, %d micro-batches\n",
+                i->name, i->ranks, i->stages, pp_place_name(i->placement),
+                i->microbatches_per_step, i->steps, i->total_microbatches);
+    else
+        fprintf(f, "schedule %s: P=%d stages, m=%d micro-batches/step, %d steps, %d "
+                   "micro-batches\n",
+                i->name, i->stages, i->microbatches_per_step, i->steps, i->total_microbatches);
     print_model_line(f, model);
     fprintf(f, "makespan          %.6g %s\n", m->makespan, m->unit);
     fprintf(f, "throughput        %.6g micro-batches/%s", m->throughput_mb, m->unit);
     if (m->throughput_tokens > 0)
         fprintf(f, ", %.6g tokens/%s", m->throughput_tokens, m->unit);
-    fprintf(f, "\nbubble            %.2f%% of P x makespan (Megatron convention: %.2f%% of compute)\n",
-            100.0 * m->bubble_fraction, 100.0 * m->bubble_megatron);
+    fprintf(f, "\nbubble            %.2f%% of %s x makespan (Megatron convention: %.2f%% of compute)\n",
+            100.0 * m->bubble_fraction, multi ? "R" : "P", 100.0 * m->bubble_megatron);
     fprintf(f, "steady bubble     %s", steady);
     if (m->has_steady)
         fprintf(f, " (over [%.6g, %.6g] %s, the middle steps)", m->steady_from, m->steady_to, m->unit);
@@ -69,7 +95,8 @@ void pp_report_table(FILE *f, const pp_metrics *m, const pp_model_desc *model)
     fprintf(f, "staleness         max %d, mean %.3f updates (gradient age at its OPT)\n",
             m->staleness_max, m->staleness_mean);
     fprintf(f, "age               max %d, mean %.3f (staleness + drift)\n", m->age_max, m->age_mean);
-    fprintf(f, "peak memory       %.3f GiB (largest stage)\n\n", m->peak_memory_bytes_max / GIB);
+    fprintf(f, "peak memory       %.3f GiB (largest %s)\n\n", m->peak_memory_bytes_max / GIB,
+            multi ? "rank" : "stage");
     fprintf(f, "stage    busy    idle bubble  drift  stale  in-flight copies peak GiB  hold\n");
     fprintf(f, "       (%s)  (%s)      %%  max/mean max/mean    max    max           mean\n",
             m->unit, m->unit);
@@ -80,6 +107,8 @@ void pp_report_table(FILE *f, const pp_metrics *m, const pp_model_desc *model)
                 p->staleness_max, p->staleness_mean, p->peak_inflight, p->peak_weight_copies,
                 p->peak_memory_bytes / GIB, p->hold_mean);
     }
+    if (multi)
+        rank_table(f, m);
 }
 
 static void compare_memory(FILE *f, const pp_metrics *ms, int n)
@@ -195,6 +224,8 @@ static cJSON *metrics_json(const pp_metrics *m, const pp_model_desc *model)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "schedule", m->info.name);
     cJSON_AddNumberToObject(o, "stages", m->info.stages);
+    cJSON_AddNumberToObject(o, "ranks", m->info.ranks);
+    cJSON_AddStringToObject(o, "placement", pp_place_name(m->info.placement));
     cJSON_AddNumberToObject(o, "microbatches_per_step", m->info.microbatches_per_step);
     cJSON_AddNumberToObject(o, "steps", m->info.steps);
     cJSON_AddNumberToObject(o, "total_microbatches", m->info.total_microbatches);
@@ -225,6 +256,18 @@ static cJSON *metrics_json(const pp_metrics *m, const pp_model_desc *model)
     cJSON *arr = cJSON_AddArrayToObject(o, "per_stage");
     for (int s = 0; s < m->info.stages; s++)
         cJSON_AddItemToArray(arr, stage_json(&m->stage[s], s, m->info.stages, model));
+    cJSON *ranks = cJSON_AddArrayToObject(o, "per_rank");
+    for (int r = 0; r < m->info.ranks; r++) {
+        const pp_rank_metrics *p = &m->rank[r];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "rank", r);
+        cJSON_AddNumberToObject(x, "busy", p->busy);
+        cJSON_AddNumberToObject(x, "idle", p->idle);
+        cJSON_AddNumberToObject(x, "bubble_fraction", p->bubble_fraction);
+        cJSON_AddNumberToObject(x, "peak_inflight", p->peak_inflight);
+        cJSON_AddNumberToObject(x, "peak_memory_bytes", p->peak_memory_bytes);
+        cJSON_AddItemToArray(ranks, x);
+    }
     return o;
 }
 

@@ -34,7 +34,7 @@ expect_ok() {
 expect_ok --help
 grep -q 'usage: ppsim' "$tmp/out" || bad "--help prints no usage"
 expect_ok list
-[ "$(wc -l <"$tmp/out")" -eq 5 ] || bad "list should print 5 schedules"
+[ "$(wc -l <"$tmp/out")" -eq 10 ] || bad "list should print 10 schedules"
 expect_ok compare
 awk 'length > 80 { exit 1 }' "$tmp/out" || bad "compare table is wider than 80 columns"
 grep -q '^paci ' "$tmp/out" || bad "compare table lacks paci"

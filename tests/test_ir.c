@@ -655,9 +655,9 @@ START_TEST(pytorch_csv_rejects)
         {"0F0\n1F0,1SEND_F\n", "row 2 (rank 1), column 2: cell \"1SEND_F\""},
         {"0F0\n1F0,1SEND_X0\n", "row 2 (rank 1), column 2: cell \"1SEND_X0\""},
         {"0F0,0REDUCE_GRAD1\n", "cell \"0REDUCE_GRAD1\""},
-        {"0F0,1F0\n1F0\n", "row 1 (rank 0), column 2: cell \"1F0\": stage 1 on rank 0: "
-                           "a rank that holds several stages"},
-        {"0F0,(0F1;1B0)OVERLAP_F_B\n", "column 2: cell \"(0F1;1B0)OVERLAP_F_B\": an overlapped"},
+        {"0F0,1F0\n1F0\n", "row 2 (rank 1), column 1: cell \"1F0\": stage 1 appears on rank 0 "
+                           "and rank 1"},
+        {"0F0,(0F1;1F0)OVERLAP_F_B\n", "column 2: cell \"(0F1;1F0)OVERLAP_F_B\": an overlapped"},
         {"0F0,0B0\n1B0,1F0\n", "rank 1, action 1 \"B0\": micro-batch 0 has no forward before it"},
         {"0F0,0W0,0I0\n", "rank 0, action 2 \"W0\": micro-batch 0 has no input gradient (I)"},
         {"0F0\n0F1\n", "row 2 (rank 1), column 1"},

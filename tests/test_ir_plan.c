@@ -177,7 +177,7 @@ START_TEST(a_streamed_schedule_trains_as_a_held_one)
 {
     const char *names[] = {"gpipe", "1f1b-flush", "pipedream-2bw", "paci"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        gen_ctx g = {names[i], {3, 3, 4, 0}};
+        gen_ctx g = {names[i], {3, 3, 4, 0, 0}};
         pp_schedule ir = test_schedule(names[i], 3, 3, 4);
         pp_model_desc md = test_model(3, 16, 2, 8, 32, 2);
         pp_err e = {{0}};

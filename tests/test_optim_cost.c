@@ -86,7 +86,7 @@ START_TEST(simulated_peaks_move_by_the_state_difference)
     for (int k = PP_OPTIM_MUON; k <= PP_OPTIM_ADAMW_ROTATED; k++) {
         pp_model_desc other = gpt2_medium((pp_optim_kind)k);
         for (size_t i = 0; i < 3; i++) {
-            pp_gen_opts o = {8, 8, 4, 0};
+            pp_gen_opts o = {8, 8, 4, 0, 0};
             pp_metrics r[2];
             const pp_model_desc *md[2] = {&adamw, &other};
             for (int j = 0; j < 2; j++) {

@@ -14,7 +14,7 @@
 
 static pp_gen_opts gen(int P, int m, int S)
 {
-    pp_gen_opts o = {P, m, S, 0};
+    pp_gen_opts o = {P, m, S, 0, 0};
     return o;
 }
 
@@ -452,7 +452,7 @@ START_TEST(pytorch_csv_equals_generated)
 {
     int P = 4, m = 8;
     pp_timeline tl;
-    pp_gen_opts o = {P, m, 1, 0};
+    pp_gen_opts o = {P, m, 1, 0, 0};
     pp_cost unit;
     pp_err e = {{0}};
     /* lay the generated schedule on a grid of unit slots (F=1, B=2 -> 2) */

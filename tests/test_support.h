@@ -15,7 +15,7 @@
 /* A generated, validated schedule: P stages, m micro-batches per step, S steps. */
 static inline pp_schedule test_schedule(const char *name, int P, int m, int S)
 {
-    pp_gen_opts o = {P, m, S, 0};
+    pp_gen_opts o = {P, m, S, 0, 0};
     pp_schedule s;
     pp_err e = {{0}};
     ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s: %s", name, e.msg);

@@ -123,6 +123,7 @@ int pp_cli_cost(const pp_cli_opts *o, int stages, const pp_model_desc *model, pp
         goto fail;
     }
     c->jitter = o->sim.jitter;
+    c->overlap_efficiency = o->sim.overlap_efficiency;
     c->seed = o->seed;
     if (o->sim.straggler && parse_straggler(o->sim.straggler, c, e) < 0)
         goto fail;

@@ -26,6 +26,7 @@ typedef struct {
     const char *fwd, *bwd, *opt, *straggler;
     const char *split_backward; /* --split-backward: I's share of B, per stage */
     double jitter;
+    double overlap_efficiency; /* --overlap-efficiency: what an overlapped pair saves */
     pp_format format;
     const char *per_mb, *output, *schedules;
     int quiet;       /* no progress line */

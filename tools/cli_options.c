@@ -58,7 +58,7 @@ typedef struct {
 static const option options[] = {
     /* schedule */
     {"--schedule", NULL, "NAME", BOTH, SEC_SCHEDULE, V_STR, AT(schedule), 0, 0,
-     "gpipe, 1f1b-flush, pipedream, pipedream-2bw, paci"},
+     "gpipe, 1f1b-flush, pipedream, pipedream-2bw, paci,\ninterleaved-1f1b, looped-bfs, zb-h1, zbv, dualpipev\n(`ppsim list` describes them)"},
     {"--schedules", NULL, "A,B,..", SIM, SEC_SCHEDULE, V_STR, AT(sim.schedules), 0, 0,
      "compare: the schedules side by side\n(default 1f1b-flush,pipedream-2bw,paci)"},
     {"--ir", NULL, "FILE", BOTH, SEC_SCHEDULE, V_STR, AT(ir_file), 0, 0,
@@ -66,7 +66,12 @@ static const option options[] = {
     {"--pytorch-csv", NULL, "FILE", BOTH, SEC_SCHEDULE, V_STR, AT(csv_file), 0, 0,
      "a torch.distributed.pipelining compute-only CSV"},
     {"--stages", NULL, "P", BOTH, SEC_SCHEDULE, V_INT, AT(gen.stages), 1, 4096,
-     "pipeline stages (default 8)"},
+     "pipeline stages (default 8); for schedules that put\nseveral stages on a rank, the ranks"},
+    {"--ranks", NULL, "R", BOTH, SEC_SCHEDULE, V_INT, AT(gen.stages), 1, 4096,
+     "ranks (devices): alias of --stages"},
+    {"--chunks", NULL, "V", BOTH, SEC_SCHEDULE, V_INT, AT(gen.chunks), 1, 64,
+     "stages (model chunks) per rank of interleaved-1f1b\nand looped-bfs (default 2; zbv and "
+     "dualpipev: 2)"},
     {"--microbatches", NULL, "M", BOTH, SEC_SCHEDULE, V_INT, AT(gen.microbatches), 1, IMAX,
      "micro-batches per optimizer step (default 8)"},
     {"--accum", NULL, "A", BOTH, SEC_SCHEDULE, V_INT, AT(gen.microbatches), 1, IMAX,
@@ -98,6 +103,9 @@ static const option options[] = {
      "per message latency (default 0)"},
     {"--comm-bandwidth", NULL, "B", SIM, SEC_COST, V_DOUBLE, AT(comm_bandwidth), 0, 1e30,
      "bytes per time unit (default 0 = infinite)"},
+    {"--overlap-efficiency", NULL, "X", SIM, SEC_COST, V_DOUBLE, AT(sim.overlap_efficiency), 0,
+     1, "an overlapped forward and backward (dualpipev)\ntake max(F,B) + (1-X) min(F,B); "
+     "default 0:\nno gain, 1: the shorter hides entirely"},
     {"--jitter", NULL, "X", SIM, SEC_COST, V_DOUBLE, AT(sim.jitter), 0, 0,
      "each duration times U[1-X, 1+X] (0 <= X < 1)"},
     {"--straggler", NULL, "S:F[@T0-T1]", SIM, SEC_COST, V_STR, AT(sim.straggler), 0, 0,

@@ -9,16 +9,19 @@
 
 #include "pprun.h"
 
-/* FNV-1a over the action lists: a resume must run the very same IR. */
+/* FNV-1a over the action lists: a resume must run the very same IR. With
+ * several stages per rank each action's stage and overlap flag count too
+ * (one stage per rank hashes as before ranks existed). */
 uint64_t pprun_ir_hash(const pp_schedule *ir)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (int s = 0; s < ir->info.stages; s++)
-        for (size_t i = 0; i < ir->rank[s].count; i++) {
-            const pp_action *a = &ir->rank[s].items[i];
-            int32_t v[4] = {a->op, a->sel, a->mb, a->version};
+    int multi = pp_multi_stage(&ir->info);
+    for (int r = 0; r < ir->info.ranks; r++)
+        for (size_t i = 0; i < ir->rank[r].count; i++) {
+            const pp_action *a = &ir->rank[r].items[i];
+            int32_t v[6] = {a->op, a->sel, a->mb, a->version, a->stage, a->with_next};
             const unsigned char *p = (const unsigned char *)v;
-            for (size_t k = 0; k < sizeof v; k++)
+            for (size_t k = 0; k < (multi ? 6 : 4) * sizeof v[0]; k++)
                 h = (h ^ p[k]) * 1099511628211ULL;
         }
     return h;

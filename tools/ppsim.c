@@ -242,8 +242,9 @@ static int cmd_export(pp_cli_opts *o, pp_err *e)
     int rc = torch ? pp_schedule_save_pytorch_csv(&s, o->sim.output, e)
                    : pp_schedule_save_json(&s, o->sim.output, e);
     if (rc == 0)
-        fprintf(stderr, "ppsim: wrote %s (%s, %d stages, %zu actions)\n", o->sim.output, s.info.name,
-                s.info.stages, pp_schedule_action_count(&s));
+        fprintf(stderr, "ppsim: wrote %s (%s, %d stages on %d ranks, %zu actions)\n",
+                o->sim.output, s.info.name, s.info.stages, s.info.ranks,
+                pp_schedule_action_count(&s));
     pp_schedule_free(&s);
     return rc;
 }
@@ -260,8 +261,12 @@ static int cmd_validate(pp_cli_opts *o, const char *file, pp_err *e)
         return -1;
     if (r == 1)
         return pp_errf(e, "validate needs a FILE (or --pytorch-csv FILE)");
-    printf("%s: valid %s schedule: %d stages, m=%d, %d steps, %d micro-batches, %zu actions\n",
-           o->ir_file ? o->ir_file : o->csv_file, s.info.name, s.info.stages,
+    char ranks[64] = "";
+    if (pp_multi_stage(&s.info))
+        snprintf(ranks, sizeof ranks, " on %d ranks (%s placement)", s.info.ranks,
+                 pp_place_name(s.info.placement));
+    printf("%s: valid %s schedule: %d stages%s, m=%d, %d steps, %d micro-batches, %zu actions\n",
+           o->ir_file ? o->ir_file : o->csv_file, s.info.name, s.info.stages, ranks,
            s.info.microbatches_per_step, s.info.steps, s.info.total_microbatches,
            pp_schedule_action_count(&s));
     pp_schedule_free(&s);
@@ -273,7 +278,7 @@ static void cmd_list(void)
     size_t n;
     const pp_generator *g = pp_generators(&n);
     for (size_t i = 0; i < n; i++)
-        printf("%-14s %s\n", g[i].name, g[i].description);
+        printf("%-17s %s\n", g[i].name, g[i].description);
 }
 
 int main(int argc, char **argv)

@@ -51,7 +51,7 @@ static void init(void)
     static pp_schedule ir;
     static pp_sampler data;
     static pp_optim_config optim;
-    pp_gen_opts o = {P, 2, 4, 0};
+    pp_gen_opts o = {P, 2, 4, 0, 0};
     pp_err e;
     if (pp_generate_schedule("1f1b-flush", &o, &ir, &e) < 0)
         FUZZ_FAIL("%s", e.msg);
