@@ -33,7 +33,7 @@ static const char *const palette[PP_OP_COUNT][SHADES] = {
 #define IDLE_FILL "#ececec"
 
 /* Several stages per rank: a hue per chunk (the rank's first, second, ...
- * stage), F light, B and I dark, W between. */
+ * stage), F light, B and I dark, W striped in both (patterns w0..w3). */
 #define CHUNK_HUES 4
 static const char *const chunk_palette[CHUNK_HUES][PP_OP_COUNT] = {
     {"#80aee6", "#2f62a8", "#2f62a8", "#4f86cc", "#8b0000", "#444444"},
@@ -229,7 +229,22 @@ static const char *fill_of(const pp_timeline *t, const layout *L, const pp_timed
     int op = a->act.op;
     if (!L->multi || op < 0 || op >= PP_OP_COUNT)
         return shade(op, a->act.mb);
-    return chunk_palette[(a->act.stage / t->info.ranks) % CHUNK_HUES][op];
+    int hue = (a->act.stage / t->info.ranks) % CHUNK_HUES;
+    static const char *const stripes[CHUNK_HUES] = {"url(#w0)", "url(#w1)", "url(#w2)",
+                                                    "url(#w3)"};
+    return op == PP_OP_W ? stripes[hue] : chunk_palette[hue][op];
+}
+
+/* The striped fills of W boxes, one per chunk hue. */
+static void stripe_defs(FILE *f)
+{
+    fputs("<defs>\n", f);
+    for (int h = 0; h < CHUNK_HUES; h++)
+        fprintf(f, "<pattern id=\"w%d\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" "
+                   "patternTransform=\"rotate(45)\"><rect width=\"6\" height=\"6\" "
+                   "fill=\"%s\"/><rect width=\"3\" height=\"6\" fill=\"%s\"/></pattern>\n",
+                h, chunk_palette[h][PP_OP_F], chunk_palette[h][PP_OP_B]);
+    fputs("</defs>\n", f);
 }
 
 /* Hover text, e.g. "B3 stage 1 v1 (F v0, drift 1) [4, 6]". */
@@ -322,7 +337,7 @@ static void chunk_legend(FILE *f, const pp_timeline *t, double *x, double y)
         snprintf(label, sizeof label, "B/I");
         legend_item(f, x, y, chunk_palette[v][PP_OP_B], 12, label);
     }
-    legend_item(f, x, y, chunk_palette[0][PP_OP_W], 12, "W (chunk 0)");
+    legend_item(f, x, y, "url(#w0)", 12, "W striped");
 }
 
 static void legend(FILE *f, const pp_timeline *t, const layout *L)
@@ -357,6 +372,8 @@ static int write_svg(FILE *f, const pp_timeline *t)
                "viewBox=\"0 0 %.0f %.0f\" font-family=\"Helvetica, Arial, sans-serif\">\n",
             L.width, L.height, L.width, L.height);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
+    if (L.multi)
+        stripe_defs(f);
     title_line(f, t, &L);
     stage_rows(f, &L);
     /* Thin white outlines separate neighbouring boxes when they are wide. */
