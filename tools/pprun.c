@@ -168,7 +168,7 @@ static int prepare(pprun *p, pp_err *e)
     if (o->run.lr_delay_correction > 0 && stage_delays(p, e) < 0)
         return -1;
     p->m.bytes_per_elem = 4; /* the executor trains in fp32 */
-    if (pprun_placement(o, p->backend, p->P, &p->dist.env, &p->placement, e) < 0)
+    if (pprun_placement(o, p->backend, &p->ir.info, &p->dist.env, &p->placement, e) < 0)
         return -1;
     p->rdzv = o->run.rendezvous;
     pprun_dist_opts dopts = {o->run.transport, o->run.checkpoint || o->run.resume,

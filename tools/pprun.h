@@ -44,8 +44,8 @@ int pprun_check_paths(const pp_cli_opts *o, pp_err *e);
  * validated. */
 int pprun_schedule(const pp_cli_opts *o, pp_schedule *ir, pp_err *e);
 /* Stage -> GPU (and SM partition) for the cuda backend; NULL for the CPU. */
-int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, int P, const pp_dist_env *d,
-                    pp_placement **out, pp_err *e);
+int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, const pp_ir_info *info,
+                    const pp_dist_env *d, pp_placement **out, pp_err *e);
 /* The optimizer: --optimizer, --muon-momentum (muon only), --rotate-*
  * (adamw-rotated only), --delay-correction, and one the backend has. */
 int pprun_optimizer(const pp_cli_opts *o, const pp_backend_ops *b, pp_optim_config *out,

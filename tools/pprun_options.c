@@ -80,8 +80,10 @@ int pprun_schedule(const pp_cli_opts *o, pp_schedule *ir, pp_err *e)
     return 0;
 }
 
-int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, int P, const pp_dist_env *d,
-                    pp_placement **out, pp_err *e)
+/* Placement per rank, then per stage: the stages of a rank share its
+ * device (and its SM partition). */
+int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, const pp_ir_info *info,
+                    const pp_dist_env *d, pp_placement **out, pp_err *e)
 {
     *out = NULL;
     const char *sm = o->run.sm_partitions;
@@ -93,8 +95,24 @@ int pprun_placement(const pp_cli_opts *o, const pp_backend_ops *b, int P, const 
             return pp_errf(e, "--devices: only with --backend cuda");
         return 0;
     }
-    return pp_placement_plan(o->run.devices, P, d->world > 1 ? d->local_rank : -1, partition, out,
-                             e);
+    int R = info->ranks > 0 ? info->ranks : info->stages, P = info->stages;
+    pp_placement *per_rank;
+    if (pp_placement_plan(o->run.devices, R, d->world > 1 ? d->local_rank : -1, partition,
+                          &per_rank, e) < 0)
+        return -1;
+    if (R == P) {
+        *out = per_rank;
+        return 0;
+    }
+    *out = calloc((size_t)P, sizeof **out);
+    if (!*out) {
+        free(per_rank);
+        return pp_errf(e, "out of memory");
+    }
+    for (int s = 0; s < P; s++)
+        (*out)[s] = per_rank[pp_stage_rank(info, s)];
+    free(per_rank);
+    return 0;
 }
 
 /* --rotate-*: adamw-rotated's options into c, refused with another

@@ -195,10 +195,10 @@ int pprun_print_prediction(pp_stream *st, const pprun_measure *times, double lin
     if (pred.has_steady && met->has_steady)
         printf("  steady bubble    predicted %.1f%%, measured %.1f%%\n",
                100.0 * pred.steady_bubble_fraction, 100.0 * met->steady_bubble_fraction);
-    printf("PREDICTION schedule=%s stages=%d m=%d steps=%d measured_step_s=%.6g "
+    printf("PREDICTION schedule=%s stages=%d ranks=%d m=%d steps=%d measured_step_s=%.6g "
            "predicted_step_s=%.6g error=%.4f measured_bubble=%.4f predicted_bubble=%.4f "
            "measured_steady_bubble=%.4f predicted_steady_bubble=%.4f tokens_per_s=%.1f\n",
-           info->name, info->stages, info->microbatches_per_step, info->steps,
+           info->name, info->stages, info->ranks, info->microbatches_per_step, info->steps,
            met->makespan / S, pred.makespan / S, err, met->bubble_fraction, pred.bubble_fraction,
            met->has_steady ? met->steady_bubble_fraction : -1.0,
            pred.has_steady ? pred.steady_bubble_fraction : -1.0, met->throughput_tokens);

@@ -61,6 +61,9 @@ int pp_cut_plan(const pp_schedule *s, int K, pp_cut *cut, pp_err *e)
 {
     int P = s->info.stages;
     memset(cut, 0, sizeof *cut);
+    if (pp_multi_stage(&s->info)) /* the positions below are per stage list */
+        return pp_errf(e, "checkpoints of a schedule with several stages per rank are not "
+                          "supported yet");
     cut->K = K;
     cut->pos = calloc((size_t)P, sizeof *cut->pos);
     cut->keep = calloc((size_t)P, sizeof *cut->keep);

@@ -24,7 +24,13 @@
  * exactly as it would with unbounded links, and ends. The play-through
  * also finds a schedule that deadlocks even so (named by stage and
  * action), and keeps per stage what the run sizes before starting: the
- * most micro-batches held at once and the number of actions. */
+ * most micro-batches held at once and the number of actions.
+ *
+ * The actors are the ranks (one thread each in the run): a rank waits at
+ * its next action until that action's input is there. Where a rank holds
+ * several stages, its order is one more thing that orders receives before
+ * sends, which the counts above ignore: they can only overstate the need,
+ * never understate it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,10 +46,14 @@ typedef struct {
     long sender_took;
 } msg;
 
+/* A rank's cursor. */
 typedef struct {
     pp_action next;
     int has_next, done;
     size_t pos;
+} rank_cursor;
+
+typedef struct {
     long sent[2];      /* messages sent: [ACT] to s+1, [GRAD] to s-1 */
     long took[2];      /* taken from the queue: [ACT] from s-1, [GRAD] from s+1 */
     long received[2];  /* of those, wanted by an action so far */
@@ -52,7 +62,9 @@ typedef struct {
 } stage_state;
 
 typedef struct {
-    int P;
+    int P, R;
+    const pp_ir_info *info;
+    rank_cursor *rk;
     stage_state *st;
     pp_mb_table *link;  /* [2 * s + kind]: messages sent by s of that kind */
     pp_ir_plan *out;
@@ -108,11 +120,13 @@ static int send(walk *w, int s, int kind, int mb, pp_err *e)
     return 0;
 }
 
-/* Runs stage s's next action if its input is there: 1 ran, 0 waits. */
-static int step(walk *w, int s, pp_err *e)
+/* Runs rank r's next action if its input is there: 1 ran, 0 waits. (An
+ * overlapped pair runs as its two actions in order: the run does so.) */
+static int step(walk *w, int r, pp_err *e)
 {
+    const pp_action *a = &w->rk[r].next;
+    int s = a->stage;
     stage_state *me = &w->st[s];
-    const pp_action *a = &me->next;
     int first = s == 0, last = s == w->P - 1;
     switch (a->op) {
     case PP_OP_F:
@@ -142,34 +156,43 @@ static int step(walk *w, int s, pp_err *e)
     return 1;
 }
 
-static void advance(walk *w, pp_stream *src, int s)
+/* Moves rank r to its next action; a stage outside the schedule ends the
+ * walk with an error (streams are not validated before a run). */
+static int advance(walk *w, pp_stream *src, int r, pp_err *e)
 {
-    stage_state *me = &w->st[s];
+    rank_cursor *me = &w->rk[r];
     pp_ir_plan *p = w->out;
     if (me->has_next) {
         me->pos++;
-        p->actions[s]++;
+        p->actions[me->next.stage]++;
     }
-    me->has_next = pp_stream_next(src, s, &me->next);
+    me->has_next = pp_stream_next(src, r, &me->next);
     me->done = !me->has_next;
-    if (!me->done && me->next.op == PP_OP_BARRIER &&
-        (p->barrier_stage < 0 || s < p->barrier_stage)) {
-        p->barrier_stage = s;
+    if (me->done)
+        return 0;
+    if (me->next.op != PP_OP_BARRIER &&
+        (me->next.stage >= w->P || pp_stage_rank(w->info, me->next.stage) != r))
+        return pp_errf(e, "rank %d, action %zu: stage %d is not on this rank", r, me->pos,
+                       (int)me->next.stage);
+    if (me->next.op == PP_OP_BARRIER && (p->barrier_stage < 0 || r < p->barrier_stage)) {
+        p->barrier_stage = r;
         p->barrier_pos = me->pos;
     }
+    return 0;
 }
 
-/* Every stage that has not finished waits at a BARRIER: all pass it, and
- * each learns how much its neighbours have taken. 0 when not all wait. */
-static int meet(walk *w, pp_stream *src)
+/* Every rank that has not finished waits at a BARRIER: all pass it, and
+ * each stage learns how much its neighbours have taken. 0 when not all
+ * wait. */
+static int meet(walk *w, pp_stream *src, pp_err *e)
 {
     int waiting = 0;
-    for (int s = 0; s < w->P; s++) {
-        if (w->st[s].done)
+    for (int r = 0; r < w->R; r++) {
+        if (w->rk[r].done)
             return 0;
-        waiting += w->st[s].next.op == PP_OP_BARRIER;
+        waiting += w->rk[r].next.op == PP_OP_BARRIER;
     }
-    if (waiting < w->P)
+    if (waiting < w->R)
         return 0;
     for (int s = 0; s < w->P; s++) {
         stage_state *me = &w->st[s];
@@ -178,34 +201,38 @@ static int meet(walk *w, pp_stream *src)
         if (s > 0 && w->st[s - 1].took[GRAD] > me->known[GRAD])
             me->known[GRAD] = w->st[s - 1].took[GRAD];
     }
-    for (int s = 0; s < w->P; s++)
-        advance(w, src, s);
+    for (int r = 0; r < w->R; r++)
+        if (advance(w, src, r, e) < 0)
+            return -1;
     return 1;
 }
 
 static int stalled(const walk *w, pp_err *e)
 {
-    for (int s = 0; s < w->P; s++)
-        if (!w->st[s].done) {
+    for (int r = 0; r < w->R; r++)
+        if (!w->rk[r].done) {
             char buf[32];
-            return pp_errf(e, "the schedule deadlocks: stage %d waits forever at action %zu "
-                              "\"%s\"", s, w->st[s].pos,
-                           pp_action_format(w->st[s].next, buf, sizeof buf));
+            return pp_errf(e, "the schedule deadlocks: %s %d waits forever at action %zu "
+                              "\"%s\"", pp_multi_stage(w->info) ? "rank" : "stage", r,
+                           w->rk[r].pos,
+                           pp_action_format_in(w->info, w->rk[r].next, buf, sizeof buf));
         }
     return 0;
 }
 
 static int play(walk *w, pp_stream *src, pp_err *e)
 {
-    for (int s = 0; s < w->P; s++)
-        advance(w, src, s);
+    for (int r = 0; r < w->R; r++)
+        if (advance(w, src, r, e) < 0)
+            return -1;
     for (;;) {
         int progress = 0, open = 0;
-        for (int s = 0; s < w->P; s++) {
-            stage_state *me = &w->st[s];
+        for (int r = 0; r < w->R; r++) {
+            rank_cursor *me = &w->rk[r];
             int rc = 0;
-            while (!me->done && (rc = step(w, s, e)) == 1) {
-                advance(w, src, s);
+            while (!me->done && (rc = step(w, r, e)) == 1) {
+                if (advance(w, src, r, e) < 0)
+                    return -1;
                 progress = 1;
             }
             if (!me->done && rc < 0)
@@ -214,24 +241,30 @@ static int play(walk *w, pp_stream *src, pp_err *e)
         }
         if (!open)
             return 0;
-        if (!progress && !meet(w, src))
+        int met = progress ? 0 : meet(w, src, e);
+        if (met < 0)
+            return -1;
+        if (!progress && !met)
             return stalled(w, e);
     }
 }
 
 int pp_ir_plan_make(pp_stream *src, pp_ir_plan *p, pp_err *e)
 {
-    int P = src->info.stages;
     memset(p, 0, sizeof *p);
+    if (pp_info_check_placement(&src->info, e) < 0)
+        return -1;
+    int P = src->info.stages, R = src->info.ranks;
     p->P = P;
     p->slots = 1;
     p->slots_src = p->slots_dst = -1;
     p->barrier_stage = -1;
-    walk w = {P, calloc((size_t)P, sizeof *w.st), calloc((size_t)P * 2, sizeof *w.link), p};
+    walk w = {P, R, &src->info, calloc((size_t)R, sizeof *w.rk), calloc((size_t)P, sizeof *w.st),
+              calloc((size_t)P * 2, sizeof *w.link), p};
     p->peak_held = calloc((size_t)P, sizeof *p->peak_held);
     p->actions = calloc((size_t)P, sizeof *p->actions);
     int made = 0, rc = 0;
-    if (!w.st || !w.link || !p->peak_held || !p->actions)
+    if (!w.rk || !w.st || !w.link || !p->peak_held || !p->actions)
         rc = pp_errf(e, "out of memory");
     for (; rc == 0 && made < 2 * P; made++)
         if (pp_mbt_init(&w.link[made], sizeof(msg)) < 0)
@@ -242,6 +275,7 @@ int pp_ir_plan_make(pp_stream *src, pp_ir_plan *p, pp_err *e)
         pp_mbt_free(&w.link[i]);
     free(w.link);
     free(w.st);
+    free(w.rk);
     if (rc < 0)
         pp_ir_plan_free(p);
     return rc;

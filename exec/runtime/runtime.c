@@ -1,6 +1,7 @@
 /* pp_run: checks the configuration, creates the local stages and the
- * transport, starts one thread per stage (stage.c), supervises them from
- * this thread (supervise.c), then collects the result and tears down. */
+ * transport, starts one thread per rank (stage.c; a rank runs one stage,
+ * or several chunks of the model), supervises them from this thread
+ * (supervise.c), then collects the result and tears down. */
 #include "runtime.h"
 
 #include <math.h>
@@ -47,7 +48,9 @@ static pp_placement placement_of(const run *r, int s)
 {
     const pp_run_config *c = r->cfg;
     pp_placement at = c->placement ? c->placement[s] : PP_PLACEMENT_WHOLE(0);
-    at.threads = pp_run_stage_threads(c->threads, r->nloc);
+    /* a rank runs one stage at a time: its stages share its threads' cores */
+    at.threads = pp_run_stage_threads(c->threads, pp_multi_stage(&r->info) ? r->info.ranks
+                                                                           : r->nloc);
     return at;
 }
 
@@ -109,6 +112,15 @@ static int check_config(const run *r, pp_err *e)
                        r->P);
     if (r->nloc < r->P && (c->ncuts || c->resume_blobs))
         return pp_errf(e, "checkpoints need every stage in one process");
+    if (pp_multi_stage(&r->info) && r->nloc < r->P)
+        return pp_errf(e, "a schedule with several stages per rank runs in one process (all "
+                          "%d ranks here) so far", r->info.ranks);
+    if (pp_multi_stage(&r->info) && (c->ncuts || c->resume_blobs))
+        return pp_errf(e, "checkpoints of a schedule with several stages per rank are not "
+                          "supported yet");
+    if (r->info.stages / r->info.ranks > PP_MAX_RANK_STAGES)
+        return pp_errf(e, "%d stages per rank: at most %d", r->info.stages / r->info.ranks,
+                       PP_MAX_RANK_STAGES);
     for (int s = 0; c->lr_delay_tau && s < r->P; s++)
         if (!(c->lr_delay_tau[s] >= 1 && isfinite(c->lr_delay_tau[s])) || c->lr_delay_T < 1)
             return pp_errf(e, "learning-rate correction: stage %d's delay %g (at least 1) over "
@@ -190,23 +202,33 @@ static int open_transport(run *r, pp_err *e)
     return rc;
 }
 
-/* One thread per local stage, supervised from this thread until all are
+/* One thread per local rank, supervised from this thread until all are
  * done. A failure is reported with the first failing stage's cause. */
 static int run_stages(run *r, void **eval_stages, pp_err *e)
 {
-    pthread_t *threads = calloc((size_t)r->nloc, sizeof *threads);
-    if (!threads)
+    /* the local ranks: the local stages with one stage per rank, else all */
+    int multi = pp_multi_stage(&r->info);
+    int first = multi ? 0 : r->lo, nranks = multi ? r->info.ranks : r->nloc;
+    pthread_t *threads = calloc((size_t)nranks, sizeof *threads);
+    pp_rank_rt *ranks = calloc((size_t)nranks, sizeof *ranks);
+    if (!threads || !ranks) {
+        free(threads);
+        free(ranks);
         return pp_errf(e, "out of memory");
+    }
     int rc = 0, started = 0;
     r->t0 = r->cfg->t0 > 0 ? r->cfg->t0 : pp_now_s();
-    for (; started < r->nloc; started++)
-        if (pthread_create(&threads[started], NULL, pp_stage_main, &r->st[r->lo + started]) != 0)
+    for (; started < nranks; started++) {
+        ranks[started] = (pp_rank_rt){r, first + started};
+        if (pthread_create(&threads[started], NULL, pp_rank_main, &ranks[started]) != 0)
             break;
-    if (started < r->nloc) {
-        rc = pp_errf(e, "cannot start stage threads");
+    }
+    if (started < nranks) {
+        rc = pp_errf(e, "cannot start rank threads");
         pp_run_abort(r);
         pthread_mutex_lock(&r->mu);
-        r->stages_done += r->nloc - started;
+        for (int k = started; k < nranks; k++) /* their stages will not report */
+            r->stages_done += r->info.stages / r->info.ranks;
         pthread_mutex_unlock(&r->mu);
     }
     reporter rep = {eval_stages, 0};
@@ -216,6 +238,7 @@ static int run_stages(run *r, void **eval_stages, pp_err *e)
     for (int s = 0; s < started; s++)
         pthread_join(threads[s], NULL);
     free(threads);
+    free(ranks);
     for (int s = r->lo; s < r->lo + r->nloc; s++)
         if (r->st[s].failed) { /* the first stage that failed has the cause */
             int caused = !strstr(r->st[s].err.msg, "aborted");
@@ -237,6 +260,10 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     if (pp_run_open_ir(c, &r.ir, e) < 0)
         return -1;
     r.info = r.ir->info;
+    if (pp_info_check_placement(&r.info, e) < 0) {
+        pp_stream_free(r.ir);
+        return -1;
+    }
     r.P = r.info.stages;
     r.N = r.info.total_microbatches;
     r.lo = c->local_first;

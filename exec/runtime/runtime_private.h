@@ -147,8 +147,14 @@ static inline int pp_run_evaluates(const run *r)
  * restored from a checkpoint blob on resume); freed by release. */
 int pp_stage_prepare(stage_rt *s, pp_err *e);
 void pp_stage_release(stage_rt *s);
-/* The thread of stage `arg` (a stage_rt *): runs its action list. */
-void *pp_stage_main(void *arg);
+/* A rank's thread (one per local rank): runs the rank's action list on
+ * its stages. */
+#define PP_MAX_RANK_STAGES 64
+typedef struct {
+    run *r;
+    int rank;
+} pp_rank_rt;
+void *pp_rank_main(void *arg);
 /* The stage's micro-batch in flight, or NULL. */
 static inline flying_mb *pp_flying(stage_rt *s, int mb)
 {

@@ -1,7 +1,8 @@
-/* A stage's thread, top to bottom: prepare the stage (buffers, weight
- * versions, what it must know ahead), run each action of its IR list
- * (receive the input, compute, send, log the times), and report updates
- * and snapshots to the main thread (supervise.c, evaluate.c). */
+/* A stage, top to bottom: prepare it (buffers, weight versions, what it
+ * must know ahead), run each of its actions as its rank's thread reaches
+ * them in the rank's IR list (receive the input, compute, send, log the
+ * times), and report updates and snapshots to the main thread
+ * (supervise.c, evaluate.c). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -323,22 +324,27 @@ static int step(stage_rt *s, const pp_action *a, pp_err *e)
     return 0;
 }
 
-void *pp_stage_main(void *arg)
+/* Before a stage's first action: its clock origin and the messages a
+ * resumed stage owes its neighbours. */
+static int stage_begin(stage_rt *s)
 {
-    stage_rt *s = arg;
-    const pp_backend_ops *b = s->r->cfg->backend;
-    if (b->clock_origin)
+    if (s->r->cfg->backend->clock_origin)
         pp_clock_start(s);
-    int rc = pp_stage_resend(s, &s->err);
-    pp_action a;
-    while (rc == 0 && pp_stream_next(s->r->ir, s->s, &a))
-        rc = step(s, &a, &s->err);
-    /* what is still queued: its errors, then its times; a failed stage
-     * waits too, before the buffers its queued work reads are freed */
-    int synced = b->sync(s->bk, rc < 0 ? NULL : &s->err);
-    if (rc >= 0 && synced < 0)
+    return pp_stage_resend(s, &s->err);
+}
+
+/* After a rank's last action, for each of its stages: what is still
+ * queued (its errors, then its times; a failed stage waits too, before the
+ * buffers its queued work reads are freed), then the stage is done. rc is
+ * the stage's own result; `quiet` a stage whose rank failed on another
+ * stage: it waits for its work and says nothing. */
+static void stage_finish(stage_rt *s, int rc, int quiet)
+{
+    const pp_backend_ops *b = s->r->cfg->backend;
+    int synced = b->sync(s->bk, rc < 0 || quiet ? NULL : &s->err);
+    if (rc >= 0 && !quiet && synced < 0)
         rc = pp_err_prefix(&s->err, "stage %d, after its last action", s->s);
-    if (rc >= 0 && b->clock_mark)
+    if (rc >= 0 && !quiet && b->clock_mark)
         rc = pp_clock_drain(s, &s->err);
     if (rc < 0) {
         s->failed = 1;
@@ -351,5 +357,31 @@ void *pp_stage_main(void *arg)
     s->r->stages_done++;
     pthread_cond_broadcast(&s->r->cv);
     pthread_mutex_unlock(&s->r->mu);
+}
+
+/* A rank's thread: its stages (one, or V chunks of the model) run the
+ * rank's action list in order, each action on its own stage's state;
+ * messages between them go through the transport like any other. */
+void *pp_rank_main(void *arg)
+{
+    const pp_rank_rt *k = arg;
+    run *r = k->r;
+    int st[PP_MAX_RANK_STAGES];
+    int n = pp_rank_stages(&r->info, k->rank, st, PP_MAX_RANK_STAGES);
+    stage_rt *failed = NULL;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++)
+        if ((rc = stage_begin(&r->st[st[i]])) < 0)
+            failed = &r->st[st[i]];
+    pp_action a;
+    while (rc == 0 && pp_stream_next(r->ir, k->rank, &a)) {
+        stage_rt *s = &r->st[a.stage];
+        if ((rc = step(s, &a, &s->err)) < 0)
+            failed = s;
+    }
+    for (int i = 0; i < n; i++) {
+        stage_rt *s = &r->st[st[i]];
+        stage_finish(s, s == failed ? rc : rc > 0 ? rc : 0, failed && s != failed);
+    }
     return NULL;
 }
