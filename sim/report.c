@@ -111,21 +111,25 @@ void pp_report_table(FILE *f, const pp_metrics *m, const pp_model_desc *model)
         rank_table(f, m);
 }
 
+/* Peak memory per device: per stage when every schedule has one stage per
+ * rank, else per rank (a rank holds all its stages). */
 static void compare_memory(FILE *f, const pp_metrics *ms, int n)
 {
-    int P = ms[0].info.stages;
+    int R = ms[0].info.ranks, multi = 0;
+    for (int k = 0; k < n; k++)
+        multi |= pp_multi_stage(&ms[k].info);
     const int per_block = 8;
-    fprintf(f, "\npeak memory per stage (GiB)\n");
-    for (int first = 0; first < P; first += per_block) {
-        int last = first + per_block < P ? first + per_block : P;
-        fprintf(f, "%-14s", "schedule");
+    fprintf(f, "\npeak memory per %s (GiB)\n", multi ? "rank" : "stage");
+    for (int first = 0; first < R; first += per_block) {
+        int last = first + per_block < R ? first + per_block : R;
+        fprintf(f, "%-16s", "schedule");
         for (int s = first; s < last; s++)
-            fprintf(f, " %6s%-d", "s", s);
+            fprintf(f, " %6s%-d", multi ? "r" : "s", s);
         fprintf(f, "\n");
         for (int k = 0; k < n; k++) {
-            fprintf(f, "%-14.14s", ms[k].info.name);
-            for (int s = first; s < last && s < ms[k].info.stages; s++)
-                fprintf(f, " %7.2f", ms[k].stage[s].peak_memory_bytes / GIB);
+            fprintf(f, "%-16.16s", ms[k].info.name);
+            for (int s = first; s < last && s < ms[k].info.ranks; s++)
+                fprintf(f, " %7.2f", ms[k].rank[s].peak_memory_bytes / GIB);
             fprintf(f, "\n");
         }
     }
@@ -164,12 +168,19 @@ void pp_report_compare_table(FILE *f, const pp_metrics *ms, int n, const pp_mode
     if (n < 1)
         return;
     const pp_ir_info *i = &ms[0].info;
-    fprintf(f, "P=%d stages, m=%d micro-batches/step, %d steps; times in %s\n", i->stages,
-            i->microbatches_per_step, i->steps, ms[0].unit);
+    int multi = 0;
+    for (int k = 0; k < n; k++)
+        multi |= pp_multi_stage(&ms[k].info);
+    if (multi)
+        fprintf(f, "R=%d ranks, m=%d micro-batches/step, %d steps; times in %s\n", i->ranks,
+                i->microbatches_per_step, i->steps, ms[0].unit);
+    else
+        fprintf(f, "P=%d stages, m=%d micro-batches/step, %d steps; times in %s\n", i->stages,
+                i->microbatches_per_step, i->steps, ms[0].unit);
     print_model_line(f, model);
-    fprintf(f, "\n%-14s %7s %5s %6s %6s %9s %9s %6s %8s\n", "schedule", "thrpt", "x", "bubble",
+    fprintf(f, "\n%-16s %7s %5s %6s %6s %8s %8s %6s %7s\n", "schedule", "thrpt", "x", "bubble",
             "steady", "drift", "stale", "copies", "peak");
-    fprintf(f, "%-14s %7s %5s %6s %6s %9s %9s %6s %8s\n", "", "mb/unit", "", "%", "%",
+    fprintf(f, "%-16s %7s %5s %6s %6s %8s %8s %6s %7s\n", "", "mb/unit", "", "%", "%",
             "max/mean", "max/mean", "max", "GiB");
     for (int k = 0; k < n; k++) {
         const pp_metrics *m = &ms[k];
@@ -181,12 +192,16 @@ void pp_report_compare_table(FILE *f, const pp_metrics *ms, int n, const pp_mode
         snprintf(drift, sizeof drift, "%d/%.2f", m->drift_max, m->drift_mean);
         snprintf(stale, sizeof stale, "%d/%.2f", m->staleness_max, m->staleness_mean);
         double x = ms[0].throughput_mb > 0 ? m->throughput_mb / ms[0].throughput_mb : 0.0;
-        fprintf(f, "%-14.14s %7.4f %5.2f %6.1f %6s %9s %9s %6d %8.2f\n", m->info.name,
+        fprintf(f, "%-16.16s %7.4f %5.2f %6.1f %6s %8s %8s %6d %7.2f\n", m->info.name,
                 m->throughput_mb, x, 100.0 * m->bubble_fraction, steady, drift, stale,
                 m->peak_weight_copies_max, m->peak_memory_bytes_max / GIB);
     }
-    fprintf(f, "x: throughput relative to %s; bubble: idle / (P x makespan);\n"
-               "steady: the same over the middle steps (n/a: run too short)\n", ms[0].info.name);
+    fprintf(f, "x: throughput relative to %s; bubble: idle / (%s x makespan);\n"
+               "steady: the same over the middle steps (n/a: run too short)\n", ms[0].info.name,
+            multi ? "R" : "P");
+    if (multi)
+        fprintf(f, "several stages per rank: each of a rank's V chunks takes 1/V of --fwd and "
+                   "--bwd\n(the same model on the same ranks in every row)\n");
     compare_memory(f, ms, n);
     if (other_optimizer(model))
         compare_optimizer(f, i->stages, model);

@@ -113,9 +113,13 @@ static void show_progress(void *ctx, uint64_t done, uint64_t total)
     p->shown = 1;
 }
 
-/* Simulates one schedule; fills *m (and *tl when tl is not NULL). */
-static int simulate(const pp_cli_opts *o, const char *name, pp_model_desc *model, pp_metrics *m,
-                    pp_timeline *tl, pp_err *e)
+/* Simulates one schedule; fills *m (and *tl when tl is not NULL). With
+ * `per_rank_costs` (compare), --fwd and --bwd are a rank's share of the
+ * model: a schedule with V stages per rank gives each chunk 1/V of them,
+ * so that every row of a comparison runs the same model on the same
+ * ranks. */
+static int simulate(const pp_cli_opts *o, const char *name, int per_rank_costs,
+                    pp_model_desc *model, pp_metrics *m, pp_timeline *tl, pp_err *e)
 {
     pp_schedule held;
     int have_held = 0, rc = -1;
@@ -128,6 +132,14 @@ static int simulate(const pp_cli_opts *o, const char *name, pp_model_desc *model
     if (pp_cli_model(o, P, model, e) < 0 || pp_cli_cost(o, P, model, &cost, e) < 0)
         goto out;
     have_cost = 1;
+    if (per_rank_costs && pp_info_check_placement(&st->info, e) == 0 && st->info.ranks < P)
+        for (int s = 0; s < P; s++) {
+            double share = (double)st->info.ranks / P;
+            cost.fwd[s] *= share;
+            cost.bwd[s] *= share;
+            cost.inp[s] *= share;
+            cost.wgt[s] *= share;
+        }
     const char *rc_param = pp_info_get_param(&st->info, "recompute");
     int recompute = o->gen.recompute || (rc_param && strcmp(rc_param, "1") == 0);
     if (tl) {
@@ -174,7 +186,7 @@ static int cmd_run(pp_cli_opts *o, pp_err *e)
     pp_model_desc model;
     pp_metrics m;
     pp_timeline tl;
-    if (simulate(o, o->schedule, &model, &m, full ? &tl : NULL, e) < 0)
+    if (simulate(o, o->schedule, 0, &model, &m, full ? &tl : NULL, e) < 0)
         return -1;
     int rc = full ? pp_cli_write_timeline(&tl, o->trace, o->svg, o->sim.per_mb, e) : 0;
     if (rc == 0)
@@ -202,7 +214,7 @@ static int cmd_compare(pp_cli_opts *o, pp_err *e)
             rc = pp_errf(e, "--schedules: at most 16 schedules");
             break;
         }
-        if (simulate(o, name, &model, &ms[n], NULL, e) < 0) {
+        if (simulate(o, name, 1, &model, &ms[n], NULL, e) < 0) {
             rc = pp_err_prefix(e, "%s", name);
             break;
         }
