@@ -327,7 +327,7 @@ static void legend_item(FILE *f, double *x, double y, const char *fill, double w
 }
 
 /* Several stages per rank: a hue per chunk, light forward, dark backward. */
-static void chunk_legend(FILE *f, const pp_timeline *t, double *x, double y)
+static void chunk_legend(FILE *f, const pp_timeline *t, const layout *L, double *x, double y)
 {
     int V = t->info.stages / t->info.ranks;
     for (int v = 0; v < V && v < CHUNK_HUES; v++) {
@@ -337,7 +337,8 @@ static void chunk_legend(FILE *f, const pp_timeline *t, double *x, double y)
         snprintf(label, sizeof label, "B/I");
         legend_item(f, x, y, chunk_palette[v][PP_OP_B], 12, label);
     }
-    legend_item(f, x, y, "url(#w0)", 12, "W striped");
+    if (L->has_split)
+        legend_item(f, x, y, "url(#w0)", 12, "W striped");
 }
 
 static void legend(FILE *f, const pp_timeline *t, const layout *L)
@@ -345,7 +346,7 @@ static void legend(FILE *f, const pp_timeline *t, const layout *L)
     double x = LEFT, y = L->height - LEGEND_H / 2;
     fputs("<g font-size=\"12\" dominant-baseline=\"central\">\n", f);
     if (L->multi) {
-        chunk_legend(f, t, &x, y);
+        chunk_legend(f, t, L, &x, y);
         legend_item(f, &x, y, palette[PP_OP_OPT][0], 3, "OPT");
         legend_item(f, &x, y, IDLE_FILL, 16, "idle");
         fputs("</g>\n", f);

@@ -64,7 +64,7 @@ static const option options[] = {
     {"--ir", NULL, "FILE", BOTH, SEC_SCHEDULE, V_STR, AT(ir_file), 0, 0,
      "a schedule IR JSON file instead of a generator"},
     {"--pytorch-csv", NULL, "FILE", BOTH, SEC_SCHEDULE, V_STR, AT(csv_file), 0, 0,
-     "a torch.distributed.pipelining compute-only CSV"},
+     "a torch.distributed.pipelining CSV (_dump_csv,\ncompute_only or compute_comms)"},
     {"--stages", NULL, "P", BOTH, SEC_SCHEDULE, V_INT, AT(gen.stages), 1, 4096,
      "pipeline stages (default 8); for schedules that put\nseveral stages on a rank, the ranks"},
     {"--ranks", NULL, "R", BOTH, SEC_SCHEDULE, V_INT, AT(gen.stages), 1, 4096,
