@@ -36,10 +36,10 @@ int pp_gen_info(const char *name, int stages, int m, int steps, pp_ir_info *info
     return 0;
 }
 
-static pp_action make_f(const walk_state *w, int mb, int m)
+pp_action pp_1f1b_forward(const pp_1f1b_rule *rule, int mb, int m)
 {
     pp_action a = pp_act(PP_OP_F, mb);
-    if (w->rule.f_prev_step) {
+    if (rule->f_prev_step) {
         int b = mb / m;
         a.sel = PP_SEL_VERSION;
         a.version = b > 0 ? b - 1 : 0;
@@ -69,7 +69,7 @@ static int walk_next(pp_stream *st, int s, pp_action *out)
 
     /* After warm-up, F when the forwards beyond warm-up equal the backwards. */
     if (fs < len && (fs < warm || fs - warm <= bs)) {
-        *out = make_f(w, c->f_next++, st->info.microbatches_per_step);
+        *out = pp_1f1b_forward(&w->rule, c->f_next++, st->info.microbatches_per_step);
         return 1;
     }
     *out = pp_act(PP_OP_B, c->b_next++);
@@ -83,7 +83,7 @@ static int walk_next(pp_stream *st, int s, pp_action *out)
     return 1;
 }
 
-static int walk_stashes(pp_stream *st, int stage, int mb)
+int pp_1f1b_stashes(pp_stream *st, int stage, int mb)
 {
     (void)st;
     (void)stage;
@@ -97,7 +97,7 @@ static int walk_next_f_version(pp_stream *st, int stage)
     const stage_cursor *c = &w->cur[stage];
     if (!w->rule.f_prev_step || c->f_next >= st->info.total_microbatches)
         return -1;
-    return make_f(w, c->f_next, st->info.microbatches_per_step).version;
+    return pp_1f1b_forward(&w->rule, c->f_next, st->info.microbatches_per_step).version;
 }
 
 static void walk_destroy(pp_stream *st)
@@ -126,7 +126,7 @@ int pp_1f1b_open(const pp_ir_info *info, const pp_1f1b_rule *rule, pp_stream **o
     st->next = walk_next;
     st->destroy = walk_destroy;
     /* hints only where they say something: they cost a call per action */
-    st->stashes = rule->b_sel == PP_SEL_STASH ? walk_stashes : NULL;
+    st->stashes = rule->b_sel == PP_SEL_STASH ? pp_1f1b_stashes : NULL;
     st->next_f_version = rule->f_prev_step ? walk_next_f_version : NULL;
     st->state = w;
     *out = st;

@@ -1,5 +1,6 @@
 #include "registry.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const pp_generator generators[] = {
@@ -9,10 +10,16 @@ static const pp_generator generators[] = {
      "P, m, S", 0, pp_gen_1f1b_flush},
     {"pipedream", "PipeDream: asynchronous 1F1B, update per micro-batch, weight stashing",
      "P, S (m = 1)", 0, pp_gen_pipedream},
-    {"pipedream-2bw", "PipeDream-2BW: asynchronous 1F1B, two weight versions, delay one update",
-     "P, m >= P, S", 0, pp_gen_pipedream_2bw},
-    {"paci", "PACI: asynchronous 1F1B with local accumulation of a, drift <= ceil((P-1-s)/a)",
-     "P, a = m, S, recompute", 0, pp_gen_paci},
+    {"pipedream-2bw",
+     "PipeDream-2BW: asynchronous 1F1B, two weight versions, delay one update; --chunks V: "
+     "interleaved",
+     "P, m >= P, S; with V = chunks (1) > 1: R = P, m >= 2R-2 a multiple of R", 1,
+     pp_gen_pipedream_2bw},
+    {"paci",
+     "PACI: asynchronous 1F1B with local accumulation of a, drift <= ceil((P-1-s)/a); "
+     "--chunks V: interleaved",
+     "P, a = m, S, recompute; with V = chunks (1) > 1: R = P, m a multiple of R", 1,
+     pp_gen_paci},
     {"interleaved-1f1b",
      "Interleaved 1F1B (Megatron virtual pipeline): V chunks per rank, (Vm+R-1)(F+B) a step",
      "R = P, V = chunks (2), m a multiple of R, S", 1, pp_gen_interleaved_1f1b},
@@ -55,10 +62,15 @@ int pp_generate(const char *name, const pp_gen_opts *o, pp_stream **out, pp_err 
         return pp_errf(e, "unknown schedule \"%s\" (known: %s)", name, pp_generator_names());
     if (o->chunks < 0)
         return pp_errf(e, "--chunks must be at least 1 (got %d)", o->chunks);
-    if (!g->chunked && o->chunks > 1)
-        return pp_errf(e, "%s has one stage per rank (got --chunks %d); interleaved-1f1b, "
-                          "looped-bfs, zbv and dualpipev take chunks",
-                       name, o->chunks);
+    if (!g->chunked && o->chunks > 1) {
+        char takers[256] = "";
+        for (size_t i = 0; i < NGEN; i++)
+            if (generators[i].chunked)
+                snprintf(takers + strlen(takers), sizeof takers - strlen(takers), "%s%s",
+                         takers[0] ? ", " : "", generators[i].name);
+        return pp_errf(e, "%s has one stage per rank (got --chunks %d); these take chunks: %s",
+                       name, o->chunks, takers);
+    }
     return g->open(o, out, e);
 }
 
