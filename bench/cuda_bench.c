@@ -4,7 +4,9 @@
  * TFLOP/s, MFU against the device's bf16 GEMM peak measured here on random
  * operands (pp_cuda_gemm_tflops) and against 989 TFLOP/s (the H100/H200
  * SXM datasheet's dense bf16), whatever the run's arithmetic
- * (PPSCHED_CUDA_MATH), and the stage's device memory by kind.
+ * (PPSCHED_CUDA_MATH), the attention path the stage took
+ * (PPSCHED_CUDA_ATTENTION: cudnn or cublas) and the stage's device memory by
+ * kind.
  *
  * FLOPs per iteration (PaLM's accounting, causal masking not discounted,
  * which is also what the kernels compute):
@@ -153,8 +155,12 @@ int main(int argc, char **argv)
     printf("device        %s\n", name);
     printf("model         %s: %d layers, dim %d, heads %d, vocab %d, %.1fM parameters\n",
            model, m.layers, m.dim, m.heads, m.vocab, np / 1e6);
-    printf("batch         micro-batch %d x seq %d = %zu tokens, P = 1, math %s\n", B, T, N,
-           pp_cuda_stage_math(st));
+    const char *fallback = NULL, *attention = pp_cuda_stage_attention(st, &fallback);
+    printf("batch         micro-batch %d x seq %d = %zu tokens, P = 1, math %s, attention %s", B,
+           T, N, pp_cuda_stage_math(st), attention);
+    if (fallback)
+        printf(" (cuDNN not used: %s)", fallback);
+    printf("\n");
     printf("loss          %.4f (first iteration) -> %.4f (after %d steps)\n", first_loss, loss,
            warmup + iters);
     printf("time/iter     %.2f ms  (forward %.2f, backward-I %.2f, backward-W %.2f, "
@@ -174,9 +180,9 @@ int main(int argc, char **argv)
            "workspace %.2f, total %.2f (peak %.2f)\n",
            mem.weights / GiB, mem.grads / GiB, mem.optimizer / GiB, mem.activations / GiB,
            mem.workspace / GiB, mem.total / GiB, mem.peak_total / GiB);
-    printf("RESULT model=%s math=%s B=%d T=%d tokens_per_s=%.0f tflops=%.2f bf16_peak=%.1f "
-           "mfu_measured=%.4f mfu_989=%.4f ms_per_iter=%.3f\n",
-           model, pp_cuda_stage_math(st), B, T, tokens / per_it, tflops, peak,
+    printf("RESULT model=%s math=%s attention=%s B=%d T=%d tokens_per_s=%.0f tflops=%.2f "
+           "bf16_peak=%.1f mfu_measured=%.4f mfu_989=%.4f ms_per_iter=%.3f\n",
+           model, pp_cuda_stage_math(st), attention, B, T, tokens / per_it, tflops, peak,
            peak > 0 ? tflops / peak : 0.0, tflops / 989.0, per_it * 1e3);
 
     b->release(st, acts);

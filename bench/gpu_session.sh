@@ -10,17 +10,21 @@
 # so the whole script ends before 8 minutes:
 #   1 versions   driver, CUDA, cuBLAS, cuDNN, NCCL, PyTorch; nvidia-smi
 #   2 deps       the carried .debs unpacked where the machine lacks them;
-#                NCCL taken only where both nccl.h and libnccl.so* are found;
-#                where cuDNN is (CMakeLists.txt takes no cuDNN path yet)
-#   3 build      cmake -G Ninja, Release, tests on, sm_90a; the targets below
+#                NCCL and cuDNN each taken from the first place with both
+#                its header and its library (passed to CMake)
+#   3 build      cmake -G Ninja, Release, tests on, sm_90a; the targets
+#                below; the cuDNN the build uses (its attention path)
 #   4 test_cuda  tests/test_cuda, with Check's TAP log
 #   5 bench      bf16 smoke runs of Muon and adamw-rotated with the delay
 #                correction (loss must fall); cuda_bench: GPT-2 small bf16 and
-#                tf32, medium bf16; PyTorch's
+#                tf32, medium bf16 (bf16: cuDNN attention where the build has
+#                it, tf32: cuBLAS; each RESULT names it); PyTorch's
 #                bf16 GEMM peak and GPT-2 small baseline (bench/
 #                torch_gpu_baseline.py); MFU of each against both peaks
 #   6 pipeline   bench/pipeline_bench.sh at P = 4, then 8; a P whose runs fail
-#                on SM partitions runs again with --sm-partitions off
+#                on SM partitions runs again with --sm-partitions off; cuBLAS
+#                attention (PPSCHED_CUDA_ATTENTION, unless set): cuDNN compiles
+#                its plans per stage, seconds that the box was not sized for
 #   7 test_nccl  tests/test_nccl
 #   8 sanitizer  compute-sanitizer memcheck on a tiny two-stage CUDA run, when
 #                enough time is left
@@ -76,6 +80,7 @@ targets=(pprun ppsim cuda_bench test_cuda test_nccl)
 bench_iters=10
 pipeline_steps=8
 pprun_timeout=20     # pprun --timeout: a stage waiting longer fails its run
+pipeline_attention=${PPSCHED_CUDA_ATTENTION:-cublas}
 data=$root/data/tinyshakespeare.txt
 steps="versions deps build test_cuda bench pipeline test_nccl sanitizer"
 
@@ -321,14 +326,18 @@ else
     fig "NCCL: no place with both nccl.h and libnccl.so*: the NCCL transport is left out" \
         "(headers: $(find_headers nccl.h | tr '\n' ' '))"
 fi
-# cuDNN: CMakeLists.txt has no cuDNN variables yet; where it is, for that path
+# cuDNN the same way (the CUDA backend's fused attention); a wheel's library
+# loads its engine libraries from beside it
 cudnn=$(find_pairs cudnn_version.h libcudnn | head -1)
 if [ -n "$cudnn" ]; then
     read -r cudnn_inc cudnn_lib <<<"$cudnn"
     fig "cuDNN $(header_version "$cudnn_inc/cudnn_version.h" CUDNN_MAJOR CUDNN_MINOR CUDNN_PATCHLEVEL):" \
-        "include $cudnn_inc, library $cudnn_lib (not passed: CMakeLists.txt takes no cuDNN path)"
+        "include $cudnn_inc, library $cudnn_lib"
+    cmake_extra+=(-DCUDNN_INCLUDE_DIR="$cudnn_inc" -DCUDNN_LIBRARY="$cudnn_lib")
+    LD_LIBRARY_PATH=$(dirname "$cudnn_lib"):${LD_LIBRARY_PATH:-}
+    export LD_LIBRARY_PATH
 else
-    fig "cuDNN: no place with both cudnn_version.h and libcudnn.so*"
+    fig "cuDNN: no place with both cudnn_version.h and libcudnn.so*: cuBLAS attention only"
 fi
 { echo "cmake extra: ${cmake_extra[*]}"; echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
   echo "PKG_CONFIG_PATH=${PKG_CONFIG_PATH:-}"; dir_pairs; } >>"$log"
@@ -376,6 +385,9 @@ else
     fi
     if [ $built = 1 ]; then step_end PASS; else step_end FAIL "$(joined)"; fi
 fi
+# what the build found of cuDNN, from its cache (also for a build reused as it is)
+note=$(sed -n 's/^PPSCHED_CUDNN_NOTE:INTERNAL=//p' "$build/CMakeCache.txt" 2>/dev/null)
+echo "  cuDNN in the build: ${note:-unknown (no PPSCHED_CUDNN_NOTE in $build/CMakeCache.txt)}" >>"$session"
 
 # --- 4 and 7: a Check suite ---------------------------------------------------
 
@@ -447,7 +459,8 @@ print(rows[0]["loss"], rows[-1]["loss"])' "$logs/smoke-$opt.jsonl" 2>/dev/null)
             label = ""; tf = ""
             for (i = 2; i <= NF; i++) {
                 split($i, kv, "=")
-                if (kv[1] == "model" || kv[1] == "math" || kv[1] == "figure") label = label " " kv[2]
+                if (kv[1] == "model" || kv[1] == "math" || kv[1] == "attention" || kv[1] == "figure")
+                    label = label " " kv[2]
                 if (kv[1] == "tflops") tf = kv[2]
             }
             if (tf == "") next
@@ -465,7 +478,8 @@ fi
 pipeline() {
     local rc runs checks
     box "$box_pipeline" "$2.txt" env NO_BUILD=1 BUILD_DIR="$build" OUT_DIR="$2" STAGES="$1" \
-        STEPS=$pipeline_steps EXTRA_ARGS="$3" bash bench/pipeline_bench.sh
+        STEPS=$pipeline_steps EXTRA_ARGS="$3" PPSCHED_CUDA_ATTENTION="$pipeline_attention" \
+        bash bench/pipeline_bench.sh
     rc=$?
     runs=$(grep -c 'pprun failed' "$2/summary.txt" 2>/dev/null)
     checks=$(grep -c '^FAIL ' "$2/summary.txt" 2>/dev/null)
@@ -473,7 +487,7 @@ pipeline() {
         cause=$( ((runs)) && echo "$runs runs failed")$( ((runs && checks)) && echo ", ")
         cause+=$( ((checks)) && echo "$checks checks failed")
     fi
-    fig "P=$1 with $3: $( ((rc == 0)) && echo PASS || echo "FAIL ($cause)")"
+    fig "P=$1 with $3, $pipeline_attention attention: $( ((rc == 0)) && echo PASS || echo "FAIL ($cause)")"
     grep -E '^(PASS|FAIL) |P=[0-9]|pprun failed' "$2/summary.txt" 2>/dev/null | figs_in
     # a run cut short by the box has no summary line: its errors, if any
     ((runs)) || grep -h 'pprun: error:' "$2"/*.err 2>/dev/null | sort | uniq -c | figs_in

@@ -7,7 +7,8 @@
 # deaf to SIGTERM. Checks: the script ends within its deadline, $OUT holds
 # session.txt and session-logs.tar.gz only, every step has its STEP line, the
 # hung part reads "timed out" and is gone, the GPU suites read SKIP, failure
-# lines and MFU are captured, the tarball holds the logs.
+# lines and MFU are captured, the build's cuDNN is named, the tarball holds
+# the logs.
 #
 # usage: gpu_session_dry_test.sh SOURCE_DIR BUILD_DIR
 # Prints "SKIP: ..." and exits 0 when the build has no CUDA programs, or on a
@@ -94,6 +95,8 @@ for t in test_cuda test_nccl; do
     grep -q "^STEP $t: SKIP (no CUDA GPU" "$s" && ok || bad "$t without a GPU: $(grep "^STEP $t" "$s")"
 done
 grep -q '^  GPU: NVIDIA H200, 143771 MiB' "$s" && ok || bad "the GPU line is missing"
+grep -Eq '^  cuDNN in the build: (off|not found|not looked for|[0-9]+\.[0-9]+)' "$s" && ok ||
+    bad "no line says what the build found of cuDNN: $(grep 'cuDNN in the build' "$s")"
 grep -q 'cuda_bench: error: ' "$s" && ok || bad "cuda_bench's error line is not captured"
 grep -q 'pprun: error: ' "$s" && ok || bad "pprun's error lines are not captured"
 grep -q 'P=4 with --sm-partitions off --timeout ' "$s" && ok ||

@@ -15,7 +15,13 @@
  *   - SM partitions (CUDA green contexts): P = 2 stages on two partitions of
  *     device 0, forward/backward parity as above and 1F1B through the
  *     runtime; asking for more partitions than the GPU has SMs for fails;
- *   - device clocks: non-negative times that increase around forwards.
+ *   - device clocks: non-negative times that increase around forwards;
+ *   - attention through cuDNN (PPSCHED_CUDA_ATTENTION=cudnn) against cuBLAS,
+ *     both in bf16 math (the suite's fp32 tolerances do not apply):
+ *     losses within 1e-2 and every gradient tensor within 2e-2 (relative
+ *     norm of the difference) over two micro-batches whose backwards run
+ *     after both forwards, the path each stage reports, and activations
+ *     smaller by the B H T^2 probabilities of every block.
  *
  * Tolerances (fp32, PPSCHED_CUDA_MATH unset or fp32): a tensor matches when
  *     max_i |cuda_i - cpu_i| <= 1e-4 * max_i |cpu_i|
@@ -1094,6 +1100,225 @@ START_TEST(test_runtime_partitions)
 }
 END_TEST
 
+/* --- attention: cuDNN against cuBLAS, in bf16 ---------------------- */
+
+/* Two blocks, four heads of 32, sequence 64, micro-batch 2: shapes cuDNN's
+ * fused attention takes. */
+static pp_model_desc attn_model(void)
+{
+    return test_model(2, 128, 4, 64, 67, 2);
+}
+
+/* Sets (value NULL: unsets) an environment variable; returns the old value
+ * for env_restore. */
+static char *env_set(const char *name, const char *value)
+{
+    const char *old = getenv(name);
+    char *keep = old ? strdup(old) : NULL;
+    if (value)
+        setenv(name, value, 1);
+    else
+        unsetenv(name);
+    return keep;
+}
+
+static void env_restore(const char *name, char *old)
+{
+    if (old)
+        setenv(name, old, 1);
+    else
+        unsetenv(name);
+    free(old);
+}
+
+/* One CUDA stage holding the whole model, two micro-batch buffers. */
+typedef struct {
+    void *st, *w, *grad, *acts[2];
+    pp_gpt_stage tab;
+} attn_stage;
+
+/* The stage in bf16 math with PPSCHED_CUDA_ATTENTION=path (both restored
+ * after); -1 with e filled when create fails. */
+static int attn_open(attn_stage *a, const pp_model_desc *m, const char *path, pp_err *e)
+{
+    const pp_backend_ops *b = &pp_backend_cuda;
+    memset(a, 0, sizeof *a);
+    char *math = env_set("PPSCHED_CUDA_MATH", "bf16");
+    char *att = env_set("PPSCHED_CUDA_ATTENTION", path);
+    int rc = b->create(m, 1, 0, &PP_PLACEMENT_WHOLE(0), &a->st, e);
+    env_restore("PPSCHED_CUDA_MATH", math);
+    env_restore("PPSCHED_CUDA_ATTENTION", att);
+    if (rc < 0)
+        return -1;
+    ck_assert_msg(pp_gpt_stage_init(&a->tab, m, 1, 0, e) == 0, "%s", e->msg);
+    size_t wb = a->tab.nparams * sizeof(float);
+    a->w = b->alloc(a->st, wb);
+    a->grad = b->alloc(a->st, wb);
+    for (int i = 0; i < 2; i++)
+        a->acts[i] = b->alloc(a->st, b->acts_bytes(a->st));
+    ck_assert(a->w && a->grad && a->acts[0] && a->acts[1]);
+    b->init_weights(a->st, a->w, 4321);
+    ck_assert(b->sync(a->st, NULL) == 0);
+    return 0;
+}
+
+static void attn_close(attn_stage *a)
+{
+    void *bufs[] = {a->w, a->grad, a->acts[0], a->acts[1]};
+    for (int i = 0; i < 4; i++)
+        pp_backend_cuda.release(a->st, bufs[i]);
+    pp_backend_cuda.destroy(a->st);
+    pp_gpt_stage_free(&a->tab);
+}
+
+/* 1 when the stage took attention `want`; 0 (the caller skips, after a
+ * line) when cuDNN was asked for and the stage fell back saying why. A
+ * path that differs without a reason fails. */
+static int attn_took(attn_stage *a, const char *want)
+{
+    const char *why = NULL, *path = pp_cuda_stage_attention(a->st, &why);
+    if (strcmp(path, want) == 0)
+        return 1;
+    ck_assert_msg(strcmp(want, "cudnn") == 0 && why,
+                  "asked for %s attention, the stage took %s without a reason", want, path);
+    printf("test_cuda: cuDNN attention unavailable here, not tested: %s\n", why);
+    return 0;
+}
+
+#ifdef PPSCHED_HAVE_CUDNN
+/* Micro-batches 0 and 1 forward, then both backward (each backward reads
+ * what its forward kept while the other's forward ran in between): the
+ * losses, and the accumulated gradient on the host. */
+static float *attn_run(attn_stage *a, const pp_model_desc *m, float loss[2])
+{
+    const pp_backend_ops *b = &pp_backend_cuda;
+    pp_err e = {{0}};
+    size_t n = (size_t)m->micro_batch * m->seq_len, wb = a->tab.nparams * sizeof(float);
+    int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    for (int mb = 0; mb < 2; mb++) {
+        random_ids(tok, n, m->vocab, 300 + mb);
+        random_ids(tgt, n, m->vocab, 400 + mb);
+        int rc = b->forward(a->st, a->w, tok, NULL, tgt, a->acts[mb], NULL, &loss[mb], &e);
+        ck_assert_msg(rc == 0, "%s", e.msg);
+    }
+    for (int mb = 0; mb < 2; mb++) {
+        ck_assert_msg(b->backward_input(a->st, a->w, a->acts[mb], NULL, NULL, 0.5f, &e) == 0, "%s",
+                      e.msg);
+        ck_assert_msg(b->backward_weight(a->st, a->acts[mb], a->grad, &e) == 0, "%s", e.msg);
+    }
+    ck_assert_msg(b->sync(a->st, &e) == 0, "%s", e.msg);
+    float *g = malloc(wb);
+    ck_assert(g);
+    b->to_host(a->st, g, a->grad, wb);
+    free(tok);
+    free(tgt);
+    return g;
+}
+
+/* |a - b| / |b| in the 2-norm (0 when both are zero). */
+static double rel_norm_err(const float *a, const float *b, size_t n)
+{
+    double d = 0.0, s = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double x = (double)a[i] - b[i];
+        d += x * x;
+        s += (double)b[i] * b[i];
+    }
+    if (s == 0.0)
+        return d == 0.0 ? 0.0 : INFINITY;
+    return isnan(d) ? INFINITY : sqrt(d / s);
+}
+#endif
+
+START_TEST(test_cudnn_attention_parity)
+{
+    pp_model_desc m = attn_model();
+    pp_err e = {{0}};
+    attn_stage u, d;
+#ifndef PPSCHED_HAVE_CUDNN
+    /* Asked for, cuDNN is an error in a build without it; bf16 math
+     * defaults to cuBLAS. */
+    ck_assert(attn_open(&d, &m, "cudnn", &e) < 0);
+    ck_assert_msg(strstr(e.msg, "no cuDNN") != NULL, "%s", e.msg);
+    ck_assert_msg(attn_open(&u, &m, NULL, &e) == 0, "%s", e.msg);
+    ck_assert(attn_took(&u, "cublas"));
+    attn_close(&u);
+    printf("test_cuda: this build has no cuDNN: its attention is not tested\n");
+#else
+    ck_assert_msg(attn_open(&u, &m, "cublas", &e) == 0, "%s", e.msg);
+    ck_assert(attn_took(&u, "cublas"));
+    ck_assert_msg(attn_open(&d, &m, "cudnn", &e) == 0, "%s", e.msg);
+    if (!attn_took(&d, "cudnn")) {
+        attn_close(&d);
+        attn_close(&u);
+        return;
+    }
+    /* bf16 math and cuDNN in the build: cuDNN by default */
+    attn_stage dflt;
+    ck_assert_msg(attn_open(&dflt, &m, NULL, &e) == 0, "%s", e.msg);
+    ck_assert_str_eq(pp_cuda_stage_attention(dflt.st, NULL), "cudnn");
+    attn_close(&dflt);
+    float lu[2], ld[2];
+    float *gu = attn_run(&u, &m, lu), *gd = attn_run(&d, &m, ld);
+    for (int mb = 0; mb < 2; mb++) {
+        printf("test_cuda: attention micro-batch %d loss: cuBLAS %.6f cuDNN %.6f\n", mb, lu[mb],
+               ld[mb]);
+        double diff = fabs((double)ld[mb] - lu[mb]);
+        ck_assert_msg(isfinite(ld[mb]) && diff <= 1e-2 * fabs((double)lu[mb]),
+                      "micro-batch %d loss: cuDNN %.8g cuBLAS %.8g (tolerance 1e-2 relative)", mb,
+                      ld[mb], lu[mb]);
+    }
+    double worst = 0.0;
+    for (int i = 0; i < u.tab.ntensors; i++) {
+        const pp_gpt_tensor *t = &u.tab.tensors[i];
+        double r = rel_norm_err(gd + t->offset, gu + t->offset, t->numel);
+        ck_assert_msg(r < 2e-2,
+                      "gradient %s: cuDNN against cuBLAS, relative norm of the difference %.3g "
+                      ">= 2e-2",
+                      t->name, r);
+        if (r > worst)
+            worst = r;
+    }
+    printf("test_cuda: attention gradients: largest relative difference %.3g\n", worst);
+    free(gu);
+    free(gd);
+    attn_close(&d);
+    attn_close(&u);
+#endif
+}
+END_TEST
+
+/* The cuDNN stage keeps one statistic per score row instead of the B H T^2
+ * probabilities of every block. */
+START_TEST(test_cudnn_attention_memory)
+{
+#ifdef PPSCHED_HAVE_CUDNN
+    pp_model_desc m = attn_model();
+    pp_err e = {{0}};
+    attn_stage u, d;
+    ck_assert_msg(attn_open(&u, &m, "cublas", &e) == 0, "%s", e.msg);
+    ck_assert_msg(attn_open(&d, &m, "cudnn", &e) == 0, "%s", e.msg);
+    if (attn_took(&d, "cudnn")) {
+        size_t bu = pp_backend_cuda.acts_bytes(u.st), bd = pp_backend_cuda.acts_bytes(d.st);
+        double probs = 4.0 * m.micro_batch * m.heads * (double)m.seq_len * m.seq_len * m.layers;
+        printf("test_cuda: activations per micro-batch: cuBLAS %zu bytes, cuDNN %zu (%.0f of "
+               "probabilities)\n",
+               bu, bd, probs);
+        ck_assert_msg(bd < bu && (double)(bu - bd) >= 0.9 * probs,
+                      "cuDNN activations %zu bytes, cuBLAS %zu: %.0f saved, want at least %.0f", bd,
+                      bu, (double)bu - (double)bd, 0.9 * probs);
+        pp_cuda_memory mem;
+        pp_cuda_stage_memory(d.st, &mem);
+        ck_assert_uint_eq(mem.activations, 2 * bd);
+    }
+    attn_close(&d);
+    attn_close(&u);
+#else
+    printf("test_cuda: this build has no cuDNN: its attention's memory is not tested\n");
+#endif
+}
+END_TEST
+
 /* Bad token ids fail with a message, like the CPU backend. */
 START_TEST(test_bad_token)
 {
@@ -1139,6 +1364,8 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, test_partition_too_many);
     tcase_add_test(tc, test_runtime_partitions);
     tcase_add_test(tc, test_device_clocks);
+    tcase_add_test(tc, test_cudnn_attention_parity);
+    tcase_add_test(tc, test_cudnn_attention_memory);
     suite_add_tcase(s, tc);
     return s;
 }
@@ -1158,6 +1385,13 @@ int main(void)
     if (math && strcmp(math, "fp32") != 0) {
         printf("SKIP: PPSCHED_CUDA_MATH=%s: the parity tolerances are for fp32\n", math);
         return EXIT_SUCCESS;
+    }
+    /* The parity tests are for cuBLAS attention (the fp32 default); the
+     * cuDNN tests choose their path themselves. */
+    const char *attention = getenv("PPSCHED_CUDA_ATTENTION");
+    if (attention) {
+        printf("test_cuda: PPSCHED_CUDA_ATTENTION=%s ignored: each test sets its own\n", attention);
+        unsetenv("PPSCHED_CUDA_ATTENTION");
     }
     return run_gpu_suite(cuda_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

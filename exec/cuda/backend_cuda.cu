@@ -36,7 +36,8 @@
  * table; the rest of the backend lives beside it: cuda_stage.cuh (the stage
  * struct, private to exec/cuda/), cuda_memory.cu (allocations, accounting,
  * activation layout), cuda_layers.cu (GEMMs, layers, forward and backward),
- * cuda_attention.cu, cuda_optimizer.cu (AdamW, the optimizer state),
+ * cuda_attention.cu (cuBLAS, or cuDNN's fused attention in
+ * cuda_attention_cudnn.cu), cuda_optimizer.cu (AdamW, the optimizer state),
  * cuda_muon.cu (Muon's Newton-Schulz products), kernels_*.cu (the kernels
  * and their launchers) and cuda_introspect.cu (the
  * pp_cuda_stage_* queries and the GEMM benchmark of cuda_backend.h). */
@@ -126,6 +127,7 @@ static void stage_free(cuda_stage *c)
                 cudaFreeAsync(a.p, c->stream);
             cudaStreamSynchronize(c->stream);
         }
+        attention_release(c); /* cuDNN's handle and graphs */
         for (cudaEvent_t ev : c->clk)
             if (ev)
                 cudaEventDestroy(ev);
@@ -185,7 +187,6 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
     c->Vp = (c->V + 127) / 128 * 128;
     c->N = c->B * c->T;
     c->math = math_from_env(&c->compute);
-    build_layout(c);
 
     bool partitioned = at && at->partition >= 0;
     const char *what = "cudaSetDevice";
@@ -248,6 +249,13 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
         return -1;
     }
 
+    /* The attention path first: the activation layout depends on it. */
+    if (attention_init(c, e) < 0) {
+        stage_free(c);
+        return -1;
+    }
+    build_layout(c);
+
     size_t np = c->g.nparams, NC = (size_t)c->N * c->C;
     int nt = c->g.ntensors;
     c->workspace_bytes = 32u << 20; /* cuBLAS's recommendation for Hopper */
@@ -257,10 +265,9 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
     c->d_tdecay = (unsigned char *)dev_alloc(c, nt, MK_WS);
     c->ones = (float *)dev_alloc(c, c->N * sizeof(float), MK_WS);
     c->tmp = (float *)dev_alloc(c, 4 * NC * sizeof(float), MK_WS);
-    c->datt = (float *)dev_alloc(c, (size_t)c->H * c->T * c->T * sizeof(float), MK_WS);
     c->d_loss = (float *)dev_alloc(c, sizeof(float), MK_WS);
     if (!c->workspace || !c->d_tstart || !c->d_state_at || !c->d_tdecay || !c->ones || !c->tmp ||
-        !c->datt || !c->d_loss) {
+        !c->d_loss) {
         pp_errf(e, "--backend cuda: stage %d: out of device memory (%zu parameters)", s, np);
         stage_free(c);
         return -1;

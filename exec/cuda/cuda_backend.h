@@ -19,6 +19,14 @@
  *                   cuBLAS), fp32 accumulation, fp32 master weights;
  *                   Muon's Newton-Schulz products multiply bf16 copies
  *                   of their operands (cuda_muon.cu)
+ * Attention has two paths, picked when a stage is created (cuda_attention.cu):
+ * PPSCHED_CUDA_ATTENTION=cublas (cuBLAS products around softmax kernels,
+ * the stage's math, the probabilities kept for the backward) or cudnn
+ * (cuDNN's fused flash attention on bf16 operands, no B H T^2 tensor);
+ * unset: cudnn when the build has cuDNN and the math is bf16, cublas
+ * otherwise. A stage that cannot build its cuDNN graphs (head size, no
+ * engine) uses cuBLAS and says why once on stderr; asking for cudnn in a
+ * build without cuDNN fails the stage's creation.
  * Everything of a stage runs on its own non-blocking stream with its own
  * cuBLAS handle and workspace; `sync` waits for that stream only. A stage
  * placed on an SM partition runs all of it inside a CUDA green context of
@@ -75,6 +83,11 @@ int pp_cuda_stage_sms(void *stage);
 
 /* "fp32", "tf32" or "bf16": the matrix-product arithmetic of the stage. */
 const char *pp_cuda_stage_math(void *stage);
+
+/* "cublas" or "cudnn": the stage's attention path. When cuDNN was asked for
+ * (or the default) and not taken, *fallback gets why (the cuDNN call and
+ * status), else NULL; fallback may be NULL. */
+const char *pp_cuda_stage_attention(void *stage, const char **fallback);
 
 /* Name of device `device` ("NVIDIA H100 80GB HBM3"), or "" if unknown. */
 void pp_cuda_device_name(int device, char *buf, size_t n);

@@ -1,6 +1,7 @@
 /* What C code may ask of a CUDA stage or device beyond the pp_backend_ops
- * table (cuda_backend.h): a stage's memory, stream, device, SMs and math, a
- * device's name and its measured GEMM throughput (bench/cuda_bench.c, tests). */
+ * table (cuda_backend.h): a stage's memory, stream, device, SMs, math and
+ * attention path, a device's name and its measured GEMM throughput
+ * (bench/cuda_bench.c, tests). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -58,6 +59,14 @@ void pp_cuda_stage_bind(void *stage)
 const char *pp_cuda_stage_math(void *stage)
 {
     return S(stage)->math;
+}
+
+const char *pp_cuda_stage_attention(void *stage, const char **fallback)
+{
+    cuda_stage *c = S(stage);
+    if (fallback)
+        *fallback = c->attention_fallback[0] ? c->attention_fallback : nullptr;
+    return c->attention;
 }
 
 void pp_cuda_device_name(int device, char *buf, size_t n)

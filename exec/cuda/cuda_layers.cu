@@ -140,7 +140,7 @@ static void block_forward(cuda_stage *c, const float *w, void *acts, int l, floa
     check_launch(c, "layernorm_forward");
     linear_forward(c, F(acts, a.qkv), F(acts, a.ln1), w + p->qkv_w, w + p->qkv_b, nullptr, C,
                    3 * C);
-    attention_forward(c, F(acts, a.atty), F(acts, a.att), F(acts, a.qkv));
+    attention_forward(c, acts, a);
     linear_forward(c, F(acts, a.res_mid), F(acts, a.atty), w + p->attn_w, w + p->attn_b,
                    F(acts, a.res_in), C, C);
     k_layernorm_forward(F(acts, a.ln2), F(acts, a.ln2_mean), F(acts, a.ln2_rstd),
@@ -238,7 +238,7 @@ static void block_backward_input(cuda_stage *c, const float *w, void *acts, int 
     check_launch(c, "layernorm_backward_input");
     /* Attention branch. */
     linear_backward_input(c, c->tmp, F(acts, a.d_res_mid), w + p->attn_w, C, C);
-    attention_backward(c, F(acts, a.d_qkv), c->tmp, F(acts, a.qkv), F(acts, a.att));
+    attention_backward(c, acts, a, c->tmp);
     linear_backward_input(c, F(acts, a.d_ln1), F(acts, a.d_qkv), w + p->qkv_w, C, 3 * C);
     k_layernorm_backward_input(F(acts, L.d_res[l]), F(acts, a.d_res_mid), F(acts, a.d_ln1),
                                F(acts, a.res_in), F(acts, a.ln1_mean), F(acts, a.ln1_rstd),

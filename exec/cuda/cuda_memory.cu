@@ -91,10 +91,16 @@ static size_t take(size_t *off, size_t n)
     return at;
 }
 
+/* The attention path must be chosen (attention_init): cuBLAS keeps the
+ * probabilities, B H T^2 floats a block, cuDNN one log-sum-exp per score
+ * row, B H T. (cuDNN's bf16 operands are scratch of the stage, converted
+ * again from qkv and atty for the backward: keeping them here would cost
+ * 8 N C bytes a block to save converting 4 N C floats once more.) */
 void build_layout(cuda_stage *c)
 {
     const pp_gpt_stage *g = &c->g;
-    size_t N = c->N, NC = (size_t)c->N * c->C, att = (size_t)c->B * c->H * c->T * c->T;
+    size_t N = c->N, NC = (size_t)c->N * c->C, rows = (size_t)c->B * c->H * c->T;
+    bool cudnn = c->cudnn != nullptr;
     size_t off = 0;
     acts_layout &L = c->L;
     L.tokens = L.perm = L.seg_start = L.seg_token = L.nseg = L.targets = 0;
@@ -115,7 +121,8 @@ void build_layout(cuda_stage *c)
         b.ln1_mean = take(&off, N);
         b.ln1_rstd = take(&off, N);
         b.qkv = take(&off, 3 * NC);
-        b.att = take(&off, att);
+        b.att = cudnn ? 0 : take(&off, rows * c->T);
+        b.stats = cudnn ? take(&off, rows) : 0;
         b.atty = take(&off, NC);
         b.res_mid = take(&off, NC);
         b.ln2 = take(&off, NC);

@@ -29,10 +29,13 @@ struct alloc_rec {
 };
 
 /* Offsets (in 4-byte elements) of one micro-batch's buffer. res[l] is the
- * input of block l; res[nblocks] the stage output on the last stage. */
+ * input of block l; res[nblocks] the stage output on the last stage. What
+ * attention keeps for the backward depends on its path (cuda_stage's
+ * attention): att, the probabilities [B][H][T][T], for cuBLAS; stats, the
+ * log-sum-exp of every score row [B][H][T], for cuDNN. The other is 0. */
 struct block_layout {
-    size_t res_in, ln1, ln1_mean, ln1_rstd, qkv, att, atty, res_mid, ln2, ln2_mean, ln2_rstd,
-        fc, fcg;
+    size_t res_in, ln1, ln1_mean, ln1_rstd, qkv, att, stats, atty, res_mid, ln2, ln2_mean,
+        ln2_rstd, fc, fcg;
     /* gradients */
     size_t d_ln1, d_qkv, d_res_mid, d_ln2, d_fc;
 };
@@ -88,6 +91,8 @@ struct cuda_optim {
     cusolverDnHandle_t solver;
 };
 
+struct cudnn_attention; /* cuda_attention_cudnn.cu */
+
 struct cuda_stage {
     pp_gpt_stage g; /* tensor table and sizes; its host scratch is freed */
     int device;
@@ -104,6 +109,12 @@ struct cuda_stage {
     cublasHandle_t blas;
     cublasComputeType_t compute;
     const char *math;
+    /* "cublas" or "cudnn" (PPSCHED_CUDA_ATTENTION, cuda_attention.cu); the
+     * cuDNN graphs and scratch when cudnn; why cuDNN was asked for and not
+     * taken, or "" */
+    const char *attention;
+    cudnn_attention *cudnn;
+    char attention_fallback[320];
     void *workspace;
     size_t workspace_bytes;
     acts_layout L;
@@ -116,7 +127,7 @@ struct cuda_stage {
     /* scratch (one micro-batch at a time: the stream serializes) */
     float *ones; /* N */
     float *tmp;  /* 4 N C */
-    float *datt; /* H T T */
+    float *datt; /* H T T, cuBLAS attention only */
     float *d_loss;
     /* host scratch for the embedding-gradient segments */
     std::vector<int> h_counts, h_head;
@@ -199,9 +210,29 @@ inline cuda_stage *S(void *p)
 void gemm_batched(cuda_stage *c, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                   float alpha, const float *A, int lda, long long sa, const float *B, int ldb,
                   long long sb, float beta, float *Cm, int ldc, long long sc, int batch);
-void attention_forward(cuda_stage *c, float *y, float *att, const float *qkv);
-void attention_backward(cuda_stage *c, float *dqkv, const float *dy, const float *qkv,
-                        const float *att);
+/* Picks the stage's attention path (before build_layout, which depends on
+ * it) and allocates its scratch; -1 with e filled on a bad
+ * PPSCHED_CUDA_ATTENTION, cuDNN asked for in a build without it, or out of
+ * device memory. attention_release frees what is not device memory. */
+int attention_init(cuda_stage *c, pp_err *e);
+void attention_release(cuda_stage *c);
+/* Block a of micro-batch buffer acts: qkv -> atty, keeping att or stats. */
+void attention_forward(cuda_stage *c, void *acts, const block_layout &a);
+/* d_qkv of block a (overwritten) from dy [B][T][C]. */
+void attention_backward(cuda_stage *c, void *acts, const block_layout &a, const float *dy);
+
+#ifdef PPSCHED_HAVE_CUDNN
+/* cuda_attention_cudnn.cu: the fused attention graphs of the stage's
+ * shapes, built once; 0, or -1 with why (the cuDNN call, status and
+ * message) and nothing left allocated. */
+int cudnn_attention_init(cuda_stage *c, char *why, size_t n);
+void cudnn_attention_release(cuda_stage *c);
+/* y [B][T][C] and stats [B][H][T] from qkv [B][T][3C]. */
+void cudnn_attention_forward(cuda_stage *c, float *y, float *stats, const float *qkv);
+/* dqkv (overwritten) from dy, with the forward's qkv, y and stats. */
+void cudnn_attention_backward(cuda_stage *c, float *dqkv, const float *dy, const float *qkv,
+                              const float *y, const float *stats);
+#endif
 
 /* --- Muon (cuda_muon.cu) ------------------------------------------------ */
 

@@ -105,6 +105,8 @@ void k_matrix_apply(float *w, float *prev, const float *X, int rows, int cols, b
                     float lr, float scale, float wd, float beta, cudaStream_t s);
 /* dst = src rounded to bf16 (to nearest even). */
 void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t s);
+/* dst = src widened to fp32 (exact). */
+void k_from_bf16(float *dst, const __nv_bfloat16 *src, size_t n, cudaStream_t s);
 
 /* adamw-rotated (cuda_rotated.cu). m = beta1 m + (1 - beta1) g. */
 void k_adam_moment(float *m, const float *g, float beta1, size_t n, cudaStream_t s);

@@ -3,7 +3,8 @@
  * and the delay correction, Muon's elementwise parts around the
  * Newton-Schulz products, and adamw-rotated's around its basis changes and
  * eigensolver. fp32 throughout, the formulas of adamw.c, cpu_optim.c and
- * cpu_rotated.c. */
+ * cpu_rotated.c; also the bf16 conversions that Muon's products and the
+ * cuDNN attention (cuda_attention_cudnn.cu) share. */
 #include "kernels.cuh"
 
 namespace {
@@ -145,6 +146,13 @@ __global__ void to_bf16(__nv_bfloat16 *dst, const float *src, size_t n)
     }
 }
 
+__global__ void from_bf16(float *dst, const __nv_bfloat16 *src, size_t n)
+{
+    GRID_STRIDE(i, n) {
+        dst[i] = __bfloat162float(src[i]);
+    }
+}
+
 /* AdamW's first moment, its expression (adamw.c). */
 __global__ void adam_moment(float *m, const float *g, float b1, size_t n)
 {
@@ -250,6 +258,11 @@ void k_matrix_apply(float *w, float *prev, const float *X, int rows, int cols, b
 void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n, cudaStream_t s)
 {
     to_bf16<<<grid_for(n), kThreads, 0, s>>>(dst, src, n);
+}
+
+void k_from_bf16(float *dst, const __nv_bfloat16 *src, size_t n, cudaStream_t s)
+{
+    from_bf16<<<grid_for(n), kThreads, 0, s>>>(dst, src, n);
 }
 
 void k_adam_moment(float *m, const float *g, float beta1, size_t n, cudaStream_t s)
