@@ -14,7 +14,8 @@ typedef struct {
     int steps;        /* S */
     int recompute;    /* PACI: store only stage inputs, recompute in backward */
     int chunks;       /* V stages per rank (R*V stages) where a generator takes it
-                         (chunked below); 0 = its default, 2 */
+                         (chunked below); 0 = its default: 2 for interleaved-1f1b
+                         and looped-bfs, 1 for paci and pipedream-2bw */
 } pp_gen_opts;
 
 typedef struct {

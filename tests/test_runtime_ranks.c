@@ -2,7 +2,7 @@
  * runs its chunks of the model in the rank's order. Synchronous schedules
  * (interleaved 1F1B, looped BFS, ZB-H1, ZB-V, DualPipeV) apply exactly the
  * updates of unpipelined training; the measured run's weight versions
- * equal the simulator's; a run that cannot be done says so in one line. */
+ * equal the simulator's, asynchronous chunked PACI and PipeDream-2BW too; a run that cannot be done says so in one line. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -83,18 +83,20 @@ END_TEST
  * (from the simulator's code) see R ranks: each rank's busy time is the
  * union of its stages'. The versions every action read equal the
  * simulator's. */
-START_TEST(measured_timeline_has_ranks_and_versions)
+static void check_measured_run(const char *name, int R, int V, int mbs, int S)
 {
-    pp_schedule ir = gen("interleaved-1f1b", 2, 2, 4, 3);
+    pp_schedule ir = gen(name, R, V, mbs, S);
     pp_timeline real;
     pp_run_result r = train(&ir, &real);
     pp_run_result_free(&r);
     pp_err e = {{0}};
     pp_metrics m;
     ck_assert_msg(pp_metrics_from_timeline(&real, NULL, 0, NULL, &m, &e) == 0, "%s", e.msg);
-    ck_assert_int_eq(m.info.ranks, 2);
-    for (int k = 0; k < 2; k++) {
-        double stages_busy = m.stage[k].busy + m.stage[k + 2].busy;
+    ck_assert_int_eq(m.info.ranks, R);
+    for (int k = 0; k < R; k++) {
+        double stages_busy = 0; /* looped: rank k holds stages k, k + R, ... */
+        for (int s = k; s < ir.info.stages; s += R)
+            stages_busy += m.stage[s].busy;
         /* one thread per rank: its stages never overlap in time */
         ck_assert_double_eq_tol(m.rank[k].busy, stages_busy, 1e-9);
         ck_assert(m.rank[k].busy <= m.makespan);
@@ -116,8 +118,10 @@ START_TEST(measured_timeline_has_ranks_and_versions)
     ck_assert_uint_eq(na, nb);
     ck_assert_uint_eq(na, (size_t)ir.info.stages * ir.info.total_microbatches);
     for (size_t i = 0; i < na; i++)
-        ck_assert(a[i].stage == b[i].stage && a[i].mb == b[i].mb && a[i].v_f == b[i].v_f &&
-                  a[i].v_b == b[i].v_b);
+        ck_assert_msg(a[i].stage == b[i].stage && a[i].mb == b[i].mb && a[i].v_f == b[i].v_f &&
+                          a[i].v_b == b[i].v_b,
+                      "%s stage %d mb %d: measured v_f=%d v_b=%d, simulated %d %d", name,
+                      a[i].stage, a[i].mb, a[i].v_f, a[i].v_b, b[i].v_f, b[i].v_b);
     free(a);
     free(b);
     pp_metrics_free(&m);
@@ -126,6 +130,16 @@ START_TEST(measured_timeline_has_ranks_and_versions)
     pp_cost_free(&cost);
     pp_stream_free(st);
     pp_schedule_free(&ir);
+}
+
+START_TEST(measured_timeline_has_ranks_and_versions)
+{
+    check_measured_run("interleaved-1f1b", 2, 2, 4, 3);
+    /* asynchronous, several stages per rank: the versions every action
+     * read, row by row, are the simulator's (drift and stashes included) */
+    check_measured_run("paci", 2, 2, 2, 6);
+    check_measured_run("paci", 1, 4, 2, 6);
+    check_measured_run("pipedream-2bw", 2, 2, 4, 4);
 }
 END_TEST
 

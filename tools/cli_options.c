@@ -70,8 +70,9 @@ static const option options[] = {
     {"--ranks", NULL, "R", BOTH, SEC_SCHEDULE, V_INT, AT(gen.stages), 1, 4096,
      "ranks (devices): alias of --stages"},
     {"--chunks", NULL, "V", BOTH, SEC_SCHEDULE, V_INT, AT(gen.chunks), 1, 64,
-     "stages (model chunks) per rank of interleaved-1f1b\nand looped-bfs (default 2; zbv and "
-     "dualpipev: 2)"},
+     "stages (model chunks) per rank: interleaved-1f1b and\nlooped-bfs (default 2), paci and "
+     "pipedream-2bw\n(default 1); zbv and dualpipev have 2; compare\ngives it to the schedules "
+     "that take it"},
     {"--microbatches", NULL, "M", BOTH, SEC_SCHEDULE, V_INT, AT(gen.microbatches), 1, IMAX,
      "micro-batches per optimizer step (default 8)"},
     {"--accum", NULL, "A", BOTH, SEC_SCHEDULE, V_INT, AT(gen.microbatches), 1, IMAX,

@@ -61,8 +61,11 @@ static int parse_options(pp_cli_opts *o, int argc, char **argv, int first, const
 /* The schedule to simulate, as a stream. Full mode (or a file) keeps the
  * whole IR in *held and validates it first; summary mode streams the
  * generator and lets the engine check it as it runs. */
-static int open_schedule(const pp_cli_opts *o, const char *name, int full, pp_schedule *held,
-                         int *have_held, pp_stream **st, pp_err *e)
+/* The schedule from a file or a generator. In a comparison (`compare`),
+ * --chunks goes to the generators that take it and the others keep one
+ * stage per rank, so that 1F1B-flush can sit beside interleaved 1F1B. */
+static int open_schedule(const pp_cli_opts *o, const char *name, int full, int compare,
+                         pp_schedule *held, int *have_held, pp_stream **st, pp_err *e)
 {
     *have_held = 0;
     int r = pp_cli_load_ir(o, held, e);
@@ -75,9 +78,13 @@ static int open_schedule(const pp_cli_opts *o, const char *name, int full, pp_sc
     if (!name)
         return pp_errf(e, "give --schedule NAME (%s), --ir FILE or --pytorch-csv FILE",
                        pp_generator_names());
+    pp_gen_opts gen = o->gen;
+    const pp_generator *g = pp_generator_find(name);
+    if (compare && g && !g->chunked)
+        gen.chunks = 0;
     if (!full)
-        return pp_generate(name, &o->gen, st, e);
-    if (pp_generate_schedule(name, &o->gen, held, e) < 0)
+        return pp_generate(name, &gen, st, e);
+    if (pp_generate_schedule(name, &gen, held, e) < 0)
         return -1;
     *have_held = 1;
     if (pp_schedule_validate(held, e) < 0)
@@ -126,7 +133,7 @@ static int simulate(const pp_cli_opts *o, const char *name, int per_rank_costs,
     pp_stream *st = NULL;
     pp_cost cost;
     int have_cost = 0;
-    if (open_schedule(o, name, tl != NULL, &held, &have_held, &st, e) < 0)
+    if (open_schedule(o, name, tl != NULL, per_rank_costs, &held, &have_held, &st, e) < 0)
         goto out;
     int P = st->info.stages;
     if (pp_cli_model(o, P, model, e) < 0 || pp_cli_cost(o, P, model, &cost, e) < 0)
