@@ -21,12 +21,13 @@ static double now_s(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5 && argc != 6) {
-        fprintf(stderr, "usage: sim_bench SCHEDULE STAGES MICROBATCHES_PER_STEP "
-                        "TOTAL_MICROBATCHES [REPEAT]\n");
+    if (argc < 5 || argc > 7) {
+        fprintf(stderr, "usage: sim_bench SCHEDULE STAGES_OR_RANKS MICROBATCHES_PER_STEP "
+                        "TOTAL_MICROBATCHES [REPEAT [CHUNKS]]\n");
         return 2;
     }
-    int repeat = argc == 6 ? atoi(argv[5]) : 1;
+    int repeat = argc >= 6 ? atoi(argv[5]) : 1;
+    int chunks = argc == 7 ? atoi(argv[6]) : 0;
     if (repeat < 1 || repeat > 99) {
         fprintf(stderr, "sim_bench: error: REPEAT must be 1..99\n");
         return 2;
@@ -38,13 +39,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "sim_bench: error: bad sizes\n");
         return 2;
     }
-    pp_gen_opts o = {P, m, (int)(total / m), 0, 0};
+    pp_gen_opts o = {P, m, (int)(total / m), 0, chunks};
     pp_err e;
     pp_cost cost;
-    if (pp_cost_init(&cost, P, &e) < 0) {
+    pp_stream *probe; /* the schedule's number of stages sizes the cost model */
+    if (pp_generate(name, &o, &probe, &e) < 0 ||
+        pp_cost_init(&cost, probe->info.stages, &e) < 0) {
         fprintf(stderr, "sim_bench: error: %s\n", e.msg);
         return 2;
     }
+    pp_stream_free(probe);
     pp_sim_config cfg = {&cost, NULL, 0, NULL, NULL, NULL};
     pp_metrics met;
     double times[99];
@@ -73,9 +77,15 @@ int main(int argc, char **argv)
     double best = times[0], median = times[repeat / 2];
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("%-13s P=%d m=%-2d mbs=%-7ld actions=%-9lld best %.3f s %.1f M/s, median %.1f M/s, "
+    char size[32];
+    if (pp_multi_stage(&met.info))
+        snprintf(size, sizeof size, "R=%d V=%d", met.info.ranks,
+                 met.info.stages / met.info.ranks);
+    else
+        snprintf(size, sizeof size, "P=%d", P);
+    printf("%-16s %-9s m=%-2d mbs=%-7ld actions=%-9lld best %.3f s %.1f M/s, median %.1f M/s, "
            "peak RSS %.1f MiB\n",
-           name, P, m, (long)met.info.total_microbatches, met.actions, best,
+           name, size, m, (long)met.info.total_microbatches, met.actions, best,
            met.actions / best / 1e6, met.actions / median / 1e6, ru.ru_maxrss / 1024.0);
     pp_metrics_free(&met);
     pp_cost_free(&cost);

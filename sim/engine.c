@@ -53,6 +53,7 @@ typedef struct {
     pp_stream *src;
     const pp_ir_info *info;
     int R, S;
+    int multi; /* several stages per rank */
     rank_state *rk;
     stage_state *st;
     pp_event_queue q;
@@ -72,7 +73,7 @@ static inline int schedule(engine *g, double t, int kind, int where, int mb, pp_
 /* The rank's next action, and its partner when it is overlapped. A stage
  * that does not belong to the rank is refused here, since streams are not
  * validated before a run. */
-static int fetch_head(engine *g, int r, pp_err *e)
+static inline __attribute__((always_inline)) int fetch_head(engine *g, int r, pp_err *e)
 {
     rank_state *rk = &g->rk[r];
     rk->nhead = 0;
@@ -84,7 +85,7 @@ static int fetch_head(engine *g, int r, pp_err *e)
             return pp_errf(e, "rank %d: an overlapped action is the rank's last", r);
         rk->nhead = 2;
     }
-    if (!pp_multi_stage(g->info)) /* the stream set the stage to the rank */
+    if (!g->multi) /* the stream set the stage to the rank */
         return 0;
     for (int k = 0; k < rk->nhead; k++) {
         const pp_action *a = &rk->head[k];
@@ -135,7 +136,7 @@ static double action_time(engine *g, const pp_action *a, double now)
 }
 
 /* Opens one timed action of the rank (the hints, metrics and timeline). */
-static int record(engine *g, pp_timed_action *ta, const pp_action *a, double now, double end,
+static inline __attribute__((always_inline)) int record(engine *g, pp_timed_action *ta, const pp_action *a, double now, double end,
                   int overlapped, pp_err *e)
 {
     stage_state *st = &g->st[a->stage];
@@ -212,7 +213,7 @@ static int deliver(engine *g, int kind, int dst, int mb, double now, pp_err *e)
     int fresh;
     if (!pp_ring_put(kind == EV_ACT_ARRIVES ? &st->acts : &st->grads, mb, &fresh))
         return pp_errf(e, "out of memory");
-    return try_start(g, pp_stage_rank(g->info, dst), now, e);
+    return try_start(g, g->multi ? pp_stage_rank(g->info, dst) : dst, now, e);
 }
 
 /* The time the link from rank `from` to rank `to` is free, kept per pair
@@ -237,8 +238,10 @@ static double *link_free(engine *g, int from, int to, pp_err *e)
 static int send(engine *g, int src, int dst, int mb, double now, pp_err *e)
 {
     int kind = dst > src ? EV_ACT_ARRIVES : EV_GRAD_ARRIVES;
+    if (g->comm <= 0.0 && !g->cfg->timeline)
+        return deliver(g, kind, dst, mb, now, e);
     int from = pp_stage_rank(g->info, src), to = pp_stage_rank(g->info, dst);
-    if (from == to || (g->comm <= 0.0 && !g->cfg->timeline))
+    if (from == to)
         return deliver(g, kind, dst, mb, now, e);
     double *link = link_free(g, from, to, e);
     if (!link)
@@ -262,21 +265,29 @@ static uint64_t total_actions(const pp_ir_info *info)
     return (uint64_t)info->stages * (2 * (uint64_t)info->total_microbatches + info->steps);
 }
 
+/* Sends what a finished action produced: an F's activation downstream, a
+ * B's or I's gradient upstream. */
+static inline __attribute__((always_inline)) int send_output(engine *g, const pp_action *a,
+                                                             double now, pp_err *e)
+{
+    int s = a->stage;
+    if (g->cfg->progress && (++g->finished & ((1u << 20) - 1)) == 0)
+        g->cfg->progress(g->cfg->progress_ctx, g->finished, total_actions(g->info));
+    if (a->op == PP_OP_F && s < g->S - 1)
+        return send(g, s, s + 1, a->mb, now, e);
+    if ((a->op == PP_OP_B || a->op == PP_OP_I) && s > 0)
+        return send(g, s, s - 1, a->mb, now, e);
+    return 0;
+}
+
 static int on_end(engine *g, int r, double now, pp_err *e)
 {
     rank_state *rk = &g->rk[r];
     rk->busy = 0;
     rk->nhead = 0; /* finished: a hand-over to a stage of this rank must not restart it */
-    for (int k = 0; k < rk->ncur; k++) {
-        if (g->cfg->progress && (++g->finished & ((1u << 20) - 1)) == 0)
-            g->cfg->progress(g->cfg->progress_ctx, g->finished, total_actions(g->info));
-        const pp_action *a = &rk->cur[k].act;
-        int s = a->stage;
-        if (a->op == PP_OP_F && s < g->S - 1 && send(g, s, s + 1, a->mb, now, e) < 0)
-            return -1;
-        if ((a->op == PP_OP_B || a->op == PP_OP_I) && s > 0 && send(g, s, s - 1, a->mb, now, e) < 0)
-            return -1;
-    }
+    if (send_output(g, &rk->cur[0].act, now, e) < 0 ||
+        (rk->ncur == 2 && send_output(g, &rk->cur[1].act, now, e) < 0))
+        return -1;
     rk->ncur = 0;
     if (fetch_head(g, r, e) < 0)
         return -1;
@@ -368,6 +379,7 @@ int pp_simulate(pp_stream *src, const pp_sim_config *cfg, pp_metrics *out, pp_er
     g.info = &src->info;
     g.S = src->info.stages;
     g.R = src->info.ranks;
+    g.multi = pp_multi_stage(g.info);
     if (cfg->cost->stages != g.S)
         return pp_errf(e, "cost model has %d stages, the schedule %d", cfg->cost->stages, g.S);
     g.comm = pp_cost_comm_time(cfg->cost);
