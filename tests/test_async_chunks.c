@@ -12,25 +12,10 @@
 
 #include "engine.h"
 #include "registry.h"
+#include "test_support.h"
 
 #define EPS 1e-9
 
-static pp_gen_opts opts(int R, int m, int S, int V)
-{
-    pp_gen_opts o = {.stages = R, .microbatches = m, .steps = S, .chunks = V};
-    return o;
-}
-
-static pp_schedule generate(const char *name, pp_gen_opts o)
-{
-    pp_err e = {{0}};
-    pp_schedule s;
-    ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s R=%d V=%d m=%d S=%d: %s",
-                  name, o.stages, o.chunks, o.microbatches, o.steps, e.msg);
-    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s R=%d V=%d m=%d S=%d: %s", name,
-                  o.stages, o.chunks, o.microbatches, o.steps, e.msg);
-    return s;
-}
 
 /* Simulates the generated stream (summary mode) with F, B per stage. */
 static pp_metrics simulate(const char *name, pp_gen_opts o, double F, double B)
@@ -113,8 +98,8 @@ START_TEST(one_chunk_is_todays_schedule)
         for (int P = 1; P <= 6; P++)
             for (int m = P; m <= 2 * P + 1; m += P + 1)
                 for (int S = 1; S <= 4; S += 3) {
-                    pp_schedule a = generate(names[n], opts(P, m, S, 0));
-                    pp_schedule b = generate(names[n], opts(P, m, S, 1));
+                    pp_schedule a = test_generate(names[n], test_gen_opts(P, m, S, 0));
+                    pp_schedule b = test_generate(names[n], test_gen_opts(P, m, S, 1));
                     ck_assert_int_eq(b.info.placement, PP_PLACE_ONE);
                     ck_assert_int_eq(b.info.ranks, P);
                     ck_assert_int_eq(b.info.stages, P);
@@ -130,7 +115,7 @@ START_TEST(one_chunk_is_todays_schedule)
                     pp_schedule_free(&b);
                 }
     /* and that is DESIGN §3's reference order */
-    pp_schedule s = generate("paci", opts(4, 4, 3, 1));
+    pp_schedule s = test_generate("paci", test_gen_opts(4, 4, 3, 1));
     char text[4096];
     rank_text(&s, 0, text, sizeof text);
     const char *want = "0F0 0F1 0F2 0F3 0B0 0F4 0B1 0F5 0B2 0F6 0B3 0F7 0B4";
@@ -145,7 +130,7 @@ START_TEST(chunked_order_is_interleaved_1f1b_without_flush)
 {
     /* R=2, V=2, m=2, S=2: Megatron's order over all 4 micro-batches, an
      * OPT on each stage after its every second backward. */
-    pp_schedule s = generate("paci", opts(2, 2, 2, 2));
+    pp_schedule s = test_generate("paci", test_gen_opts(2, 2, 2, 2));
     char text[4096] = "";
     for (size_t i = 0; i < s.rank[0].count; i++) {
         char buf[32];
@@ -163,8 +148,8 @@ START_TEST(chunked_order_is_interleaved_1f1b_without_flush)
             for (int k = 1; k <= 2; k++)
                 for (int S = 1; S <= 3; S++) {
                     int m = k * R;
-                    pp_schedule p = generate("paci", opts(R, m, S, V));
-                    pp_schedule q = generate("interleaved-1f1b", opts(R, m * S, 1, V));
+                    pp_schedule p = test_generate("paci", test_gen_opts(R, m, S, V));
+                    pp_schedule q = test_generate("interleaved-1f1b", test_gen_opts(R, m * S, 1, V));
                     ck_assert_int_eq(p.info.placement, PP_PLACE_LOOPED);
                     ck_assert_int_eq(p.info.stages, V * R);
                     ck_assert_int_eq(p.info.total_microbatches, m * S);
@@ -187,7 +172,7 @@ START_TEST(each_stage_updates_after_every_a_backwards)
     for (int R = 1; R <= 5; R++)
         for (int V = 2; V <= 3; V++) {
             int m = 2 * R, S = 3;
-            pp_schedule s = generate("pipedream-2bw", opts(R, m, S, V));
+            pp_schedule s = test_generate("pipedream-2bw", test_gen_opts(R, m, S, V));
             int *bs = calloc((size_t)(V * R), sizeof *bs);
             int *opt = calloc((size_t)(V * R), sizeof *opt);
             ck_assert(bs && opt);
@@ -271,7 +256,7 @@ START_TEST(paci_drift_meets_its_bound_on_every_stage)
                 for (int S = 1; S <= 4; S++) {
                     int a = mult[j] * R, N = a * S, P = V * R;
                     int tight = S >= 3 || (S == 2 && a >= 2 * R);
-                    pp_metrics r = simulate("paci", opts(R, a, S, V), 1, 2);
+                    pp_metrics r = simulate("paci", test_gen_opts(R, a, S, V), 1, 2);
                     ck_assert_int_eq(r.info.stages, P);
                     ck_assert_int_eq(r.staleness_max, 0);
                     ck_assert_int_eq(r.peak_weight_copies_max, 1);
@@ -298,7 +283,7 @@ START_TEST(paci_in_flight_meets_its_caps)
             for (int j = 0; j < 3; j++)
                 for (int S = 1; S <= 3; S++) {
                     int a = mult[j] * R, N = a * S;
-                    pp_metrics m = simulate("paci", opts(R, a, S, V), 1, 2);
+                    pp_metrics m = simulate("paci", test_gen_opts(R, a, S, V), 1, 2);
                     for (int s = 0; s < V * R; s++) {
                         int cap = held_cap(R, V, s), got = m.stage[s].peak_inflight;
                         ck_assert_msg(S == 3 ? got == cap : got <= cap,
@@ -327,8 +312,8 @@ START_TEST(chunked_paci_has_no_steady_bubble)
             for (size_t c = 0; c < 3; c++) {
                 double F = costs[c][0], B = costs[c][1];
                 int m = 2 * R, S = 8;
-                pp_metrics p = simulate("paci", opts(R, m, S, V), F, B);
-                pp_metrics q = simulate("interleaved-1f1b", opts(R, m, S, V), F, B);
+                pp_metrics p = simulate("paci", test_gen_opts(R, m, S, V), F, B);
+                pp_metrics q = simulate("interleaved-1f1b", test_gen_opts(R, m, S, V), F, B);
                 ck_assert_double_eq_tol(p.makespan, (V * m * S + R - 1) * (F + B), EPS);
                 ck_assert_double_eq_tol(q.makespan, S * (V * m + R - 1) * (F + B), EPS);
                 ck_assert(p.has_steady);
@@ -351,7 +336,7 @@ START_TEST(pipedream_2bw_chunked_keeps_two_versions)
             int least = R >= 3 ? 2 * R : R; /* the multiple of R >= 2R-2 */
             for (int m = least; m <= least + 2 * R; m += R) {
                 int S = 10;
-                pp_metrics r = simulate("pipedream-2bw", opts(R, m, S, V), 1, 2);
+                pp_metrics r = simulate("pipedream-2bw", test_gen_opts(R, m, S, V), 1, 2);
                 ck_assert_int_eq(r.drift_max, 0);
                 ck_assert_int_eq(r.staleness_max, 1);
                 ck_assert_double_eq_tol(r.staleness_mean, (double)(S - 1) / S, EPS);
@@ -389,7 +374,7 @@ START_TEST(hints_are_there_per_stage)
         for (int R = 1; R <= 5; R++)
             for (int V = 2; V <= 3; V++) {
                 int m = R >= 3 ? 2 * R : R;
-                pp_gen_opts o = opts(R, m, 3, V), one = opts(R, R, 3, 0);
+                pp_gen_opts o = test_gen_opts(R, m, 3, V), one = test_gen_opts(R, R, 3, 0);
                 pp_err e = {{0}};
                 pp_stream *st, *st1;
                 ck_assert(pp_generate(names[n], &o, &st, &e) == 0);
@@ -397,7 +382,7 @@ START_TEST(hints_are_there_per_stage)
                 ck_assert_int_eq(st->stashes != NULL, st1->stashes != NULL);
                 ck_assert_int_eq(st->next_f_version != NULL, st1->next_f_version != NULL);
                 pp_stream_free(st1);
-                pp_schedule s = generate(names[n], o);
+                pp_schedule s = test_generate(names[n], o);
                 for (int r = 0; r < R; r++) {
                     pp_action a;
                     for (size_t i = 0; pp_stream_next(st, r, &a); i++) {
@@ -425,9 +410,9 @@ START_TEST(stream_and_drained_ir_agree)
 {
     const char *names[] = {"paci", "pipedream-2bw"};
     for (int n = 0; n < 2; n++) {
-        pp_gen_opts o = opts(4, 8, 5, 3);
+        pp_gen_opts o = test_gen_opts(4, 8, 5, 3);
         pp_metrics a = simulate(names[n], o, 1, 2);
-        pp_schedule s = generate(names[n], o);
+        pp_schedule s = test_generate(names[n], o);
         pp_err e = {{0}};
         pp_stream *st;
         ck_assert(pp_stream_from_schedule(&s, &st, &e) == 0);

@@ -14,6 +14,7 @@
 
 #include "engine.h"
 #include "registry.h"
+#include "test_support.h"
 
 #define EPS 1e-9
 
@@ -24,22 +25,6 @@
 static const char *const new_generators[] = {"interleaved-1f1b", "looped-bfs", "zb-h1", "zbv",
                                              "dualpipev"};
 
-static pp_gen_opts opts(int R, int m, int S, int V)
-{
-    pp_gen_opts o = {.stages = R, .microbatches = m, .steps = S, .chunks = V};
-    return o;
-}
-
-static pp_schedule generate(const char *name, pp_gen_opts o)
-{
-    pp_err e = {{0}};
-    pp_schedule s;
-    ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s R=%d V=%d m=%d S=%d: %s",
-                  name, o.stages, o.chunks, o.microbatches, o.steps, e.msg);
-    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s R=%d V=%d m=%d S=%d: %s", name,
-                  o.stages, o.chunks, o.microbatches, o.steps, e.msg);
-    return s;
-}
 
 /* Appends one action as text: staged ("2F5", "0OPT"), an overlapped pair
  * joined by "+" ("2F5+1B3"), otherwise separated by spaces. */
@@ -91,7 +76,7 @@ static void assert_synchronous(const pp_schedule *s, const char *name)
 static void check_grid_point(const char *name, int R, int V, int m, int S, int placement,
                              int stages)
 {
-    pp_schedule s = generate(name, opts(R, m, S, V));
+    pp_schedule s = test_generate(name, test_gen_opts(R, m, S, V));
     ck_assert_int_eq(s.info.ranks, R);
     ck_assert_int_eq(s.info.stages, stages);
     ck_assert_int_eq(s.info.placement, placement);
@@ -133,7 +118,7 @@ START_TEST(default_chunks_are_two)
 {
     const char *names[] = {"interleaved-1f1b", "looped-bfs", "zbv", "dualpipev"};
     for (size_t i = 0; i < 4; i++) {
-        pp_schedule s = generate(names[i], opts(4, 8, 1, 0));
+        pp_schedule s = test_generate(names[i], test_gen_opts(4, 8, 1, 0));
         ck_assert_int_eq(s.info.stages, 8);
         ck_assert_str_eq(pp_info_get_param(&s.info, "chunks"), "2");
         pp_schedule_free(&s);
@@ -154,19 +139,19 @@ static void assert_refused(const char *name, pp_gen_opts o, const char *a, const
 
 START_TEST(bad_options_give_one_line)
 {
-    assert_refused("interleaved-1f1b", opts(4, 6, 1, 2), "m=6", "R=4");
-    assert_refused("interleaved-1f1b", opts(4, 2, 1, 2), "multiple", "R=4");
-    assert_refused("zbv", opts(4, 8, 1, 3), "two-chunk", "got 3");
-    assert_refused("zbv", opts(4, 8, 1, 1), "two-chunk", NULL);
-    assert_refused("dualpipev", opts(4, 8, 1, 4), "two-chunk", NULL);
-    assert_refused("dualpipev", opts(4, 7, 1, 0), "m=7", "R=4");
-    assert_refused("zb-h1", opts(4, 8, 1, 2), "one stage per rank", NULL);
-    assert_refused("gpipe", opts(4, 8, 1, 2), "one stage per rank", NULL);
-    assert_refused("1f1b-flush", opts(4, 8, 1, 3), "one stage per rank", NULL);
-    assert_refused("looped-bfs", opts(4, 8, 1, -1), "--chunks", NULL);
-    assert_refused("looped-bfs", opts(0, 8, 1, 2), "--stages", NULL);
-    assert_refused("interleaved-1f1b", opts(4, 8, 0, 2), "--steps", NULL);
-    assert_refused("zbv", opts(40000, 8, 1, 2), "stages", NULL);
+    assert_refused("interleaved-1f1b", test_gen_opts(4, 6, 1, 2), "m=6", "R=4");
+    assert_refused("interleaved-1f1b", test_gen_opts(4, 2, 1, 2), "multiple", "R=4");
+    assert_refused("zbv", test_gen_opts(4, 8, 1, 3), "two-chunk", "got 3");
+    assert_refused("zbv", test_gen_opts(4, 8, 1, 1), "two-chunk", NULL);
+    assert_refused("dualpipev", test_gen_opts(4, 8, 1, 4), "two-chunk", NULL);
+    assert_refused("dualpipev", test_gen_opts(4, 7, 1, 0), "m=7", "R=4");
+    assert_refused("zb-h1", test_gen_opts(4, 8, 1, 2), "one stage per rank", NULL);
+    assert_refused("gpipe", test_gen_opts(4, 8, 1, 2), "one stage per rank", NULL);
+    assert_refused("1f1b-flush", test_gen_opts(4, 8, 1, 3), "one stage per rank", NULL);
+    assert_refused("looped-bfs", test_gen_opts(4, 8, 1, -1), "--chunks", NULL);
+    assert_refused("looped-bfs", test_gen_opts(0, 8, 1, 2), "--stages", NULL);
+    assert_refused("interleaved-1f1b", test_gen_opts(4, 8, 0, 2), "--steps", NULL);
+    assert_refused("zbv", test_gen_opts(40000, 8, 1, 2), "stages", NULL);
 }
 END_TEST
 
@@ -186,7 +171,7 @@ END_TEST
 
 static void assert_rank(const char *name, pp_gen_opts o, int rank, const char *want)
 {
-    pp_schedule s = generate(name, o);
+    pp_schedule s = test_generate(name, o);
     char got[4096];
     rank_text(&s, rank, 1, got, sizeof got);
     ck_assert_msg(strcmp(got, want) == 0, "%s rank %d:\n got  %s\n want %s", name, rank, got,
@@ -198,13 +183,13 @@ START_TEST(interleaved_order_is_megatrons)
 {
     /* R=2, V=2, m=4: forwards in groups of R over (group, chunk), warm-up
      * (V-1)R + 2(R-1-r), then 1F1B, backwards with the chunks reversed. */
-    pp_gen_opts o = opts(2, 4, 1, 2);
+    pp_gen_opts o = test_gen_opts(2, 4, 1, 2);
     assert_rank("interleaved-1f1b", o, 0,
                 "0F0 0F1 2F0 2F1 0F2 2B0 0F3 2B1 2F2 0B0 2F3 0B1 2B2 2B3 0B2 0B3 0OPT 2OPT");
     assert_rank("interleaved-1f1b", o, 1,
                 "1F0 1F1 3F0 3B0 3F1 3B1 1F2 1B0 1F3 1B1 3F2 3B2 3F3 3B3 1B2 1B3 1OPT 3OPT");
     /* The second step: micro-batches 4..7, after the OPTs. */
-    pp_schedule s = generate("interleaved-1f1b", opts(2, 4, 2, 2));
+    pp_schedule s = test_generate("interleaved-1f1b", test_gen_opts(2, 4, 2, 2));
     char got[4096];
     rank_text(&s, 0, 1, got, sizeof got);
     ck_assert_str_eq(strstr(got, "2OPT") + 5,
@@ -215,7 +200,7 @@ END_TEST
 
 START_TEST(looped_bfs_order_is_pytorchs)
 {
-    pp_gen_opts o = opts(2, 4, 1, 2);
+    pp_gen_opts o = test_gen_opts(2, 4, 1, 2);
     assert_rank("looped-bfs", o, 0,
                 "0F0 0F1 0F2 0F3 2F0 2F1 2F2 2F3 2B3 2B2 2B1 2B0 0B3 0B2 0B1 0B0 0OPT 2OPT");
     assert_rank("looped-bfs", o, 1,
@@ -225,7 +210,7 @@ END_TEST
 
 START_TEST(zb_h1_defers_r_weight_grads_on_rank_r)
 {
-    pp_gen_opts o = opts(4, 8, 1, 0);
+    pp_gen_opts o = test_gen_opts(4, 8, 1, 0);
     assert_rank("zb-h1", o, 0,
                 "0F0 0F1 0F2 0F3 0I0 0W0 0F4 0I1 0W1 0F5 0I2 0W2 0F6 0I3 0W3 0F7 0I4 0W4 0I5 0W5 "
                 "0I6 0W6 0I7 0W7 0OPT");
@@ -240,7 +225,7 @@ END_TEST
 
 START_TEST(zbv_order_is_pytorchs)
 {
-    pp_gen_opts o = opts(2, 4, 1, 2);
+    pp_gen_opts o = test_gen_opts(2, 4, 1, 2);
     assert_rank("zbv", o, 0,
                 "0F0 0F1 0F2 3F0 3I0 3W0 3F1 3I1 3W1 0F3 0I0 0W0 3F2 3I2 3W2 0I1 0W1 3F3 3I3 3W3 "
                 "0I2 0W2 0I3 0W3 0OPT 3OPT");
@@ -252,7 +237,7 @@ END_TEST
 
 START_TEST(dualpipev_order_is_pytorchs)
 {
-    pp_gen_opts o = opts(2, 4, 1, 2);
+    pp_gen_opts o = test_gen_opts(2, 4, 1, 2);
     assert_rank("dualpipev", o, 0,
                 "0F0 0F1 0F2 3F0 3I0 3W0 3F1 0F3+3B1 3F2+0B0 3B2 3F3+0B1 3B3 0I2 0W2 0I3 0W3 "
                 "0OPT 3OPT");
@@ -342,7 +327,7 @@ static int compare_fixture(const char *file)
     char *text;
     pp_err e;
     ck_assert_msg(pp_read_file(path, &text, NULL, &e) == 0, "%s", e.msg);
-    pp_schedule s = generate(name, opts(R, m, 1, V));
+    pp_schedule s = test_generate(name, test_gen_opts(R, m, 1, V));
     int rank = 0;
     for (char *line = strtok(text, "\r\n"); line; line = strtok(NULL, "\r\n"), rank++) {
         ck_assert_msg(rank < R, "%s: more rows than its %d ranks", file, R);
@@ -412,7 +397,7 @@ START_TEST(zb_h1_closed_form)
                 for (size_t c = 0; c < sizeof costs / sizeof *costs; c++) {
                     double F = costs[c][0], I = costs[c][1], W = costs[c][2];
                     int m = k * R;
-                    pp_metrics r = simulate("zb-h1", opts(R, m, S, 0), F, I + W, I, W);
+                    pp_metrics r = simulate("zb-h1", test_gen_opts(R, m, S, 0), F, I + W, I, W);
                     double want = S * (m * (F + I + W) + (R - 1) * (F + I - W));
                     ck_assert_msg(r.makespan > want - EPS && r.makespan < want + EPS,
                                   "zb-h1 R=%d m=%d S=%d F=%g I=%g W=%g: makespan %g, want %g",
@@ -432,8 +417,8 @@ START_TEST(zb_h1_peak_inflight_is_1f1bs)
     for (int R = 1; R <= 8; R++)
         for (int k = 1; k <= 3; k++) {
             int m = k * R;
-            pp_metrics z = simulate("zb-h1", opts(R, m, 2, 0), 1, 2, 1, 1);
-            pp_metrics f = simulate("1f1b-flush", opts(R, m, 2, 0), 1, 2, 1, 1);
+            pp_metrics z = simulate("zb-h1", test_gen_opts(R, m, 2, 0), 1, 2, 1, 1);
+            pp_metrics f = simulate("1f1b-flush", test_gen_opts(R, m, 2, 0), 1, 2, 1, 1);
             ck_assert_int_eq(z.peak_inflight_max, f.peak_inflight_max);
             for (int s = 0; s < R; s++)
                 ck_assert_msg(z.stage[s].peak_inflight <= f.stage[0].peak_inflight,
@@ -463,7 +448,7 @@ START_TEST(interleaved_and_looped_bfs_closed_form)
                         for (size_t c = 0; c < 3; c++) {
                             double F = costs[c][0], B = costs[c][1];
                             int m = k * R;
-                            pp_metrics r = simulate(names[n], opts(R, m, S, V), F, B, B / 2,
+                            pp_metrics r = simulate(names[n], test_gen_opts(R, m, S, V), F, B, B / 2,
                                                     B / 2);
                             double want = S * (V * m + R - 1) * (F + B);
                             ck_assert_msg(r.makespan > want - EPS && r.makespan < want + EPS,
@@ -482,7 +467,7 @@ START_TEST(zbv_has_no_steady_bubble)
     for (int R = 2; R <= 8; R++)
         for (int k = 2; k <= 4; k++) {
             int m = k * R, S = 8;
-            pp_metrics r = simulate("zbv", opts(R, m, S, 2), 1, 2, 1, 1);
+            pp_metrics r = simulate("zbv", test_gen_opts(R, m, S, 2), 1, 2, 1, 1);
             double want = 6.0 * m * S + R - 1;
             ck_assert_msg(r.makespan > want - EPS && r.makespan < want + EPS,
                           "zbv R=%d m=%d: makespan %g, want %g", R, m, r.makespan, want);
@@ -504,7 +489,7 @@ START_TEST(one_rank_runs_its_stages_back_to_back)
             for (int m = 2; m <= 4; m++) {
                 if (n >= 2 && V != 2)
                     continue;
-                pp_metrics r = simulate(names[n], opts(1, m, 3, V), 1, 2, 1, 1);
+                pp_metrics r = simulate(names[n], test_gen_opts(1, m, 3, V), 1, 2, 1, 1);
                 double want = 3.0 * V * m * 3;
                 ck_assert_msg(r.makespan > want - EPS && r.makespan < want + EPS,
                               "%s R=1 V=%d m=%d: makespan %g, want %g", names[n], V, m,
@@ -539,7 +524,7 @@ START_TEST(makespans_equal_pytorchs)
                                                 "makespan");
         if (!name || !cJSON_IsNumber(want))
             continue;
-        pp_metrics r = simulate(name, opts(R, m, 1, V), 1, 2, 1, 1);
+        pp_metrics r = simulate(name, test_gen_opts(R, m, 1, V), 1, 2, 1, 1);
         ck_assert_msg(r.makespan > want->valuedouble - EPS && r.makespan < want->valuedouble + EPS,
                       "%s: makespan %g, PyTorch %g", file, r.makespan, want->valuedouble);
         pp_metrics_free(&r);

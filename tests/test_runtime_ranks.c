@@ -22,15 +22,10 @@ static pp_model_desc small_model(void)
 }
 
 /* R ranks, V chunks (0: the generator's default), m micro-batches, S
- * steps; the timeline of the run when tl is given. */
+ * steps. */
 static pp_schedule gen(const char *name, int R, int V, int m, int S)
 {
-    pp_gen_opts o = {R, m, S, 0, V};
-    pp_schedule s;
-    pp_err e = {{0}};
-    ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s: %s", name, e.msg);
-    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s: %s", name, e.msg);
-    return s;
+    return test_generate(name, test_gen_opts(R, m, S, V));
 }
 
 static pp_run_result train(const pp_schedule *ir, pp_timeline *tl)

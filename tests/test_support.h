@@ -23,6 +23,26 @@ static inline pp_schedule test_schedule(const char *name, int P, int m, int S)
     return s;
 }
 
+/* Generator options: R ranks (P stages with one per rank), m
+ * micro-batches per step, S steps, V chunks (0: the generator's default). */
+static inline pp_gen_opts test_gen_opts(int R, int m, int S, int V)
+{
+    pp_gen_opts o = {.stages = R, .microbatches = m, .steps = S, .chunks = V};
+    return o;
+}
+
+/* The generated schedule, validated; a failure names the sizes. */
+static inline pp_schedule test_generate(const char *name, pp_gen_opts o)
+{
+    pp_err e = {{0}};
+    pp_schedule s;
+    ck_assert_msg(pp_generate_schedule(name, &o, &s, &e) == 0, "%s R=%d V=%d m=%d S=%d: %s",
+                  name, o.stages, o.chunks, o.microbatches, o.steps, e.msg);
+    ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s R=%d V=%d m=%d S=%d: %s", name,
+                  o.stages, o.chunks, o.microbatches, o.steps, e.msg);
+    return s;
+}
+
 /* The tiny preset resized: L blocks of width C, H heads, sequence T,
  * vocabulary V, micro-batch B. */
 static inline pp_model_desc test_model(int L, int C, int H, int T, int V, int B)
