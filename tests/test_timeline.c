@@ -561,6 +561,61 @@ START_TEST(trace_one_thread_per_link)
 }
 END_TEST
 
+/* Two ranks holding two stages each (looped: stages 0 and 2 on rank 0,
+ * 1 and 3 on rank 1): one process per rank named "rank r", every compute
+ * slice on its rank's process with its stage in the name ("2F0") and in
+ * args.stage, and a transfer between ranks on the ranks' link threads. */
+START_TEST(trace_one_process_per_rank)
+{
+    pp_timeline t;
+    pp_ir_info info;
+    memset(&info, 0, sizeof info);
+    snprintf(info.name, sizeof info.name, "interleaved");
+    info.stages = 4;
+    info.ranks = 2;
+    info.placement = PP_PLACE_LOOPED;
+    info.microbatches_per_step = info.steps = info.total_microbatches = 1;
+    pp_err e = {{0}};
+    ck_assert_int_eq(pp_timeline_init(&t, &info, &e), 0);
+    for (int s = 0; s < 4; s++) {
+        pp_timed_action a;
+        memset(&a, 0, sizeof a);
+        a.act = pp_act_on(PP_OP_F, s, 0);
+        a.start = s;
+        a.end = s + 1;
+        ck_assert_int_eq(pp_timeline_add_action(&t, s, &a), 0);
+    }
+    xfer(&t, 1, 2, 0, 2, 2.5); /* stage 1 (rank 1) to stage 2 (rank 0) */
+    char dir[64];
+    cJSON *root = load_trace(&t, dir, sizeof dir);
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(root, "traceEvents");
+    int processes = 0;
+    const cJSON *ev;
+    cJSON_ArrayForEach(ev, events)
+    {
+        if (strcmp(str_of(ev, "name"), "process_name") != 0)
+            continue;
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(ev, "args");
+        char want[16];
+        snprintf(want, sizeof want, "rank %d", (int)num_of(ev, "pid"));
+        ck_assert_str_eq(str_of(args, "name"), want);
+        processes++;
+    }
+    ck_assert_int_eq(processes, 2);
+    const cJSON *x = find_x(events, "2F0", 0);
+    ck_assert_ptr_nonnull(x);
+    ck_assert_int_eq((int)num_of(cJSON_GetObjectItemCaseSensitive(x, "args"), "stage"), 2);
+    ck_assert_ptr_nonnull(find_x(events, "3F0", 1));
+    ck_assert_ptr_null(find_x(events, "2F0", 2)); /* no process per stage */
+    const cJSON *sl[4];
+    ck_assert_int_eq(slices_of(events, 1, 1, sl, 4), 1); /* rank 1: send to rank 0 */
+    ck_assert_int_eq(slices_of(events, 0, 4, sl, 4), 1); /* rank 0: recv from rank 1 */
+    cJSON_Delete(root);
+    cleanup(dir, "trace.json");
+    pp_timeline_free(&t);
+}
+END_TEST
+
 START_TEST(trace_escapes_strings)
 {
     pp_timeline t;
@@ -721,6 +776,7 @@ static Suite *timeline_suite(void)
     tcase_add_test(trace, trace_flows_pair_up);
     tcase_add_test(trace, trace_slices_do_not_overlap_after_rounding);
     tcase_add_test(trace, trace_one_thread_per_link);
+    tcase_add_test(trace, trace_one_process_per_rank);
     tcase_add_test(trace, trace_escapes_strings);
     suite_add_tcase(s, trace);
     TCase *svg = tcase_create("svg");
