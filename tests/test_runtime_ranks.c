@@ -138,6 +138,26 @@ START_TEST(measured_timeline_has_ranks_and_versions)
 }
 END_TEST
 
+/* A link model delays messages between ranks only: with every stage on one
+ * rank (ZB-V, R = 1: its two chunks hand over at the V's turn), a link of
+ * half a second would add 0.5 s to each of the run's 8 messages; the run
+ * takes milliseconds. */
+START_TEST(a_rank_hands_over_to_its_own_stages_without_a_link)
+{
+    pp_schedule ir = gen("zbv", 1, 2, 2, 2);
+    pp_model_desc md = small_model();
+    pp_run_config c = test_run_config(&ir, &md, &pp_backend_cpu, 60);
+    c.link_s = 0.5;
+    pp_run_result r;
+    pp_err e = {{0}};
+    ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s", e.msg);
+    ck_assert_msg(r.elapsed_s < 2.0, "took %.3f s: a message between stages of one rank waited "
+                                     "for a link", r.elapsed_s);
+    pp_run_result_free(&r);
+    pp_schedule_free(&ir);
+}
+END_TEST
+
 /* What the runtime cannot do yet with several stages per rank is refused
  * before any work, in one line. */
 START_TEST(unsupported_runs_are_refused)
@@ -164,6 +184,7 @@ int main(void)
     tcase_add_test(t, several_stages_per_rank_train_like_one_device);
     tcase_add_test(t, measured_timeline_has_ranks_and_versions);
     tcase_add_test(t, unsupported_runs_are_refused);
+    tcase_add_test(t, a_rank_hands_over_to_its_own_stages_without_a_link);
     suite_add_tcase(su, t);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -187,15 +187,20 @@ static int open_transport(run *r, pp_err *e)
     } else {
         r->own_tr = 1;
         void **bks = malloc((size_t)r->P * sizeof *bks);
-        for (int s = 0; bks && s < r->P; s++)
+        int *rank_of = malloc((size_t)r->P * sizeof *rank_of);
+        for (int s = 0; bks && rank_of && s < r->P; s++) {
             bks[s] = r->st[s].bk;
+            rank_of[s] = pp_stage_rank(&r->info, s);
+        }
         /* as many messages per link as the IR can send ahead (ir_plan.c):
          * fewer can stall a valid schedule until its timeout */
-        rc = bks ? pp_transport_inproc_create(r->P, r->plan.slots,
+        rc = bks && rank_of
+                 ? pp_transport_inproc_create(r->P, r->plan.slots,
                                               c->timeout_s > 0 ? c->timeout_s : 600, c->link_s,
-                                              c->backend, bks, &r->tr, e)
+                                              c->backend, bks, rank_of, &r->tr, e)
                  : pp_errf(e, "out of memory");
         free(bks);
+        free(rank_of);
     }
     for (int s = r->lo; rc == 0 && r->tr->attach && s < r->lo + r->nloc; s++)
         rc = r->tr->attach(r->tr, s, c->backend, r->st[s].bk, e);

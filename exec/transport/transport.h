@@ -47,9 +47,11 @@ struct pp_transport {
 /* One process, stages as threads; `capacity` messages per link and
  * direction before a sender blocks; receives fail after timeout_s. With
  * link_s > 0 every message takes that long on its link (one at a time per
- * link and direction, as in the simulator). */
+ * pair of ranks and direction, as in the simulator); rank_of[stage] names
+ * the rank of each stage (NULL: stage s on rank s), and messages between
+ * stages of one rank take no time. */
 int pp_transport_inproc_create(int stages, int capacity, double timeout_s, double link_s,
                                const pp_backend_ops *backend, void **backend_stages,
-                               pp_transport **out, pp_err *e);
+                               const int *rank_of, pp_transport **out, pp_err *e);
 
 #endif

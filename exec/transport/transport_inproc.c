@@ -20,7 +20,10 @@
  * link, one message after another per link and direction, exactly as the
  * simulator's communication streams do: on one GPU, stages then see the
  * transfer times of a real interconnect. Its delays are host times, so
- * with a link model the copies wait on the host (no fences). */
+ * with a link model the copies wait on the host (no fences). A link joins
+ * two ranks: where a rank holds several stages, messages between its own
+ * stages take no time, and those of its stages to the same other rank
+ * share one link. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,12 +47,22 @@ typedef struct {
     pp_spares msgs;
 } msg_pool;
 
+/* When a link from a rank to `to` is free again. */
+typedef struct {
+    int to;
+    double free;
+} link_slot;
+
+/* A rank sends to its two neighbours (and, looped, around the end). */
+#define LINKS_PER_RANK 4
+
 typedef struct {
     int P;
     double timeout_s;
     double link_s;   /* transfer time of one message; 0: none */
     int fenced;      /* the backend orders copies with fences (and no link model) */
-    double *link_free; /* [src][kind]: when the link is free again (sender's own) */
+    int *rank;         /* [stage]: the rank that runs it */
+    link_slot *links;  /* [rank][LINKS_PER_RANK]: its outgoing links (the sender's own) */
     const pp_backend_ops *b;
     void **stages;
     pp_mailbox *in; /* [dst][kind] */
@@ -127,6 +140,25 @@ static double clock_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The free time of the link from rank `from` to rank `to`; NULL between
+ * stages of one rank (no link), or for a fifth neighbour (none exists in
+ * the built-in placements: the message then takes no time). */
+static double *link_free_at(inproc *t, int from, int to)
+{
+    if (from == to)
+        return NULL;
+    link_slot *l = &t->links[(size_t)from * LINKS_PER_RANK];
+    for (int i = 0; i < LINKS_PER_RANK; i++) {
+        if (l[i].to == to)
+            return &l[i].free;
+        if (l[i].to < 0) {
+            l[i].to = to;
+            return &l[i].free;
+        }
+    }
+    return NULL;
+}
+
 static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, const void *buf,
                        size_t bytes, pp_err *e)
 {
@@ -136,8 +168,9 @@ static int inproc_send(pp_transport *tp, int src, int dst, int kind, int mb, con
         return pp_errf(e, "out of memory for a message");
     msg_copy(t, src, m, m->buf, buf, bytes);
     m->ready = 0;
-    if (t->link_s > 0) { /* after the link's previous message, as the simulator */
-        double now = clock_s(), *free_at = &t->link_free[src * 2 + kind];
+    double *free_at = t->link_s > 0 ? link_free_at(t, t->rank[src], t->rank[dst]) : NULL;
+    if (free_at) { /* after the link's previous message, as the simulator */
+        double now = clock_s();
         m->ready = (*free_at > now ? *free_at : now) + t->link_s;
         *free_at = m->ready;
     }
@@ -213,7 +246,8 @@ static void inproc_destroy(pp_transport *tp)
         }
     free(t->spent);
     free(t->in);
-    free(t->link_free);
+    free(t->links);
+    free(t->rank);
     free(t->stages);
     free(t);
     free(tp);
@@ -221,7 +255,7 @@ static void inproc_destroy(pp_transport *tp)
 
 int pp_transport_inproc_create(int stages, int capacity, double timeout_s, double link_s,
                                const pp_backend_ops *backend, void **backend_stages,
-                               pp_transport **out, pp_err *e)
+                               const int *rank_of, pp_transport **out, pp_err *e)
 {
     pp_transport *tp = calloc(1, sizeof *tp);
     inproc *t = calloc(1, sizeof *t);
@@ -236,10 +270,15 @@ int pp_transport_inproc_create(int stages, int capacity, double timeout_s, doubl
                 backend->fence_mark && backend->fence_wait && backend->copy_queued;
     t->stages = malloc((size_t)stages * sizeof *t->stages);
     t->in = calloc((size_t)stages * 2, sizeof *t->in);
-    t->link_free = calloc((size_t)stages * 2, sizeof *t->link_free);
+    t->rank = malloc((size_t)stages * sizeof *t->rank);
+    t->links = malloc((size_t)stages * LINKS_PER_RANK * sizeof *t->links);
     t->spent = calloc((size_t)stages * 2, sizeof *t->spent);
-    if (!t->stages || !t->in || !t->link_free || !t->spent)
+    if (!t->stages || !t->in || !t->rank || !t->links || !t->spent)
         goto oom;
+    for (int s = 0; s < stages; s++) /* ranks are below the number of stages */
+        t->rank[s] = rank_of ? rank_of[s] : s;
+    for (int i = 0; i < stages * LINKS_PER_RANK; i++)
+        t->links[i] = (link_slot){-1, 0.0};
     for (int i = 0; i < stages * 2; i++)
         pthread_mutex_init(&t->spent[i].mu, NULL);
     memcpy(t->stages, backend_stages, (size_t)stages * sizeof *t->stages);
@@ -263,7 +302,8 @@ fail:
             pthread_mutex_destroy(&t->spent[i].mu);
         free(t->spent);
         free(t->in);
-        free(t->link_free);
+        free(t->links);
+        free(t->rank);
         free(t->stages);
     }
     free(t);
