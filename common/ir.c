@@ -488,6 +488,69 @@ int pp_schedule_from_stream(pp_stream *st, pp_schedule *out, pp_err *e)
     return 0;
 }
 
+/* --- per-stage view ---------------------------------------------------- */
+
+typedef struct {
+    pp_schedule s;
+    size_t *pos; /* per stage: cursor in its rank's list */
+} stage_view;
+
+static int view_next(pp_stream *st, int stage, pp_action *out)
+{
+    stage_view *v = st->state;
+    if (stage < 0 || stage >= v->s.info.stages)
+        return 0;
+    const pp_action_list *l = &v->s.rank[pp_stage_rank(&v->s.info, stage)];
+    for (size_t *i = &v->pos[stage]; *i < l->count; ++*i) {
+        const pp_action *a = &l->items[*i];
+        if (a->op == PP_OP_BARRIER || a->stage == stage) {
+            *out = *a;
+            out->with_next = 0;
+            ++*i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void view_destroy(pp_stream *st)
+{
+    stage_view *v = st->state;
+    pp_schedule_free(&v->s);
+    free(v->pos);
+    free(v);
+    free(st);
+}
+
+int pp_stream_stage_view(pp_stream *src, pp_stream **out, pp_err *e)
+{
+    stage_view *v = calloc(1, sizeof *v);
+    pp_stream *st = calloc(1, sizeof *st);
+    if (!v || !st) {
+        free(v);
+        free(st);
+        return pp_errf(e, "out of memory");
+    }
+    if (pp_schedule_from_stream(src, &v->s, e) < 0) {
+        free(v);
+        free(st);
+        return -1;
+    }
+    if (!(v->pos = calloc((size_t)v->s.info.stages, sizeof *v->pos))) {
+        st->state = v;
+        view_destroy(st);
+        return pp_errf(e, "out of memory");
+    }
+    st->info = v->s.info;
+    st->info.ranks = st->info.stages; /* each stage read as its own rank */
+    st->info.placement = PP_PLACE_ONE;
+    st->next = view_next;
+    st->destroy = view_destroy;
+    st->state = v;
+    *out = st;
+    return 0;
+}
+
 /* --- files ------------------------------------------------------------ */
 
 static size_t max_input_bytes = (size_t)1 << 30;

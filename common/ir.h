@@ -189,6 +189,12 @@ void pp_stream_free(pp_stream *st);
 int pp_stream_from_schedule(const pp_schedule *s, pp_stream **out, pp_err *e);
 /* Drains a stream into a new schedule (stream left exhausted). */
 int pp_schedule_from_stream(pp_stream *st, pp_schedule *out, pp_err *e);
+/* Drains a stream into a per-stage view: a stream whose next(st, s, ...)
+ * yields stage s's own actions in its rank's order (BARRIERs on every stage
+ * of the rank), as if each stage had a rank of its own; for what looks at
+ * stages one by one (is each update the same batch on every stage?). The
+ * view owns the drained schedule. */
+int pp_stream_stage_view(pp_stream *src, pp_stream **out, pp_err *e);
 
 /* --- validation (DESIGN §2) ------------------------------------------ */
 /* Checks every rule of the IR: each micro-batch has exactly one F and one B

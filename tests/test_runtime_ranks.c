@@ -28,10 +28,11 @@ static pp_schedule gen(const char *name, int R, int V, int m, int S)
     return test_generate(name, test_gen_opts(R, m, S, V));
 }
 
-static pp_run_result train(const pp_schedule *ir, pp_timeline *tl)
+static pp_run_result train_clip(const pp_schedule *ir, pp_timeline *tl, double clip)
 {
     pp_model_desc md = small_model();
     pp_run_config c = test_run_config(ir, &md, &pp_backend_cpu, 60);
+    c.grad_clip = clip;
     pp_err e = {{0}};
     if (tl) {
         ck_assert(pp_timeline_init(tl, &ir->info, &e) == 0);
@@ -40,6 +41,22 @@ static pp_run_result train(const pp_schedule *ir, pp_timeline *tl)
     pp_run_result r;
     ck_assert_msg(pp_run(&c, &r, &e) == 0, "%s: %s", ir->info.name, e.msg);
     return r;
+}
+
+static pp_run_result train(const pp_schedule *ir, pp_timeline *tl)
+{
+    return train_clip(ir, tl, 0);
+}
+
+/* The largest relative difference of two runs' step losses. */
+static double loss_gap(const pp_run_result *a, const pp_run_result *b)
+{
+    double worst = 0;
+    for (int i = 0; i < a->steps && i < b->steps; i++) {
+        double d = fabs(a->step_loss[i] - b->step_loss[i]) / fabs(b->step_loss[i]);
+        worst = d > worst ? d : worst;
+    }
+    return worst;
 }
 
 /* Every synchronous schedule with several stages per rank gives the losses
@@ -71,6 +88,30 @@ START_TEST(several_stages_per_rank_train_like_one_device)
         pp_schedule_free(&ir);
     }
     pp_run_result_free(&ref);
+}
+END_TEST
+
+/* Clipping by the global norm: a rank's thread reaches its stages' OPTs
+ * one after another, so the first deposits every one of its stages' sums
+ * (a rank waiting for its own later stage would wait forever); the runs
+ * train as one stage does with the same clip, and the clip is active. */
+START_TEST(global_clip_with_several_stages_per_rank)
+{
+    pp_schedule one = gen("1f1b-flush", 1, 0, 4, 6);
+    pp_run_result ref = train_clip(&one, NULL, 0.5), plain = train(&one, NULL);
+    ck_assert_msg(loss_gap(&ref, &plain) > 1e-5, "clipping to 0.5 changed no loss");
+    const char *names[] = {"interleaved-1f1b", "zbv", "dualpipev"};
+    for (int k = 0; k < 3; k++) {
+        pp_schedule ir = gen(names[k], 2, 2, 4, 6);
+        pp_run_result r = train_clip(&ir, NULL, 0.5);
+        ck_assert_msg(loss_gap(&r, &ref) <= 1e-6, "%s: losses differ by %g from one stage",
+                      names[k], loss_gap(&r, &ref));
+        pp_run_result_free(&r);
+        pp_schedule_free(&ir);
+    }
+    pp_run_result_free(&ref);
+    pp_run_result_free(&plain);
+    pp_schedule_free(&one);
 }
 END_TEST
 
@@ -183,6 +224,7 @@ int main(void)
     tcase_set_timeout(t, 300);
     tcase_add_test(t, several_stages_per_rank_train_like_one_device);
     tcase_add_test(t, measured_timeline_has_ranks_and_versions);
+    tcase_add_test(t, global_clip_with_several_stages_per_rank);
     tcase_add_test(t, unsupported_runs_are_refused);
     tcase_add_test(t, a_rank_hands_over_to_its_own_stages_without_a_link);
     suite_add_tcase(su, t);

@@ -11,7 +11,11 @@
  * exchange k and waits for the others; the total is summed in stage order,
  * so that a run repeats bit for bit. The wait costs little: the schedule
  * flushes there anyway, and a stage waits only for stages that are
- * finishing the same batch's backward.
+ * finishing the same batch's backward. Where a rank holds several stages,
+ * its thread reaches its stages' OPTs one after another: the first of them
+ * deposits for all of the rank's stages (their gradients are complete:
+ * each rank's OPTs of an update stand together, which pp_clip_init checks)
+ * and only then waits.
  *
  * Asynchronous schedules (PipeDream, PipeDream-2BW, PACI). The stages
  * update at different moments on purpose (stage 0 forwards the next batch
@@ -93,7 +97,7 @@ static int same_segment(const segment *a, const segment *b)
  * micro-batches, with none in flight, and meet the others (OPT, BARRIER)
  * in the same order: O(micro-batches per update) of memory, however long
  * the run. */
-int pp_stream_synchronous(pp_stream *st, pp_err *e)
+static int stages_synchronous(pp_stream *st, pp_err *e)
 {
     int P = st->info.stages, sync = 1;
     segment first = {0}, other = {0};
@@ -115,6 +119,21 @@ int pp_stream_synchronous(pp_stream *st, pp_err *e)
     return sync < 0 ? pp_errf(e, "out of memory") : sync;
 }
 
+/* With several stages per rank, the same test on each stage's own list. */
+int pp_stream_synchronous(pp_stream *st, pp_err *e)
+{
+    if (pp_info_check_placement(&st->info, e) < 0)
+        return -1;
+    if (!pp_multi_stage(&st->info))
+        return stages_synchronous(st, e);
+    pp_stream *view;
+    if (pp_stream_stage_view(st, &view, e) < 0)
+        return -1;
+    int sync = stages_synchronous(view, e);
+    pp_stream_free(view);
+    return sync;
+}
+
 int pp_schedule_synchronous(const pp_schedule *ir, pp_err *e)
 {
     pp_stream *st;
@@ -126,6 +145,38 @@ int pp_schedule_synchronous(const pp_schedule *ir, pp_err *e)
 }
 
 /* --- the run's clipping ----------------------------------------------- */
+
+/* Several stages per rank: whether every rank's OPTs come in groups of one
+ * per stage of the rank with no other action between them (so that at the
+ * first of them every stage of the rank has its whole gradient). 1 yes,
+ * -1 no (with the reason). */
+static int opts_grouped(run *r, pp_err *e)
+{
+    pp_stream *st;
+    if (pp_run_open_ir(r->cfg, &st, e) < 0)
+        return -1;
+    int per_rank = r->info.stages / r->info.ranks, rc = 1;
+    for (int rank = 0; rc == 1 && rank < r->info.ranks; rank++) {
+        int run_len = 0;
+        size_t i = 0;
+        pp_action a;
+        for (; rc == 1 && pp_stream_next(st, rank, &a); i++) {
+            if (a.op == PP_OP_OPT) {
+                run_len++;
+                continue;
+            }
+            if (run_len % per_rank != 0 || run_len > per_rank)
+                rc = pp_errf(e, "clipping by the global gradient norm needs each rank's OPTs "
+                                "of an update together (rank %d, action %zu)", rank, i);
+            run_len = 0;
+        }
+        if (rc == 1 && run_len != 0 && run_len != per_rank)
+            rc = pp_errf(e, "clipping by the global gradient norm needs each rank's OPTs of an "
+                            "update together (rank %d ends with %d)", rank, run_len);
+    }
+    pp_stream_free(st);
+    return rc;
+}
 
 int pp_clip_init(run *r, pp_err *e)
 {
@@ -142,10 +193,13 @@ int pp_clip_init(run *r, pp_err *e)
     if (r->nloc < r->P)
         return pp_errf(e, "clipping by the global gradient norm (%s is synchronous) needs every "
                           "stage in one process", r->info.name);
+    if (pp_multi_stage(&r->info) && opts_grouped(r, e) <= 0)
+        return -1;
     r->clip_global = 1;
     for (int i = 0; i < 2; i++) {
         r->clip[i].k = -1;
-        if (!(r->clip[i].sumsq = calloc((size_t)r->P, sizeof *r->clip[i].sumsq)))
+        if (!(r->clip[i].sumsq = calloc((size_t)r->P, sizeof *r->clip[i].sumsq)) ||
+            !(r->clip[i].deposited = calloc((size_t)r->P, 1)))
             return pp_errf(e, "out of memory");
     }
     return 0;
@@ -155,24 +209,20 @@ void pp_clip_free(run *r)
 {
     for (int i = 0; i < 2; i++) {
         free(r->clip[i].sumsq);
+        free(r->clip[i].deposited);
         r->clip[i].sumsq = NULL;
+        r->clip[i].deposited = NULL;
     }
 }
 
-/* Exchange k = the stage's update count: deposits the stage's sum of
- * squares and waits for every stage's; *total is their sum. */
-static int exchange(stage_rt *s, double own, double *total, pp_err *e)
+/* Deposits stage t's sum of squares at exchange x (once); the last deposit
+ * sums them in stage order. Under r->mu. */
+static void deposit(run *r, clip_exchange *x, int t, double own)
 {
-    run *r = s->r;
-    long k = s->updates;
-    clip_exchange *x = &r->clip[k % 2];
-    pthread_mutex_lock(&r->mu);
-    if (x->k != k) { /* the first stage here: the slot held update k - 2, which all have left */
-        x->k = k;
-        x->have = 0;
-        x->done = 0;
-    }
-    x->sumsq[s->s] = own;
+    if (x->deposited[t])
+        return;
+    x->deposited[t] = 1;
+    x->sumsq[t] = own;
     if (++x->have == r->P) {
         double sum = 0.0;
         for (int st = 0; st < r->P; st++)
@@ -181,6 +231,32 @@ static int exchange(stage_rt *s, double own, double *total, pp_err *e)
         x->done = 1;
         pthread_cond_broadcast(&r->cv);
     }
+}
+
+/* Exchange k = the stage's update count: deposits the stage's sum of
+ * squares (and, with several stages per rank, those of the rank's other
+ * stages) and waits for every stage's; *total is their sum. */
+static int exchange(stage_rt *s, double own, double *total, pp_err *e)
+{
+    run *r = s->r;
+    long k = s->updates;
+    clip_exchange *x = &r->clip[k % 2];
+    int rank = pp_stage_rank(&r->info, s->s);
+    double mine[PP_MAX_RANK_STAGES];
+    int st[PP_MAX_RANK_STAGES];
+    int n = pp_rank_stages(&r->info, rank, st, PP_MAX_RANK_STAGES);
+    for (int i = 0; i < n; i++) /* outside the lock: a device reduction each */
+        mine[i] = st[i] == s->s ? own
+                                : r->cfg->backend->grad_sumsq(r->st[st[i]].bk, r->st[st[i]].grad);
+    pthread_mutex_lock(&r->mu);
+    if (x->k != k) { /* the first stage here: the slot held update k - 2, which all have left */
+        x->k = k;
+        x->have = 0;
+        x->done = 0;
+        memset(x->deposited, 0, (size_t)r->P);
+    }
+    for (int i = 0; i < n; i++)
+        deposit(r, x, st[i], mine[i]);
     while (!x->done && !r->aborted)
         pthread_cond_wait(&r->cv, &r->mu);
     int rc = x->done ? 0

@@ -77,6 +77,7 @@ typedef struct {
     int done;                 /* every stage did: total is set */
     double total;             /* the sum over stages, in stage order */
     double *sumsq;            /* [P] */
+    unsigned char *deposited; /* [P]: stage t's sum is in */
 } clip_exchange;
 
 /* Snapshot of the model after update k on every stage, for evaluation. */
