@@ -105,6 +105,15 @@ printf '{"format":"ppsched-ir","version":1,"schedule":"x","stages":1,"microbatch
 expect_error 'bf.json' validate "$tmp/bf.json"
 printf '{"format":"ppsched-ir","version":1,"schedule":"x","stages":2,"microbatches_per_step":2,"steps":1,"actions":[["F0","B0","F1","B1","OPT"],["F0","F1","B0","B1","OPT"]]}' >"$tmp/dead.json"
 expect_error 'deadlock: stage' run --ir "$tmp/dead.json"
+# ranks that hold several stages: chunk counts that do not fit
+expect_error 'two-chunk schedule' run --schedule zbv --ranks 4 --chunks 3
+expect_error 'multiple of --stages' run --schedule interleaved-1f1b --ranks 4 --microbatches 6
+expect_error 'has one stage per rank' run --schedule 1f1b-flush --chunks 2
+expect_error 'needs --microbatches >= 2 x --stages' run --schedule dualpipev --ranks 4 \
+    --microbatches 4
+printf '%s' '{"format":"ppsched-ir","version":1,"schedule":"x","stages":5,"ranks":2,
+  "placement":"looped","microbatches_per_step":1,"steps":1,"actions":[[],[]]}' >"$tmp/odd.json"
+expect_error '5 stages do not divide over 2 ranks' run --ir "$tmp/odd.json"
 printf '0F0,0F1\n1F0,1X9\n' >"$tmp/bad.csv"
 expect_error 'bad.csv' run --pytorch-csv "$tmp/bad.csv"
 expect_error 'export needs -o' export --schedule paci
