@@ -199,6 +199,34 @@ START_TEST(a_rank_hands_over_to_its_own_stages_without_a_link)
 }
 END_TEST
 
+/* BARRIERs in a schedule whose ranks hold several stages: each rank's
+ * thread arrives once (the barrier counted stages and waited forever), and
+ * the run trains as without them. */
+START_TEST(barriers_meet_once_per_rank)
+{
+    pp_schedule plain = gen("interleaved-1f1b", 2, 2, 4, 3), with;
+    pp_err e = {{0}};
+    ck_assert(pp_schedule_init(&with, &plain.info, &e) == 0);
+    for (int r = 0; r < 2; r++) {
+        const pp_action_list *l = &plain.rank[r];
+        for (size_t i = 0; i < l->count; i++) {
+            ck_assert(pp_schedule_push(&with, r, l->items[i], &e) == 0);
+            int group_end = l->items[i].op == PP_OP_OPT &&
+                            (i + 1 == l->count || l->items[i + 1].op != PP_OP_OPT);
+            if (group_end) /* after each step's OPTs */
+                ck_assert(pp_schedule_push(&with, r, pp_act(PP_OP_BARRIER, -1), &e) == 0);
+        }
+    }
+    ck_assert_msg(pp_schedule_validate(&with, &e) == 0, "%s", e.msg);
+    pp_run_result a = train(&plain, NULL), b = train(&with, NULL);
+    ck_assert_double_eq(loss_gap(&a, &b), 0.0);
+    pp_run_result_free(&a);
+    pp_run_result_free(&b);
+    pp_schedule_free(&with);
+    pp_schedule_free(&plain);
+}
+END_TEST
+
 /* What the runtime cannot do yet with several stages per rank is refused
  * before any work, in one line. */
 START_TEST(unsupported_runs_are_refused)
@@ -225,6 +253,7 @@ int main(void)
     tcase_add_test(t, several_stages_per_rank_train_like_one_device);
     tcase_add_test(t, measured_timeline_has_ranks_and_versions);
     tcase_add_test(t, global_clip_with_several_stages_per_rank);
+    tcase_add_test(t, barriers_meet_once_per_rank);
     tcase_add_test(t, unsupported_runs_are_refused);
     tcase_add_test(t, a_rank_hands_over_to_its_own_stages_without_a_link);
     suite_add_tcase(su, t);

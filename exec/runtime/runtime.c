@@ -213,7 +213,7 @@ static int run_stages(run *r, void **eval_stages, pp_err *e)
 {
     /* the local ranks: the local stages with one stage per rank, else all */
     int multi = pp_multi_stage(&r->info);
-    int first = multi ? 0 : r->lo, nranks = multi ? r->info.ranks : r->nloc;
+    int first = multi ? 0 : r->lo, nranks = r->local_ranks;
     pthread_t *threads = calloc((size_t)nranks, sizeof *threads);
     pp_rank_rt *ranks = calloc((size_t)nranks, sizeof *ranks);
     if (!threads || !ranks) {
@@ -273,6 +273,7 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     r.N = r.info.total_microbatches;
     r.lo = c->local_first;
     r.nloc = c->local_count ? c->local_count : r.P;
+    r.local_ranks = pp_multi_stage(&r.info) ? r.info.ranks : r.nloc;
     if (check_config(&r, e) < 0 || plan_ir(&r, e) < 0) {
         pp_stream_free(r.ir);
         return -1;

@@ -106,8 +106,11 @@ struct run {
      * reads the total of k, never k + 2) */
     int clip_global;
     clip_exchange clip[2];
-    /* the stages this process runs: [lo, lo + nloc) */
+    /* the stages this process runs: [lo, lo + nloc); the rank threads
+     * that run them (one per stage, or all ranks where ranks hold several
+     * stages) */
     int lo, nloc;
+    int local_ranks;
     int own_tr;               /* tr is the in-process transport pp_run made */
     /* reports from the last stage, in update order */
     pp_step_record *records;

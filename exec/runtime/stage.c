@@ -207,12 +207,13 @@ static int do_opt(stage_rt *s, int *version, pp_err *e)
     return 0;
 }
 
-/* A barrier that an aborted run releases with an error. */
+/* A barrier that an aborted run releases with an error: every local rank's
+ * thread arrives once. */
 static int run_barrier(run *r, pp_err *e)
 {
     pthread_mutex_lock(&r->mu);
     int gen = r->bar_gen;
-    if (++r->bar_count == r->nloc) {
+    if (++r->bar_count == r->local_ranks) {
         r->bar_count = 0;
         r->bar_gen++;
         pthread_cond_broadcast(&r->cv);
