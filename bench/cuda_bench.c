@@ -156,8 +156,9 @@ int main(int argc, char **argv)
     printf("model         %s: %d layers, dim %d, heads %d, vocab %d, %.1fM parameters\n",
            model, m.layers, m.dim, m.heads, m.vocab, np / 1e6);
     const char *fallback = NULL, *attention = pp_cuda_stage_attention(st, &fallback);
-    printf("batch         micro-batch %d x seq %d = %zu tokens, P = 1, math %s, attention %s", B,
-           T, N, pp_cuda_stage_math(st), attention);
+    printf("batch         micro-batch %d x seq %d = %zu tokens, P = 1, math %s, storage %s, "
+           "attention %s",
+           B, T, N, pp_cuda_stage_math(st), pp_cuda_stage_storage(st), attention);
     if (fallback)
         printf(" (cuDNN not used: %s)", fallback);
     printf("\n");
@@ -180,10 +181,13 @@ int main(int argc, char **argv)
            "workspace %.2f, total %.2f (peak %.2f)\n",
            mem.weights / GiB, mem.grads / GiB, mem.optimizer / GiB, mem.activations / GiB,
            mem.workspace / GiB, mem.total / GiB, mem.peak_total / GiB);
-    printf("RESULT model=%s math=%s attention=%s B=%d T=%d tokens_per_s=%.0f tflops=%.2f "
-           "bf16_peak=%.1f mfu_measured=%.4f mfu_989=%.4f ms_per_iter=%.3f\n",
-           model, pp_cuda_stage_math(st), attention, B, T, tokens / per_it, tflops, peak,
-           peak > 0 ? tflops / peak : 0.0, tflops / 989.0, per_it * 1e3);
+    printf("RESULT model=%s math=%s storage=%s attention=%s B=%d T=%d tokens_per_s=%.0f "
+           "tflops=%.2f bf16_peak=%.1f mfu_measured=%.4f mfu_989=%.4f ms_per_iter=%.3f "
+           "activation_bytes=%zu\n",
+           model, pp_cuda_stage_math(st), pp_cuda_stage_storage(st), attention, B, T,
+           tokens / per_it, tflops, peak,
+           peak > 0 ? tflops / peak : 0.0, tflops / 989.0, per_it * 1e3,
+           b->acts_bytes(st));
 
     b->release(st, acts);
     b->release(st, grad);

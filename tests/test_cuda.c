@@ -21,7 +21,13 @@
  *     losses within 1e-2 and every gradient tensor within 2e-2 (relative
  *     norm of the difference) over two micro-batches whose backwards run
  *     after both forwards, the path each stage reports, and activations
- *     smaller by the B H T^2 probabilities of every block.
+ *     smaller by the B H T^2 probabilities of every block;
+ *   - bf16 storage (PPSCHED_CUDA_MATH=bf16: bf16 products and activations,
+ *     fp32 master weights) against the fp32 CPU: losses within 1e-2,
+ *     every gradient tensor within 2e-2 (relative norm of the
+ *     difference), the loss after new weights come through from_host (the
+ *     bf16 weight copy re-made), ten AdamW steps whose losses track the
+ *     CPU's within 2e-2, and activations under 0.6 of fp32 storage's.
  *
  * Tolerances (fp32, PPSCHED_CUDA_MATH unset or fp32): a tensor matches when
  *     max_i |cuda_i - cpu_i| <= 1e-4 * max_i |cpu_i|
@@ -140,6 +146,20 @@ static double rel_err(const float *a, const float *b, size_t n)
     if (s == 0.0)
         return d == 0.0 ? 0.0 : INFINITY;
     return d / s;
+}
+
+/* |a - b| / |b| in the 2-norm (0 when both are zero). */
+static double rel_norm_err(const float *a, const float *b, size_t n)
+{
+    double d = 0.0, s = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double x = (double)a[i] - b[i];
+        d += x * x;
+        s += (double)b[i] * b[i];
+    }
+    if (s == 0.0)
+        return d == 0.0 ? 0.0 : INFINITY;
+    return isnan(d) ? INFINITY : sqrt(d / s);
 }
 
 /* A pipeline of P stages of one backend, driven by hand. */
@@ -1215,19 +1235,6 @@ static float *attn_run(attn_stage *a, const pp_model_desc *m, float loss[2])
     return g;
 }
 
-/* |a - b| / |b| in the 2-norm (0 when both are zero). */
-static double rel_norm_err(const float *a, const float *b, size_t n)
-{
-    double d = 0.0, s = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double x = (double)a[i] - b[i];
-        d += x * x;
-        s += (double)b[i] * b[i];
-    }
-    if (s == 0.0)
-        return d == 0.0 ? 0.0 : INFINITY;
-    return isnan(d) ? INFINITY : sqrt(d / s);
-}
 #endif
 
 START_TEST(test_cudnn_attention_parity)
@@ -1319,6 +1326,172 @@ START_TEST(test_cudnn_attention_memory)
 }
 END_TEST
 
+/* --- bf16 storage (PPSCHED_CUDA_MATH=bf16) against the CPU ---------- */
+
+/* bf16 operands and activations, fp32 accumulation: the tolerances of the
+ * cuDNN test above, against the fp32 CPU. */
+#define TOL_BF16 1e-2
+#define TOL_BF16_GRAD 2e-2
+#define TOL_BF16_STEPS 2e-2
+
+/* pipe_open on the CUDA backend in bf16 math (the variable restored). */
+static void pipe_open_bf16(pipe *p, const pp_model_desc *m, int P, uint64_t seed)
+{
+    char *math = env_set("PPSCHED_CUDA_MATH", "bf16");
+    pipe_open(p, &pp_backend_cuda, m, P, seed);
+    env_restore("PPSCHED_CUDA_MATH", math);
+    for (int s = 0; s < P; s++)
+        ck_assert_str_eq(pp_cuda_stage_storage(p->st[s]), "bf16");
+}
+
+/* Every tensor of a flat gradient, in the 2-norm of the difference. */
+static void compare_tensors_norm(pipe *gpu, pipe *cpu, int s, void *dg, void *dc, double tol,
+                                 const char *what)
+{
+    size_t bytes = cpu->tab[s].nparams * sizeof(float);
+    float *g = host_copy(gpu, s, dg, bytes), *c = host_copy(cpu, s, dc, bytes);
+    for (int i = 0; i < cpu->tab[s].ntensors; i++) {
+        const pp_gpt_tensor *t = &cpu->tab[s].tensors[i];
+        double r = rel_norm_err(g + t->offset, c + t->offset, t->numel);
+        ck_assert_msg(r < tol, "P=%d stage %d %s %s: relative norm of the difference %.3g >= %.1g",
+                      cpu->P, s, what, t->name, r, tol);
+    }
+    free(g);
+    free(c);
+}
+
+/* Losses of two micro-batches and the accumulated gradient; then every
+ * weight tripled through from_host: the next forward must see the new
+ * weights (its bf16 copy re-made), not the old ones. */
+START_TEST(test_bf16_storage_parity)
+{
+    pp_model_desc m = attn_model();
+    size_t n = (size_t)m.micro_batch * m.seq_len;
+    int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    for (int P = 1; P <= MAXP; P++) {
+        pipe g, c;
+        pipe_open_bf16(&g, &m, P, 1234);
+        pipe_open(&c, &pp_backend_cpu, &m, P, 1234);
+        float lc = 0.0f;
+        for (int mb = 0; mb < 2; mb++) {
+            random_ids(tok, n, m.vocab, 100 + mb);
+            random_ids(tgt, n, m.vocab, 200 + mb);
+            float lg = pipe_forward(&g, tok, tgt);
+            lc = pipe_forward(&c, tok, tgt);
+            check_loss(lg, lc, TOL_BF16, "bf16 forward loss");
+            pipe_backward(&g, 0.5f);
+            pipe_backward(&c, 0.5f);
+        }
+        for (int s = 0; s < P; s++)
+            compare_tensors_norm(&g, &c, s, g.grad[s], c.grad[s], TOL_BF16_GRAD, "bf16 gradient");
+        for (int s = 0; s < P; s++) {
+            size_t np = c.tab[s].nparams;
+            float *w = c.w[s];
+            for (size_t i = 0; i < np; i++)
+                w[i] *= 3.0f;
+            g.b->from_host(g.st[s], g.w[s], w, np * sizeof(float));
+        }
+        float lg2 = pipe_forward(&g, tok, tgt), lc2 = pipe_forward(&c, tok, tgt);
+        check_loss(lg2, lc2, TOL_BF16, "bf16 loss after new weights");
+        ck_assert_msg(fabs((double)lc2 - lc) > 10 * TOL_BF16 * lc,
+                      "tripled weights moved the loss only from %g to %g", lc, lc2);
+        pipe_close(&g);
+        pipe_close(&c);
+    }
+    free(tok);
+    free(tgt);
+}
+END_TEST
+
+/* Ten AdamW steps on a fixed batch: every loss tracks the CPU's, and the
+ * last is nearer the CPU's than the first (stale bf16 weights would keep
+ * the first). */
+START_TEST(test_bf16_storage_steps)
+{
+    pp_model_desc m = attn_model();
+    size_t n = (size_t)m.micro_batch * m.seq_len;
+    int *tok = malloc(n * sizeof *tok), *tgt = malloc(n * sizeof *tgt);
+    random_ids(tok, n, m.vocab, 5);
+    random_ids(tgt, n, m.vocab, 6);
+    for (int P = 1; P <= MAXP; P++) {
+        pipe g, c;
+        pipe_open_bf16(&g, &m, P, 99);
+        pipe_open(&c, &pp_backend_cpu, &m, P, 99);
+        float lg = 0.0f, lc = 0.0f, first = 0.0f;
+        for (int step = 0; step < 10; step++) {
+            lg = pipe_forward(&g, tok, tgt);
+            lc = pipe_forward(&c, tok, tgt);
+            char msg[64];
+            snprintf(msg, sizeof msg, "bf16 P=%d step %d loss", P, step);
+            check_loss(lg, lc, TOL_BF16_STEPS, msg);
+            if (step == 0)
+                first = lg;
+            pipe_backward(&g, 1.0f);
+            pipe_backward(&c, 1.0f);
+            pp_opt_step os = pp_opt_step_default(1e-2f * (float)(step + 1) / 10.0f);
+            for (int s = 0; s < P; s++) {
+                ck_assert(g.b->optimizer_update(g.st[s], g.w[s], g.grad[s], &os, NULL) == 0);
+                ck_assert(c.b->optimizer_update(c.st[s], c.w[s], c.grad[s], &os, NULL) == 0);
+                ck_assert(g.b->sync(g.st[s], NULL) == 0);
+            }
+        }
+        printf("test_cuda: bf16 P=%d: loss %.5f -> %.5f (cpu %.5f)\n", P, first, lg, lc);
+        ck_assert_msg(fabs((double)lg - lc) < 0.5 * fabs((double)lg - first),
+                      "P=%d: bf16 loss %g after ten steps, cpu %g, first %g", P, lg, lc, first);
+        pipe_close(&g);
+        pipe_close(&c);
+    }
+    free(tok);
+    free(tgt);
+}
+END_TEST
+
+/* Activations per micro-batch on bf16 storage under 0.6 of fp32's, the
+ * attention path the same on both (width 256 over 4 heads, sequence 32:
+ * cuBLAS's probabilities do not dominate either). */
+START_TEST(test_bf16_storage_memory)
+{
+    pp_model_desc m = test_model(2, 256, 4, 32, 67, 2);
+#ifdef PPSCHED_HAVE_CUDNN
+    char *att = env_set("PPSCHED_CUDA_ATTENTION", "cudnn");
+#else
+    char *att = env_set("PPSCHED_CUDA_ATTENTION", "cublas");
+#endif
+    const char *maths[2] = {"fp32", "bf16"};
+    void *st[2];
+    pp_err e = {{0}};
+    for (int i = 0; i < 2; i++) {
+        char *math = env_set("PPSCHED_CUDA_MATH", maths[i]);
+        int rc = pp_backend_cuda.create(&m, 1, 0, &PP_PLACEMENT_WHOLE(0), &st[i], &e);
+        env_restore("PPSCHED_CUDA_MATH", math);
+        ck_assert_msg(rc == 0, "%s", e.msg);
+    }
+    env_restore("PPSCHED_CUDA_ATTENTION", att);
+    const char *a32 = pp_cuda_stage_attention(st[0], NULL);
+    const char *a16 = pp_cuda_stage_attention(st[1], NULL);
+    size_t b32 = pp_backend_cuda.acts_bytes(st[0]), b16 = pp_backend_cuda.acts_bytes(st[1]);
+    printf("test_cuda: activations per micro-batch (%s attention): fp32 %zu bytes, bf16 %zu "
+           "(%.3f)\n",
+           a16, b32, b16, (double)b16 / b32);
+    if (strcmp(a32, a16) == 0) {
+        ck_assert_msg((double)b16 < 0.6 * b32,
+                      "bf16 activations %zu bytes, fp32 %zu: %.3f of them, want under 0.6", b16,
+                      b32, (double)b16 / b32);
+        void *acts = pp_backend_cuda.alloc(st[1], b16);
+        ck_assert(acts);
+        pp_cuda_memory mem;
+        pp_cuda_stage_memory(st[1], &mem);
+        ck_assert_uint_eq(mem.activations, b16);
+        pp_backend_cuda.release(st[1], acts);
+    } else {
+        printf("test_cuda: attention paths differ (%s, %s): bf16 memory not compared\n", a32,
+               a16);
+    }
+    for (int i = 0; i < 2; i++)
+        pp_backend_cuda.destroy(st[i]);
+}
+END_TEST
+
 /* Bad token ids fail with a message, like the CPU backend. */
 START_TEST(test_bad_token)
 {
@@ -1366,6 +1539,9 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, test_device_clocks);
     tcase_add_test(tc, test_cudnn_attention_parity);
     tcase_add_test(tc, test_cudnn_attention_memory);
+    tcase_add_test(tc, test_bf16_storage_parity);
+    tcase_add_test(tc, test_bf16_storage_steps);
+    tcase_add_test(tc, test_bf16_storage_memory);
     suite_add_tcase(s, tc);
     return s;
 }

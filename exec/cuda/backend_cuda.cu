@@ -36,7 +36,8 @@
  * table; the rest of the backend lives beside it: cuda_stage.cuh (the stage
  * struct, private to exec/cuda/), cuda_memory.cu (allocations, accounting,
  * activation layout), cuda_layers.cu (GEMMs, layers, forward and backward),
- * cuda_attention.cu (cuBLAS, or cuDNN's fused attention in
+ * cuda_layers_bf16.cu and cuda_lt.cu (bf16 storage's cuBLASLt products and
+ * weight shadows), cuda_attention.cu (cuBLAS, or cuDNN's fused attention in
  * cuda_attention_cudnn.cu), cuda_optimizer.cu (AdamW, the optimizer state),
  * cuda_muon.cu (Muon's Newton-Schulz products), kernels_*.cu (the kernels
  * and their launchers) and cuda_introspect.cu (the
@@ -128,6 +129,7 @@ static void stage_free(cuda_stage *c)
             cudaStreamSynchronize(c->stream);
         }
         attention_release(c); /* cuDNN's handle and graphs */
+        lt_release(c);
         for (cudaEvent_t ev : c->clk)
             if (ev)
                 cudaEventDestroy(ev);
@@ -187,6 +189,15 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
     c->Vp = (c->V + 127) / 128 * 128;
     c->N = c->B * c->T;
     c->math = math_from_env(&c->compute);
+    c->bf16 = strcmp(c->math, "bf16") == 0;
+    /* bf16 rows of width C start 16-byte aligned, as cuBLASLt wants */
+    if (c->bf16 && c->C % 8 != 0) {
+        pp_errf(e, "--backend cuda: PPSCHED_CUDA_MATH=bf16 needs a width that is a multiple of "
+                   "8 (got %d)", c->C);
+        pp_gpt_stage_free(&c->g);
+        delete c;
+        return -1;
+    }
 
     bool partitioned = at && at->partition >= 0;
     const char *what = "cudaSetDevice";
@@ -286,6 +297,10 @@ static int cuda_create(const pp_model_desc *m, int P, int s, const pp_placement 
        "upload tensor table");
     k_fill(c->ones, 1.0f, c->N, c->stream);
     check_launch(c, "fill");
+    if (c->bf16 && !lt_init(c, e)) {
+        stage_free(c);
+        return -1;
+    }
     if (c->g.is_first) {
         c->h_counts.assign((size_t)c->V + 1, 0);
         c->h_head.assign(c->L.nseg + 1, 0);
@@ -330,6 +345,8 @@ static void cuda_copy(void *stage, void *dst, const void *src, size_t bytes)
     stage_scope in(c);
     /* cudaMemcpyDefault: with --devices 0,1,... the neighbour's buffer may
      * live on another GPU (unified addressing finds it) */
+    if (bytes == c->g.nparams * sizeof(float))
+        weights_written();
     ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->stream), "copy");
     ck(c, cudaStreamSynchronize(c->stream), "copy");
 }
@@ -341,6 +358,8 @@ static void cuda_copy_queued(void *stage, void *dst, const void *src, size_t byt
 {
     cuda_stage *c = S(stage);
     stage_scope in(c);
+    if (bytes == c->g.nparams * sizeof(float)) /* a weight version, maybe */
+        weights_written();
     ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, c->stream), "message copy");
 }
 
@@ -389,6 +408,7 @@ static void cuda_from_host(void *stage, void *dev, const void *host, size_t byte
 {
     cuda_stage *c = S(stage);
     stage_scope in(c);
+    weights_written(); /* weights, or anything: a checkpoint's restore */
     ck(c, cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, c->stream), "from_host");
     ck(c, cudaStreamSynchronize(c->stream), "from_host");
 }

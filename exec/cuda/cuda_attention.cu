@@ -79,7 +79,9 @@ int attention_init(cuda_stage *c, pp_err *e)
     (void)want;
 #endif
     c->datt = (float *)dev_alloc(c, (size_t)c->H * c->T * c->T * sizeof(float), MK_WS);
-    if (!c->datt)
+    if (c->bf16 && c->datt)
+        c->att32 = (float *)dev_alloc(c, 7 * (size_t)c->N * c->C * sizeof(float), MK_WS);
+    if (!c->datt || (c->bf16 && !c->att32))
         return pp_errf(e, "--backend cuda: stage %d: out of device memory (attention scratch of "
                           "%d x %d x %d floats)",
                        c->g.s, c->H, c->T, c->T);
@@ -173,6 +175,48 @@ void attention_backward(cuda_stage *c, void *acts, const block_layout &a, const 
     }
 #endif
     cublas_attention_backward(c, F(acts, a.d_qkv), dy, F(acts, a.qkv), F(acts, a.att));
+}
+
+/* --- bf16 storage ------------------------------------------------------------ */
+
+/* cuDNN reads and writes the bf16 activations directly; the cuBLAS path
+ * widens them into the stage's att32 scratch (qkv 3 N C, y or dy N C, dqkv
+ * 3 N C) and runs its fp32 products. */
+void attention_forward_bf16(cuda_stage *c, void *acts, const block_layout &a)
+{
+#ifdef PPSCHED_HAVE_CUDNN
+    if (c->cudnn) {
+        cudnn_attention_forward_bf16(c, H(acts, a.atty), F(acts, a.stats), H(acts, a.qkv));
+        return;
+    }
+#endif
+    size_t NC = (size_t)c->N * c->C;
+    float *qkv = c->att32, *y = qkv + 3 * NC;
+    k_from_bf16(qkv, H(acts, a.qkv), 3 * NC, c->stream);
+    check_launch(c, "from_bf16 (attention)");
+    cublas_attention_forward(c, y, F(acts, a.att), qkv);
+    k_to_bf16(H(acts, a.atty), y, NC, c->stream);
+    check_launch(c, "to_bf16 (attention)");
+}
+
+void attention_backward_bf16(cuda_stage *c, void *acts, const block_layout &a,
+                             const __nv_bfloat16 *dy)
+{
+#ifdef PPSCHED_HAVE_CUDNN
+    if (c->cudnn) {
+        cudnn_attention_backward_bf16(c, H(acts, a.d_qkv), dy, H(acts, a.qkv), H(acts, a.atty),
+                                      F(acts, a.stats));
+        return;
+    }
+#endif
+    size_t NC = (size_t)c->N * c->C;
+    float *qkv = c->att32, *dy32 = qkv + 3 * NC, *dqkv = dy32 + NC;
+    k_from_bf16(qkv, H(acts, a.qkv), 3 * NC, c->stream);
+    k_from_bf16(dy32, dy, NC, c->stream);
+    check_launch(c, "from_bf16 (attention)");
+    cublas_attention_backward(c, dqkv, dy32, qkv, F(acts, a.att));
+    k_to_bf16(H(acts, a.d_qkv), dqkv, 3 * NC, c->stream);
+    check_launch(c, "to_bf16 (attention)");
 }
 
 } // namespace pp_cuda

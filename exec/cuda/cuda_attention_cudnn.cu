@@ -525,19 +525,48 @@ void cudnn_attention_release(cuda_stage *c)
     delete a;
 }
 
+/* bf16 storage hands its bf16 qkv, O, dO and dqkv over as they are; fp32
+ * storage converts through the scratch. */
+void cudnn_attention_forward_bf16(cuda_stage *c, __nv_bfloat16 *y, float *stats,
+                                  const __nv_bfloat16 *qkv)
+{
+    cudnn_attention *a = c->cudnn;
+    int C = c->C;
+    void *q = (void *)qkv;
+    const int64_t uids[] = {T_Q, T_K, T_V, T_O, T_STATS, T_SCALE, T_NEG_INF};
+    void *const ptrs[] = {q, (__nv_bfloat16 *)q + C, (__nv_bfloat16 *)q + 2 * C, y, stats,
+                          &a->scale, &a->neg_inf};
+    execute(c, a->fwd, 7, uids, ptrs, "cuDNN attention forward");
+}
+
 void cudnn_attention_forward(cuda_stage *c, float *y, float *stats, const float *qkv)
 {
     cudnn_attention *a = c->cudnn;
     size_t NC = (size_t)c->N * c->C;
-    int C = c->C;
     k_to_bf16(a->qkv, qkv, 3 * NC, c->stream);
     check_launch(c, "to_bf16 (attention)");
-    const int64_t uids[] = {T_Q, T_K, T_V, T_O, T_STATS, T_SCALE, T_NEG_INF};
-    void *const ptrs[] = {a->qkv, a->qkv + C, a->qkv + 2 * C, a->o, stats, &a->scale,
-                          &a->neg_inf};
-    execute(c, a->fwd, 7, uids, ptrs, "cuDNN attention forward");
+    cudnn_attention_forward_bf16(c, a->o, stats, a->qkv);
     k_from_bf16(y, a->o, NC, c->stream);
     check_launch(c, "from_bf16 (attention)");
+}
+
+void cudnn_attention_backward_bf16(cuda_stage *c, __nv_bfloat16 *dqkv, const __nv_bfloat16 *dy,
+                                   const __nv_bfloat16 *qkv, const __nv_bfloat16 *y,
+                                   const float *stats)
+{
+    cudnn_attention *a = c->cudnn;
+    size_t NC = (size_t)c->N * c->C;
+    int C = c->C;
+    __nv_bfloat16 *q = (__nv_bfloat16 *)qkv;
+    if (a->zero_dq_acc)
+        ck(c, cudaMemsetAsync(a->dq_acc, 0, NC * sizeof(float), c->stream), "cudaMemsetAsync");
+    const int64_t uids[] = {T_Q,  T_K,  T_V,      T_O,    T_STATS, T_DO,      T_DQ,
+                            T_DK, T_DV, T_DQ_ACC, T_DSUM, T_SCALE, T_NEG_INF, T_ONE};
+    void *const ptrs[] = {q,           q + C,      q + 2 * C,        (void *)y,
+                          (void *)stats, (void *)dy, dqkv,           dqkv + C,
+                          dqkv + 2 * C, a->dq_acc, a->dsum,          &a->scale,
+                          &a->neg_inf, &a->one};
+    execute(c, a->bwd, 14, uids, ptrs, "cuDNN attention backward");
 }
 
 void cudnn_attention_backward(cuda_stage *c, float *dqkv, const float *dy, const float *qkv,
@@ -545,20 +574,11 @@ void cudnn_attention_backward(cuda_stage *c, float *dqkv, const float *dy, const
 {
     cudnn_attention *a = c->cudnn;
     size_t NC = (size_t)c->N * c->C;
-    int C = c->C;
     k_to_bf16(a->qkv, qkv, 3 * NC, c->stream);
     k_to_bf16(a->o, y, NC, c->stream);
     k_to_bf16(a->dout, dy, NC, c->stream);
     check_launch(c, "to_bf16 (attention)");
-    if (a->zero_dq_acc)
-        ck(c, cudaMemsetAsync(a->dq_acc, 0, NC * sizeof(float), c->stream), "cudaMemsetAsync");
-    const int64_t uids[] = {T_Q,  T_K,  T_V,      T_O,    T_STATS, T_DO,      T_DQ,
-                            T_DK, T_DV, T_DQ_ACC, T_DSUM, T_SCALE, T_NEG_INF, T_ONE};
-    void *const ptrs[] = {a->qkv,     a->qkv + C,   a->qkv + 2 * C, a->o,
-                          (void *)stats, a->dout,   a->dqkv,        a->dqkv + C,
-                          a->dqkv + 2 * C, a->dq_acc, a->dsum,      &a->scale,
-                          &a->neg_inf, &a->one};
-    execute(c, a->bwd, 14, uids, ptrs, "cuDNN attention backward");
+    cudnn_attention_backward_bf16(c, a->dqkv, a->dout, a->qkv, a->o, stats);
     k_from_bf16(dqkv, a->dqkv, 3 * NC, c->stream);
     check_launch(c, "from_bf16 (attention)");
 }

@@ -7,18 +7,22 @@
  * header: C code (pprun, the tests, the benchmark) includes it and calls
  * the backend through the pp_backend_ops table of backend.h.
  *
- * Numerics: fp32 buffers throughout (weights, gradients, optimizer state,
- * activations), the same flat parameter layout, initialisation and math as
+ * Numerics: fp32 weights, gradients and optimizer state, the same flat
+ * parameter layout, initialisation and (in fp32 math) arithmetic as
  * the CPU reference (gpt_cpu.c, cpu_optim.c: AdamW, Muon, the delay
  * correction, with the CPU's optimizer state layout). The matrix products run through cuBLAS;
  * the environment variable PPSCHED_CUDA_MATH picks their arithmetic when a
  * stage is created:
  *   fp32 (default)  full fp32 products: matches the CPU to ~1e-5
  *   tf32            TF32 tensor cores, fp32 accumulation
- *   bf16            bf16 tensor cores (operands rounded to bf16 inside
- *                   cuBLAS), fp32 accumulation, fp32 master weights;
- *                   Muon's Newton-Schulz products multiply bf16 copies
- *                   of their operands (cuda_muon.cu)
+ *   bf16            bf16 storage: cuBLASLt products on bf16 operands
+ *                   (a bf16 copy of the weights, the activations that
+ *                   feed a product stored in bf16), fp32 accumulation,
+ *                   fp32 master weights, gradients and optimizer state
+ *                   (cuda_layers_bf16.cu, cuda_lt.cu); needs a width
+ *                   that is a multiple of 8. Muon's Newton-Schulz
+ *                   products multiply bf16 copies of their operands
+ *                   (cuda_muon.cu)
  * Attention has two paths, picked when a stage is created (cuda_attention.cu):
  * PPSCHED_CUDA_ATTENTION=cublas (cuBLAS products around softmax kernels,
  * the stage's math, the probabilities kept for the backward) or cudnn
@@ -83,6 +87,12 @@ int pp_cuda_stage_sms(void *stage);
 
 /* "fp32", "tf32" or "bf16": the matrix-product arithmetic of the stage. */
 const char *pp_cuda_stage_math(void *stage);
+
+/* "bf16" when the products' operands and the activations that feed them
+ * are stored in bf16 (math bf16: fp32 master weights, gradients and
+ * optimizer state, bf16 copies of the weights for the products), else
+ * "fp32". */
+const char *pp_cuda_stage_storage(void *stage);
 
 /* "cublas" or "cudnn": the stage's attention path. When cuDNN was asked for
  * (or the default) and not taken, *fallback gets why (the cuDNN call and

@@ -61,6 +61,11 @@ const char *pp_cuda_stage_math(void *stage)
     return S(stage)->math;
 }
 
+const char *pp_cuda_stage_storage(void *stage)
+{
+    return S(stage)->bf16 ? "bf16" : "fp32";
+}
+
 const char *pp_cuda_stage_attention(void *stage, const char **fallback)
 {
     cuda_stage *c = S(stage);

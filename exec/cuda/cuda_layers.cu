@@ -1,6 +1,7 @@
 /* The GPT's layers on a stage's stream: cuBLAS products, the linear and
  * LayerNorm launchers, a transformer block forward and backward, and the
- * forward, backward_input and backward_weight entries of the backend. */
+ * forward, backward_input and backward_weight entries of the backend.
+ * On bf16 storage the products are cuda_layers_bf16.cu's. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -184,6 +185,8 @@ int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_i
         ck(c, cudaMemcpyAsync(I(acts, L.targets), targets, (size_t)N * sizeof(int),
                               cudaMemcpyHostToDevice, c->stream),
            "upload targets");
+    bool products = g->nblocks > 0 || g->is_last;
+    const bf16 *wh = c->bf16 && products ? weights_bf16(c, w) : nullptr;
     for (int l = 0; l < g->nblocks; l++) {
         int final = l == g->nblocks - 1;
         float *out;
@@ -191,13 +194,18 @@ int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_i
             out = F(acts, L.blk[l + 1].res_in);
         else
             out = g->is_last ? F(acts, L.res_last) : (float *)x_out;
-        block_forward(c, w, acts, l, out);
+        if (c->bf16)
+            block_forward_bf16(c, w, wh, acts, l, out);
+        else
+            block_forward(c, w, acts, l, out);
     }
     if (!g->is_last && g->nblocks == 0) /* a stage without blocks passes x on */
         ck(c, cudaMemcpyAsync(x_out, x0, NC * sizeof(float), cudaMemcpyDeviceToDevice,
                               c->stream),
            "copy x_out");
-    if (g->is_last) {
+    if (g->is_last && c->bf16)
+        head_forward_bf16(c, w, wh, acts);
+    if (g->is_last && !c->bf16) {
         k_layernorm_forward(F(acts, L.lnf), F(acts, L.lnf_mean), F(acts, L.lnf_rstd),
                             F(acts, L.res_last), w + g->lnf_w, w + g->lnf_b, N, c->C,
                             c->stream);
@@ -207,6 +215,8 @@ int cuda_forward(void *stage, const void *wv, const int *tokens, const void *x_i
         k_xent_forward(F(acts, L.logits), F(acts, L.losses), I(acts, L.targets), N, c->V,
                        c->Vp, c->stream);
         check_launch(c, "xent_forward");
+    }
+    if (g->is_last) {
         k_mean(c->d_loss, F(acts, L.losses), N, c->stream);
         check_launch(c, "mean");
         ck(c, cudaMemcpyAsync(loss, c->d_loss, sizeof(float), cudaMemcpyDeviceToHost, c->stream),
@@ -258,7 +268,11 @@ int cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_
     stage_scope in(c);
     if (status(c, e) < 0)
         return -1;
-    if (g->is_last) {
+    bool products = nb > 0 || g->is_last;
+    const bf16 *wh = c->bf16 && products ? weights_bf16(c, w) : nullptr;
+    if (g->is_last && c->bf16) {
+        head_backward_input_bf16(c, w, wh, acts, loss_scale);
+    } else if (g->is_last) {
         k_xent_backward(F(acts, L.logits), I(acts, L.targets), N, c->V, c->Vp, loss_scale / N,
                         c->stream);
         check_launch(c, "xent_backward");
@@ -273,8 +287,12 @@ int cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_
                               cudaMemcpyDeviceToDevice, c->stream),
            "copy dx_out");
     }
-    for (int l = nb - 1; l >= 0; l--)
-        block_backward_input(c, w, acts, l);
+    for (int l = nb - 1; l >= 0; l--) {
+        if (c->bf16)
+            block_backward_input_bf16(c, w, wh, acts, l);
+        else
+            block_backward_input(c, w, acts, l);
+    }
     if (!g->is_first)
         ck(c, cudaMemcpyAsync(dx_in, F(acts, L.d_res[0]), NC * sizeof(float),
                               cudaMemcpyDeviceToDevice, c->stream),
@@ -284,17 +302,12 @@ int cuda_backward_input(void *stage, const void *wv, void *acts, const void *dx_
 
 /* --- backward: W ---------------------------------------------------------------- */
 
-int cuda_backward_weight(void *stage, void *acts, void *gradv, pp_err *e)
+/* Every weight gradient but the embeddings', fp32 storage. */
+static void backward_weight(cuda_stage *c, void *acts, float *grad)
 {
-    cuda_stage *c = S(stage);
     const pp_gpt_stage *g = &c->g;
     const acts_layout &L = c->L;
-    float *grad = (float *)gradv;
-    int C = c->C, nb = g->nblocks;
-    stage_scope in(c);
-    if (status(c, e) < 0)
-        return -1;
-    reclassify(c, gradv, MK_GRADS);
+    int C = c->C;
     if (g->is_last) {
         linear_backward_weight(c, grad + g->head_w, nullptr, F(acts, L.logits), F(acts, L.lnf),
                                C, c->V, c->Vp);
@@ -302,7 +315,7 @@ int cuda_backward_weight(void *stage, void *acts, void *gradv, pp_err *e)
                                   F(acts, L.res_last), F(acts, L.lnf_mean),
                                   F(acts, L.lnf_rstd));
     }
-    for (int l = nb - 1; l >= 0; l--) {
+    for (int l = g->nblocks - 1; l >= 0; l--) {
         const pp_gpt_block_offsets *p = &g->blocks[l];
         const block_layout &a = L.blk[l];
         linear_backward_weight(c, grad + p->proj_w, grad + p->proj_b, F(acts, L.d_res[l + 1]),
@@ -318,6 +331,23 @@ int cuda_backward_weight(void *stage, void *acts, void *gradv, pp_err *e)
         layernorm_backward_weight(c, grad + p->ln1_w, grad + p->ln1_b, F(acts, a.d_ln1),
                                   F(acts, a.res_in), F(acts, a.ln1_mean), F(acts, a.ln1_rstd));
     }
+}
+
+int cuda_backward_weight(void *stage, void *acts, void *gradv, pp_err *e)
+{
+    cuda_stage *c = S(stage);
+    const pp_gpt_stage *g = &c->g;
+    const acts_layout &L = c->L;
+    float *grad = (float *)gradv;
+    int C = c->C;
+    stage_scope in(c);
+    if (status(c, e) < 0)
+        return -1;
+    reclassify(c, gradv, MK_GRADS);
+    if (c->bf16)
+        backward_weight_bf16(c, acts, grad);
+    else
+        backward_weight(c, acts, grad);
     if (g->is_first) {
         const float *dx = F(acts, L.d_res[0]);
         k_embed_backward_wte(grad + g->wte, dx, I(acts, L.perm), I(acts, L.seg_start),

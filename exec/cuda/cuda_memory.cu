@@ -91,11 +91,24 @@ static size_t take(size_t *off, size_t n)
     return at;
 }
 
+/* n elements of a product's operand: bf16 (half the slots) on bf16
+ * storage, fp32 otherwise. */
+static size_t take_op(const cuda_stage *c, size_t *off, size_t n)
+{
+    return take(off, c->bf16 ? (n + 1) / 2 : n);
+}
+
 /* The attention path must be chosen (attention_init): cuBLAS keeps the
  * probabilities, B H T^2 floats a block, cuDNN one log-sum-exp per score
  * row, B H T. (cuDNN's bf16 operands are scratch of the stage, converted
  * again from qkv and atty for the backward: keeping them here would cost
- * 8 N C bytes a block to save converting 4 N C floats once more.) */
+ * 8 N C bytes a block to save converting 4 N C floats once more.)
+ * On bf16 storage (take_op) what feeds or leaves a product is bf16: ln1,
+ * qkv, atty, ln2, fc (the GELU pre-activation), fcg, lnf and their
+ * gradients d_ln1, d_qkv, d_res_mid, d_ln2, d_fc, d_lnf (d_res_mid: what the
+ * W pass reads; I keeps it in fp32 scratch); the residual stream res_*, its
+ * gradients d_res, LayerNorm's statistics and the losses stay fp32. The
+ * logits (then probabilities, then d logits) are bf16 too. */
 void build_layout(cuda_stage *c)
 {
     const pp_gpt_stage *g = &c->g;
@@ -117,28 +130,28 @@ void build_layout(cuda_stage *c)
     for (int l = 0; l < g->nblocks; l++) {
         block_layout &b = L.blk[l];
         b.res_in = take(&off, NC);
-        b.ln1 = take(&off, NC);
+        b.ln1 = take_op(c, &off, NC);
         b.ln1_mean = take(&off, N);
         b.ln1_rstd = take(&off, N);
-        b.qkv = take(&off, 3 * NC);
+        b.qkv = take_op(c, &off, 3 * NC);
         b.att = cudnn ? 0 : take(&off, rows * c->T);
         b.stats = cudnn ? take(&off, rows) : 0;
-        b.atty = take(&off, NC);
+        b.atty = take_op(c, &off, NC);
         b.res_mid = take(&off, NC);
-        b.ln2 = take(&off, NC);
+        b.ln2 = take_op(c, &off, NC);
         b.ln2_mean = take(&off, N);
         b.ln2_rstd = take(&off, N);
-        b.fc = take(&off, 4 * NC);
-        b.fcg = take(&off, 4 * NC);
+        b.fc = take_op(c, &off, 4 * NC);
+        b.fcg = take_op(c, &off, 4 * NC);
     }
     L.res_last = L.lnf = L.lnf_mean = L.lnf_rstd = L.logits = L.losses = 0;
     if (g->is_last) {
         L.res_last = take(&off, NC);
-        L.lnf = take(&off, NC);
+        L.lnf = take_op(c, &off, NC);
         L.lnf_mean = take(&off, N);
         L.lnf_rstd = take(&off, N);
         /* [N][Vp]: logits, probabilities, then d logits */
-        L.logits = take(&off, N * (size_t)c->Vp);
+        L.logits = take_op(c, &off, N * (size_t)c->Vp);
         L.losses = take(&off, N);
     }
     /* Gradients saved by I for W. */
@@ -147,13 +160,13 @@ void build_layout(cuda_stage *c)
         L.d_res[l] = take(&off, NC);
     for (int l = 0; l < g->nblocks; l++) {
         block_layout &b = L.blk[l];
-        b.d_ln1 = take(&off, NC);
-        b.d_qkv = take(&off, 3 * NC);
-        b.d_res_mid = take(&off, NC);
-        b.d_ln2 = take(&off, NC);
-        b.d_fc = take(&off, 4 * NC);
+        b.d_ln1 = take_op(c, &off, NC);
+        b.d_qkv = take_op(c, &off, 3 * NC);
+        b.d_res_mid = take_op(c, &off, NC);
+        b.d_ln2 = take_op(c, &off, NC);
+        b.d_fc = take_op(c, &off, 4 * NC);
     }
-    L.d_lnf = g->is_last ? take(&off, NC) : 0;
+    L.d_lnf = g->is_last ? take_op(c, &off, NC) : 0;
     L.total = off;
 }
 
@@ -173,6 +186,8 @@ void *cuda_alloc(void *stage, size_t bytes)
         kind = MK_ACTS;
     else if (bytes == c->g.nparams * sizeof(float))
         kind = MK_WEIGHTS;
+    if (kind == MK_WEIGHTS) /* a new buffer where an old one had a shadow */
+        weights_written();
     return dev_alloc(c, bytes, kind);
 }
 

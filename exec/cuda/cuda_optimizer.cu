@@ -59,6 +59,7 @@ int cuda_optimizer_update(void *stage, void *w, void *grad, const pp_opt_step *s
     if (status(c, e) < 0)
         return -1;
     reclassify(c, grad, MK_GRADS);
+    weights_written();
     o.t++; /* every update is one AdamW step, Muon's included (cpu_optim.c) */
     if (np && step->grad_scale != 1.0f) {
         k_scale((float *)grad, step->grad_scale, np, c->stream);

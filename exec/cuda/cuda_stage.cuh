@@ -4,6 +4,7 @@
 #ifndef PP_CUDA_STAGE_CUH
 #define PP_CUDA_STAGE_CUH
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cusolverDn.h>
@@ -92,6 +93,15 @@ struct cuda_optim {
 };
 
 struct cudnn_attention; /* cuda_attention_cudnn.cu */
+struct lt_plan;         /* cuda_lt.cu */
+
+/* A bf16 copy of one fp32 weight buffer (cuda_lt.cu): fresh while the
+ * weight generation (weights_written) is the one it was made at. */
+struct weight_shadow {
+    const float *src;
+    __nv_bfloat16 *h; /* nparams, every tensor at its fp32 offset */
+    unsigned long long gen, used;
+};
 
 struct cuda_stage {
     pp_gpt_stage g; /* tensor table and sizes; its host scratch is freed */
@@ -109,6 +119,18 @@ struct cuda_stage {
     cublasHandle_t blas;
     cublasComputeType_t compute;
     const char *math;
+    /* bf16 storage (math "bf16"): the products take bf16 operands through
+     * cuBLASLt (cuda_lt.cu) and the activations that feed them are bf16;
+     * fp32 master weights, gradients and optimizer state. False: fp32
+     * storage, the CPU's arithmetic. */
+    bool bf16;
+    cublasLtHandle_t lt;
+    std::vector<lt_plan *> lt_plans;
+    std::vector<weight_shadow> shadows;
+    unsigned long long shadow_tick;
+    __nv_bfloat16 *hs;  /* bf16 scratch, 2 N C: converted douts, attention's dy */
+    __nv_bfloat16 *h1;  /* N ones, the bias gradients of bf16 douts */
+    float *att32;       /* 7 N C, cuBLAS attention on bf16 storage */
     /* "cublas" or "cudnn" (PPSCHED_CUDA_ATTENTION, cuda_attention.cu); the
      * cuDNN graphs and scratch when cudnn; why cuDNN was asked for and not
      * taken, or "" */
@@ -200,6 +222,12 @@ inline int *I(void *acts, size_t off)
     return (int *)acts + off;
 }
 
+/* A bf16 region of an activation buffer (offsets stay in 4-byte units). */
+inline __nv_bfloat16 *H(void *acts, size_t off)
+{
+    return (__nv_bfloat16 *)((float *)acts + off);
+}
+
 inline cuda_stage *S(void *p)
 {
     return (cuda_stage *)p;
@@ -220,6 +248,10 @@ void attention_release(cuda_stage *c);
 void attention_forward(cuda_stage *c, void *acts, const block_layout &a);
 /* d_qkv of block a (overwritten) from dy [B][T][C]. */
 void attention_backward(cuda_stage *c, void *acts, const block_layout &a, const float *dy);
+/* The same on bf16 storage (qkv, atty, d_qkv bf16; dy bf16 [B][T][C]). */
+void attention_forward_bf16(cuda_stage *c, void *acts, const block_layout &a);
+void attention_backward_bf16(cuda_stage *c, void *acts, const block_layout &a,
+                             const __nv_bfloat16 *dy);
 
 #ifdef PPSCHED_HAVE_CUDNN
 /* cuda_attention_cudnn.cu: the fused attention graphs of the stage's
@@ -232,7 +264,57 @@ void cudnn_attention_forward(cuda_stage *c, float *y, float *stats, const float 
 /* dqkv (overwritten) from dy, with the forward's qkv, y and stats. */
 void cudnn_attention_backward(cuda_stage *c, float *dqkv, const float *dy, const float *qkv,
                               const float *y, const float *stats);
+/* The same on bf16 storage: no conversions. */
+void cudnn_attention_forward_bf16(cuda_stage *c, __nv_bfloat16 *y, float *stats,
+                                  const __nv_bfloat16 *qkv);
+void cudnn_attention_backward_bf16(cuda_stage *c, __nv_bfloat16 *dqkv, const __nv_bfloat16 *dy,
+                                   const __nv_bfloat16 *qkv, const __nv_bfloat16 *y,
+                                   const float *stats);
 #endif
+
+/* --- bf16 storage (cuda_lt.cu, cuda_layers_bf16.cu) -------------------- */
+
+typedef __nv_bfloat16 bf16;
+
+/* One cuBLASLt product, column-major: D = op(A) op(B) (+ beta C) with the
+ * epilogue; A and B bf16, fp32 accumulation and scale, D (and C) of type
+ * dt, ld in elements. C is D's own layout; cm NULL: C = D. bias has D's
+ * type; aux (bf16, m x n, ld m) is the GELU pre-activation. */
+struct lt_args {
+    cublasOperation_t ta, tb;
+    int m, n, k;
+    const bf16 *A;
+    int lda;
+    const bf16 *B;
+    int ldb;
+    float beta;
+    const void *Cm;
+    void *D;
+    cudaDataType_t dt;
+    int ldd;
+    cublasLtEpilogue_t epi;
+    const void *bias;
+    bf16 *aux;
+};
+void lt_matmul(cuda_stage *c, const lt_args &a);
+/* Creates the stage's cuBLASLt handle and scratch; false on failure (e). */
+bool lt_init(cuda_stage *c, pp_err *e);
+void lt_release(cuda_stage *c);
+/* out[cols] += column sums of x[rows][cols] (bf16), in fp32. */
+void colsum_bf16(cuda_stage *c, float *out, const bf16 *x, int rows, int cols);
+/* The bf16 shadow of weight buffer w, re-made when stale. */
+const bf16 *weights_bf16(cuda_stage *c, const float *w);
+/* Every shadow is stale: a weight buffer may have been written. */
+void weights_written();
+
+/* cuda_layers_bf16.cu: the block and head products on bf16 storage. */
+void block_forward_bf16(cuda_stage *c, const float *w, const bf16 *wh, void *acts, int l,
+                        float *out);
+void head_forward_bf16(cuda_stage *c, const float *w, const bf16 *wh, void *acts);
+void block_backward_input_bf16(cuda_stage *c, const float *w, const bf16 *wh, void *acts, int l);
+void head_backward_input_bf16(cuda_stage *c, const float *w, const bf16 *wh, void *acts,
+                              float loss_scale);
+void backward_weight_bf16(cuda_stage *c, void *acts, float *grad);
 
 /* --- Muon (cuda_muon.cu) ------------------------------------------------ */
 

@@ -11,6 +11,25 @@
 
 #define PP_LN_EPS 1e-5f
 
+/* For the kernels (kernels_*.cu): loads and stores of fp32 or bf16, the
+ * two storages of the activations. */
+__device__ __forceinline__ float ld32(float v)
+{
+    return v;
+}
+__device__ __forceinline__ float ld32(__nv_bfloat16 v)
+{
+    return __bfloat162float(v);
+}
+__device__ __forceinline__ void st(float *p, float v)
+{
+    *p = v;
+}
+__device__ __forceinline__ void st(__nv_bfloat16 *p, float v)
+{
+    *p = __float2bfloat16(v);
+}
+
 /* x[N][C] = wte[tokens[n]] + wpe[n % T]. */
 void k_embed_forward(float *x, const int *tokens, const float *wte, const float *wpe, int B,
                      int T, int C, cudaStream_t s);
@@ -25,13 +44,21 @@ void k_embed_backward_wte(float *dwte, const float *dx, const int *perm, const i
 /* out = (x - mean) * rstd * w + b per row; mean, rstd saved. */
 void k_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w,
                          const float *b, int N, int C, cudaStream_t s);
+/* The same, out in bf16 (bf16 storage). */
+void k_layernorm_forward(__nv_bfloat16 *out, float *mean, float *rstd, const float *x,
+                         const float *w, const float *b, int N, int C, cudaStream_t s);
 /* dx = (dres ? dres : 0) + dLN/dx applied to dout (dx may equal dres). */
 void k_layernorm_backward_input(float *dx, const float *dres, const float *dout, const float *x,
                                 const float *mean, const float *rstd, const float *w, int N,
                                 int C, cudaStream_t s);
+void k_layernorm_backward_input(float *dx, const float *dres, const __nv_bfloat16 *dout,
+                                const float *x, const float *mean, const float *rstd,
+                                const float *w, int N, int C, cudaStream_t s);
 /* out = dout * xhat, the summand of the LayerNorm weight gradient. */
 void k_layernorm_dout_xhat(float *out, const float *dout, const float *x, const float *mean,
                            const float *rstd, int N, int C, cudaStream_t s);
+void k_layernorm_dout_xhat(float *out, const __nv_bfloat16 *dout, const float *x,
+                           const float *mean, const float *rstd, int N, int C, cudaStream_t s);
 
 /* out[n][o] += bias[o] (+ res[n][o] when res). */
 void k_bias_residual(float *out, const float *bias, const float *res, int N, int OC,
@@ -59,6 +86,11 @@ void k_xent_forward(float *logits, float *losses, const int *targets, int N, int
 void k_mean(float *out, const float *losses, int N, cudaStream_t s);
 /* probs -> (probs - onehot(target)) * k in place (rows ld apart). */
 void k_xent_backward(float *probs, const int *targets, int N, int V, int ld, float k,
+                     cudaStream_t s);
+/* The same on bf16 logits (bf16 storage). */
+void k_xent_forward(__nv_bfloat16 *logits, float *losses, const int *targets, int N, int V,
+                    int ld, cudaStream_t s);
+void k_xent_backward(__nv_bfloat16 *probs, const int *targets, int N, int V, int ld, float k,
                      cudaStream_t s);
 
 /* --- optimizers (kernels_optim.cu) --- */

@@ -1,6 +1,7 @@
 /* Softmax kernels of the CUDA backend: the causal attention softmax and its
  * backward, and the output layer's softmax + cross-entropy. The score and
- * value products themselves are cuBLAS batched GEMMs (cuda_attention.cu). */
+ * value products themselves are cuBLAS batched GEMMs (cuda_attention.cu).
+ * The cross-entropy reads fp32 or (bf16 storage) bf16 logits, in fp32. */
 #include "kernels.cuh"
 
 #include <cmath>
@@ -89,22 +90,23 @@ __global__ void softmax_causal_backward(float *datt, const float *att, size_t ro
 }
 
 /* One block per row of V logits, rows ld apart. */
-__global__ void xent_forward(float *logits, float *losses, const int *targets, int V, int ld)
+template <typename T>
+__global__ void xent_forward(T *logits, float *losses, const int *targets, int V, int ld)
 {
     __shared__ float sh[32];
-    float *x = logits + (size_t)blockIdx.x * ld;
-    float target_logit = x[targets[blockIdx.x]];
+    T *x = logits + (size_t)blockIdx.x * ld;
+    float target_logit = ld32(x[targets[blockIdx.x]]);
     float mx = -INFINITY;
     for (int v = threadIdx.x; v < V; v += blockDim.x)
-        mx = fmaxf(mx, x[v]);
+        mx = fmaxf(mx, ld32(x[v]));
     mx = block_max(mx, sh);
     float sum = 0.0f;
     for (int v = threadIdx.x; v < V; v += blockDim.x)
-        sum += expf(x[v] - mx);
+        sum += expf(ld32(x[v]) - mx);
     sum = block_sum(sum, sh);
     float inv = 1.0f / sum;
     for (int v = threadIdx.x; v < V; v += blockDim.x)
-        x[v] = expf(x[v] - mx) * inv;
+        st(x + v, expf(ld32(x[v]) - mx) * inv);
     if (threadIdx.x == 0)
         losses[blockIdx.x] = logf(sum) + mx - target_logit;
 }
@@ -128,16 +130,16 @@ __global__ void mean_kernel(float *out, const float *x, int n)
 }
 
 /* Over the N x V entries, rows ld apart (the padding left alone). */
-__global__ void xent_backward(float *probs, const int *targets, int V, int ld, float k,
-                              size_t total)
+template <typename T>
+__global__ void xent_backward(T *probs, const int *targets, int V, int ld, float k, size_t total)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         size_t n = i / V;
         int v = (int)(i % V);
-        float *p = probs + n * ld + v;
-        float d = *p * k;
-        *p = v == targets[n] ? d - k : d;
+        T *p = probs + n * ld + v;
+        float d = ld32(*p) * k;
+        st(p, v == targets[n] ? d - k : d);
     }
 }
 
@@ -178,6 +180,20 @@ void k_mean(float *out, const float *losses, int N, cudaStream_t s)
 }
 
 void k_xent_backward(float *probs, const int *targets, int N, int V, int ld, float k,
+                     cudaStream_t s)
+{
+    size_t total = (size_t)N * V;
+    xent_backward<<<grid_for(total), kThreads, 0, s>>>(probs, targets, V, ld, k, total);
+}
+
+void k_xent_forward(__nv_bfloat16 *logits, float *losses, const int *targets, int N, int V,
+                    int ld, cudaStream_t s)
+{
+    int threads = V >= 4096 ? 1024 : kThreads;
+    xent_forward<<<N, threads, 0, s>>>(logits, losses, targets, V, ld);
+}
+
+void k_xent_backward(__nv_bfloat16 *probs, const int *targets, int N, int V, int ld, float k,
                      cudaStream_t s)
 {
     size_t total = (size_t)N * V;

@@ -1,6 +1,8 @@
 /* Elementwise and per-row kernels of the CUDA backend: embeddings,
  * LayerNorm, bias and residual, GELU (the optimizers' are in
- * kernels_optim.cu). fp32 throughout, the same formulas as gpt_cpu.c. */
+ * kernels_optim.cu). fp32 arithmetic, the same formulas as gpt_cpu.c;
+ * on bf16 storage LayerNorm writes its output and reads its output's
+ * gradient in bf16 (templates whose fp32 instances are the fp32 path). */
 #include "kernels.cuh"
 
 #include <cstdint>
@@ -66,7 +68,8 @@ __global__ void embed_backward_wte(float *dwte, const float *dx, const int *perm
 }
 
 /* One warp per row. */
-__global__ void layernorm_forward(float *out, float *mean, float *rstd, const float *x,
+template <typename To>
+__global__ void layernorm_forward(To *out, float *mean, float *rstd, const float *x,
                                   const float *w, const float *b, int N, int C)
 {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -83,16 +86,17 @@ __global__ void layernorm_forward(float *out, float *mean, float *rstd, const fl
         v += d * d;
     }
     float rs = 1.0f / sqrtf(warp_sum(v) / C + PP_LN_EPS);
-    float *o = out + (size_t)row * C;
+    To *o = out + (size_t)row * C;
     for (int c = lane; c < C; c += 32)
-        o[c] = (xr[c] - m) * rs * w[c] + b[c];
+        st(o + c, (xr[c] - m) * rs * w[c] + b[c]);
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = rs;
     }
 }
 
-__global__ void layernorm_backward_input(float *dx, const float *dres, const float *dout,
+template <typename Td>
+__global__ void layernorm_backward_input(float *dx, const float *dres, const Td *dout,
                                          const float *x, const float *mean, const float *rstd,
                                          const float *w, int N, int C)
 {
@@ -100,10 +104,11 @@ __global__ void layernorm_backward_input(float *dx, const float *dres, const flo
     if (row >= N)
         return;
     size_t base = (size_t)row * C;
-    const float *xr = x + base, *dr = dout + base;
+    const float *xr = x + base;
+    const Td *dr = dout + base;
     float m = mean[row], rs = rstd[row], s1 = 0.0f, s2 = 0.0f;
     for (int c = lane; c < C; c += 32) {
-        float dxhat = dr[c] * w[c];
+        float dxhat = ld32(dr[c]) * w[c];
         s1 += dxhat;
         s2 += dxhat * (xr[c] - m) * rs;
     }
@@ -111,18 +116,19 @@ __global__ void layernorm_backward_input(float *dx, const float *dres, const flo
     s2 = warp_sum(s2) / C;
     for (int c = lane; c < C; c += 32) {
         float xhat = (xr[c] - m) * rs;
-        float g = rs * (dr[c] * w[c] - s1 - xhat * s2);
+        float g = rs * (ld32(dr[c]) * w[c] - s1 - xhat * s2);
         dx[base + c] = (dres ? dres[base + c] : 0.0f) + g;
     }
 }
 
-__global__ void layernorm_dout_xhat(float *out, const float *dout, const float *x,
+template <typename Td>
+__global__ void layernorm_dout_xhat(float *out, const Td *dout, const float *x,
                                     const float *mean, const float *rstd, int C, size_t total)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         size_t n = i / C;
-        out[i] = dout[i] * ((x[i] - mean[n]) * rstd[n]);
+        out[i] = ld32(dout[i]) * ((x[i] - mean[n]) * rstd[n]);
     }
 }
 
@@ -200,25 +206,62 @@ void k_embed_backward_wte(float *dwte, const float *dx, const int *perm, const i
     embed_backward_wte<<<N, threads, 0, s>>>(dwte, dx, perm, seg_start, seg_token, nseg, C);
 }
 
-void k_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w,
-                         const float *b, int N, int C, cudaStream_t s)
+template <typename To>
+static void layernorm_forward_launch(To *out, float *mean, float *rstd, const float *x,
+                                     const float *w, const float *b, int N, int C,
+                                     cudaStream_t s)
 {
     int rows_per_block = kThreads / 32;
     layernorm_forward<<<(N + rows_per_block - 1) / rows_per_block, kThreads, 0, s>>>(
         out, mean, rstd, x, w, b, N, C);
 }
 
-void k_layernorm_backward_input(float *dx, const float *dres, const float *dout, const float *x,
-                                const float *mean, const float *rstd, const float *w, int N,
-                                int C, cudaStream_t s)
+void k_layernorm_forward(float *out, float *mean, float *rstd, const float *x, const float *w,
+                         const float *b, int N, int C, cudaStream_t s)
+{
+    layernorm_forward_launch(out, mean, rstd, x, w, b, N, C, s);
+}
+
+void k_layernorm_forward(__nv_bfloat16 *out, float *mean, float *rstd, const float *x,
+                         const float *w, const float *b, int N, int C, cudaStream_t s)
+{
+    layernorm_forward_launch(out, mean, rstd, x, w, b, N, C, s);
+}
+
+template <typename Td>
+static void layernorm_backward_launch(float *dx, const float *dres, const Td *dout,
+                                      const float *x, const float *mean, const float *rstd,
+                                      const float *w, int N, int C, cudaStream_t s)
 {
     int rows_per_block = kThreads / 32;
     layernorm_backward_input<<<(N + rows_per_block - 1) / rows_per_block, kThreads, 0, s>>>(
         dx, dres, dout, x, mean, rstd, w, N, C);
 }
 
+void k_layernorm_backward_input(float *dx, const float *dres, const float *dout, const float *x,
+                                const float *mean, const float *rstd, const float *w, int N,
+                                int C, cudaStream_t s)
+{
+    layernorm_backward_launch(dx, dres, dout, x, mean, rstd, w, N, C, s);
+}
+
+void k_layernorm_backward_input(float *dx, const float *dres, const __nv_bfloat16 *dout,
+                                const float *x, const float *mean, const float *rstd,
+                                const float *w, int N, int C, cudaStream_t s)
+{
+    layernorm_backward_launch(dx, dres, dout, x, mean, rstd, w, N, C, s);
+}
+
 void k_layernorm_dout_xhat(float *out, const float *dout, const float *x, const float *mean,
                            const float *rstd, int N, int C, cudaStream_t s)
+{
+    size_t total = (size_t)N * C;
+    layernorm_dout_xhat<<<grid_for(total), kThreads, 0, s>>>(out, dout, x, mean, rstd, C,
+                                                             total);
+}
+
+void k_layernorm_dout_xhat(float *out, const __nv_bfloat16 *dout, const float *x,
+                           const float *mean, const float *rstd, int N, int C, cudaStream_t s)
 {
     size_t total = (size_t)N * C;
     layernorm_dout_xhat<<<grid_for(total), kThreads, 0, s>>>(out, dout, x, mean, rstd, C,
