@@ -136,8 +136,9 @@ static double action_time(engine *g, const pp_action *a, double now)
 }
 
 /* Opens one timed action of the rank (the hints, metrics and timeline). */
-static inline __attribute__((always_inline)) int record(engine *g, pp_timed_action *ta, const pp_action *a, double now, double end,
-                  int overlapped, pp_err *e)
+static inline __attribute__((always_inline)) int record(engine *g, pp_timed_action *ta,
+                                                        const pp_action *a, double now,
+                                                        double end, int overlapped, pp_err *e)
 {
     stage_state *st = &g->st[a->stage];
     ta->act = *a;
@@ -324,12 +325,15 @@ static int report_deadlock(engine *g, pp_err *e)
         else
             snprintf(where, sizeof where, "stage %d", s);
         if (a->op == PP_OP_BARRIER)
-            return pp_errf(e, "deadlock: %s stalls at action %llu \"BARRIER\" waiting for the other %ss",
+            return pp_errf(e, "deadlock: %s stalls at action %llu \"BARRIER\" waiting for the "
+                              "other %ss",
                            where, index, multi ? "rank" : "stage");
         if (a->op == PP_OP_F)
-            return pp_errf(e, "deadlock: %s stalls at action %llu \"%s\" waiting for F%d on stage %d",
+            return pp_errf(e, "deadlock: %s stalls at action %llu \"%s\" waiting for F%d on "
+                              "stage %d",
                            where, index, buf, a->mb, s - 1);
-        return pp_errf(e, "deadlock: %s stalls at action %llu \"%s\" waiting for the gradient of micro-batch %d from stage %d",
+        return pp_errf(e, "deadlock: %s stalls at action %llu \"%s\" waiting for the gradient of "
+                          "micro-batch %d from stage %d",
                        where, index, buf, a->mb, s + 1);
     }
     return 0;

@@ -2,7 +2,8 @@
  * runs its chunks of the model in the rank's order. Synchronous schedules
  * (interleaved 1F1B, looped BFS, ZB-H1, ZB-V, DualPipeV) apply exactly the
  * updates of unpipelined training; the measured run's weight versions
- * equal the simulator's, asynchronous chunked PACI and PipeDream-2BW too; a run that cannot be done says so in one line. */
+ * equal the simulator's, asynchronous chunked PACI and PipeDream-2BW too; a
+ * run that cannot be done says so in one line. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
