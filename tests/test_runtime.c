@@ -236,28 +236,6 @@ START_TEST(split_backward_equals_full)
 }
 END_TEST
 
-/* Checkpoint blobs captured in memory by the test. */
-typedef struct {
-    int K, P;
-    void **blobs;
-    size_t *sizes;
-    double tokens;
-} captured;
-
-static int capture(void *ctx, int K, void **blobs, size_t *sizes, double tokens, pp_err *e)
-{
-    (void)e;
-    captured *c = ctx;
-    c->K = K;
-    c->tokens = tokens;
-    for (int s = 0; s < c->P; s++) {
-        c->blobs[s] = malloc(sizes[s]);
-        memcpy(c->blobs[s], blobs[s], sizes[s]);
-        c->sizes[s] = sizes[s];
-    }
-    return 0;
-}
-
 /* Stopped after update K and resumed: the losses after K are those of the
  * uninterrupted run, bit for bit. */
 static void check_resume(const char *name, int P, int m, int S, int K, double clip)
@@ -274,11 +252,11 @@ static void check_resume(const char *name, int P, int m, int S, int K, double cl
     ck_assert_msg(pp_cut_plan(&ir, K, &cut, &e) == 0, "%s: %s", name, e.msg);
     void *blobs[8];
     size_t sizes[8];
-    captured cap = {0, P, blobs, sizes, 0};
+    test_captured cap = {0, P, blobs, sizes, 0};
     c.cuts = &cut;
     c.ncuts = 1;
     c.stop_cut = 0;
-    c.on_checkpoint = capture;
+    c.on_checkpoint = test_capture;
     c.on_checkpoint_ctx = &cap;
     pp_run_result first;
     ck_assert_msg(pp_run(&c, &first, &e) == 0, "%s", e.msg);

@@ -12,6 +12,7 @@
 
 #include "engine.h"
 #include "registry.h"
+#include "runtime/cut.h"
 #include "runtime/runtime.h"
 #include "synth_data.h"
 #include "test_support.h"
@@ -228,6 +229,66 @@ START_TEST(barriers_meet_once_per_rank)
 }
 END_TEST
 
+/* Stopped after update K and resumed: the losses after K are those of the
+ * uninterrupted run, bit for bit, with several stages per rank too (each
+ * stage saved at its own cut; the rank stops once all of its stages are
+ * there, and on resume skips, stage by stage, what each did before). */
+static void check_resume(const char *name, int R, int V, int m, int S, int K)
+{
+    pp_model_desc md = small_model();
+    pp_schedule ir = gen(name, R, V, m, S);
+    int P = ir.info.stages;
+    pp_err e = {{0}};
+    pp_run_config c = test_run_config(&ir, &md, &pp_backend_cpu, 60);
+    pp_run_result full;
+    ck_assert_msg(pp_run(&c, &full, &e) == 0, "%s", e.msg);
+    pp_cut cut;
+    ck_assert_msg(pp_cut_plan(&ir, K, &cut, &e) == 0, "%s: %s", name, e.msg);
+    void *blobs[8];
+    size_t sizes[8];
+    test_captured cap = {0, P, blobs, sizes, 0};
+    c.cuts = &cut;
+    c.ncuts = 1;
+    c.stop_cut = 0;
+    c.on_checkpoint = test_capture;
+    c.on_checkpoint_ctx = &cap;
+    pp_run_result first;
+    ck_assert_msg(pp_run(&c, &first, &e) == 0, "%s: %s", name, e.msg);
+    ck_assert_int_eq(cap.K, K);
+    pp_run_config c2 = test_run_config(&ir, &md, &pp_backend_cpu, 60);
+    c2.seed = 999; /* must not matter: the weights come from the checkpoint */
+    c2.resume_blobs = blobs;
+    c2.resume_sizes = sizes;
+    c2.resume_tokens = cap.tokens;
+    pp_run_result second;
+    ck_assert_msg(pp_run(&c2, &second, &e) == 0, "%s: %s", name, e.msg);
+    ck_assert_int_eq(first.steps, K);
+    ck_assert_int_eq(second.steps, full.steps - K);
+    for (int i = 0; i < K; i++)
+        ck_assert(first.step_loss[i] == full.step_loss[i]);
+    for (int i = 0; i < second.steps; i++)
+        ck_assert_msg(second.step_loss[i] == full.step_loss[K + i],
+                      "%s: step %d after resume: %.9g vs %.9g", name, K + i + 1,
+                      second.step_loss[i], full.step_loss[K + i]);
+    for (int s = 0; s < P; s++)
+        free(blobs[s]);
+    pp_run_result_free(&full);
+    pp_run_result_free(&first);
+    pp_run_result_free(&second);
+    pp_cut_free(&cut, P);
+    pp_schedule_free(&ir);
+}
+
+START_TEST(resume_with_several_stages_per_rank_is_bit_identical)
+{
+    check_resume("interleaved-1f1b", 2, 2, 4, 4, 2);
+    check_resume("zbv", 2, 2, 4, 4, 1);
+    check_resume("dualpipev", 2, 2, 4, 4, 3);
+    check_resume("paci", 2, 2, 2, 6, 3);
+    check_resume("pipedream-2bw", 2, 2, 4, 5, 2);
+}
+END_TEST
+
 /* What the runtime cannot do yet with several stages per rank is refused
  * before any work, in one line. */
 START_TEST(unsupported_runs_are_refused)
@@ -255,6 +316,7 @@ int main(void)
     tcase_add_test(t, measured_timeline_has_ranks_and_versions);
     tcase_add_test(t, global_clip_with_several_stages_per_rank);
     tcase_add_test(t, barriers_meet_once_per_rank);
+    tcase_add_test(t, resume_with_several_stages_per_rank_is_bit_identical);
     tcase_add_test(t, unsupported_runs_are_refused);
     tcase_add_test(t, a_rank_hands_over_to_its_own_stages_without_a_link);
     suite_add_tcase(su, t);

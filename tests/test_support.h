@@ -4,6 +4,7 @@
 
 #include <check.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
@@ -41,6 +42,31 @@ static inline pp_schedule test_generate(const char *name, pp_gen_opts o)
     ck_assert_msg(pp_schedule_validate(&s, &e) == 0, "%s R=%d V=%d m=%d S=%d: %s", name,
                   o.stages, o.chunks, o.microbatches, o.steps, e.msg);
     return s;
+}
+
+/* Checkpoint blobs captured in memory (pp_run_config.on_checkpoint =
+ * test_capture, on_checkpoint_ctx = a test_captured): blobs and sizes
+ * have room for P stages; the caller frees the blobs. */
+typedef struct {
+    int K, P;
+    void **blobs;
+    size_t *sizes;
+    double tokens;
+} test_captured;
+
+static inline int test_capture(void *ctx, int K, void **blobs, size_t *sizes, double tokens,
+                               pp_err *e)
+{
+    (void)e;
+    test_captured *c = ctx;
+    c->K = K;
+    c->tokens = tokens;
+    for (int s = 0; s < c->P; s++) {
+        c->blobs[s] = malloc(sizes[s]);
+        memcpy(c->blobs[s], blobs[s], sizes[s]);
+        c->sizes[s] = sizes[s];
+    }
+    return 0;
 }
 
 /* The tiny preset resized: L blocks of width C, H heads, sequence T,

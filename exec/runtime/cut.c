@@ -57,13 +57,41 @@ static int mark_link(const pp_schedule *s, pp_cut *cut, const positions *pos, in
     return 0;
 }
 
+/* With several stages per rank, each stage's own actions in its rank's
+ * order: the positions of a cut count a stage's actions, as the runtime's
+ * cursor of the stage does. */
+static int stage_lists(const pp_schedule *s, pp_schedule *out, pp_err *e)
+{
+    pp_stream *st, *view;
+    if (pp_stream_from_schedule(s, &st, e) < 0)
+        return -1;
+    int rc = pp_stream_stage_view(st, &view, e);
+    pp_stream_free(st);
+    if (rc < 0)
+        return -1;
+    rc = pp_schedule_from_stream(view, out, e);
+    pp_stream_free(view);
+    return rc;
+}
+
 int pp_cut_plan(const pp_schedule *s, int K, pp_cut *cut, pp_err *e)
 {
-    int P = s->info.stages;
     memset(cut, 0, sizeof *cut);
-    if (pp_multi_stage(&s->info)) /* the positions below are per stage list */
-        return pp_errf(e, "checkpoints of a schedule with several stages per rank are not "
-                          "supported yet");
+    if (pp_multi_stage(&s->info)) {
+        for (int r = 0; r < s->info.ranks; r++)
+            for (size_t i = 0; i < s->rank[r].count; i++)
+                if (s->rank[r].items[i].op == PP_OP_BARRIER) /* a BARRIER counts once per rank */
+                    return pp_errf(e, "checkpoints of a schedule with several stages per rank "
+                                      "and BARRIERs are not supported (rank %d, action %zu)",
+                                   r, i);
+        pp_schedule lists;
+        if (stage_lists(s, &lists, e) < 0)
+            return -1;
+        int rc = pp_cut_plan(&lists, K, cut, e);
+        pp_schedule_free(&lists);
+        return rc;
+    }
+    int P = s->info.stages;
     cut->K = K;
     cut->pos = calloc((size_t)P, sizeof *cut->pos);
     cut->keep = calloc((size_t)P, sizeof *cut->keep);

@@ -115,9 +115,6 @@ static int check_config(const run *r, pp_err *e)
     if (pp_multi_stage(&r->info) && r->nloc < r->P)
         return pp_errf(e, "a schedule with several stages per rank runs in one process (all "
                           "%d ranks here) so far", r->info.ranks);
-    if (pp_multi_stage(&r->info) && (c->ncuts || c->resume_blobs))
-        return pp_errf(e, "checkpoints of a schedule with several stages per rank are not "
-                          "supported yet");
     if (r->info.stages / r->info.ranks > PP_MAX_RANK_STAGES)
         return pp_errf(e, "%d stages per rank: at most %d", r->info.stages / r->info.ranks,
                        PP_MAX_RANK_STAGES);
@@ -139,6 +136,18 @@ static int plan_ir(run *r, pp_err *e)
     if (rc == 0 && r->nloc < r->P && r->plan.barrier_stage >= 0)
         rc = pp_errf(e, "stage %d, action %zu: BARRIER needs every stage in one process",
                      r->plan.barrier_stage, r->plan.barrier_pos);
+    return rc;
+}
+
+/* A stage view of the IR, for resuming a schedule whose ranks hold
+ * several stages (runtime_ckpt.c). */
+static int open_stage_view(run *r, pp_err *e)
+{
+    pp_stream *st;
+    if (pp_run_open_ir(r->cfg, &st, e) < 0)
+        return -1;
+    int rc = pp_stream_stage_view(st, &r->stage_view, e);
+    pp_stream_free(st);
     return rc;
 }
 
@@ -288,6 +297,8 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
         rc = pp_clip_init(&r, e);
     if (rc == 0)
         rc = alloc_cuts(&r, e);
+    if (rc == 0 && c->resume_blobs && pp_multi_stage(&r.info))
+        rc = open_stage_view(&r, e);
     if (rc == 0)
         rc = create_stages(&r, &eval_stages, e);
     if (rc == 0)
@@ -323,6 +334,7 @@ int pp_run(const pp_run_config *c, pp_run_result *res, pp_err *e)
     free(r.records);
     pp_ir_plan_free(&r.plan);
     pp_stream_free(r.ir);
+    pp_stream_free(r.stage_view);
     pthread_mutex_destroy(&r.mu);
     pthread_cond_destroy(&r.cv);
     if (rc < 0)

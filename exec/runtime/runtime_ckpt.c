@@ -178,7 +178,13 @@ static int64_t skip_to(stage_rt *s, size_t pos)
 {
     int64_t opts = 0;
     pp_action a;
-    for (; s->pos < pos && pp_stream_next(s->r->ir, s->s, &a); s->pos++)
+    /* several stages per rank: the rank's thread skips the stage's first
+     * pos actions as it meets them (resume_skip); counted here on the
+     * stage's own list */
+    pp_stream *ir = s->r->stage_view ? s->r->stage_view : s->r->ir;
+    if (s->r->stage_view)
+        s->resume_skip = pos;
+    for (; s->pos < pos && pp_stream_next(ir, s->s, &a); s->pos++)
         opts += a.op == PP_OP_OPT;
     return opts;
 }

@@ -43,6 +43,9 @@ typedef struct {
     void *grad;
     pp_mb_table flying;       /* mb -> flying_mb */
     size_t pos;               /* actions of the stage's list done (or skipped on resume) */
+    size_t resume_skip;       /* several stages per rank: actions its rank's thread still
+                                 skips for it on resume */
+    int stopped;              /* reached the cut the run stops at */
     void *x_in, *x_out, *dx_in, *dx_out; /* boundary buffers */
     int *tokens, *targets;
     int updates;
@@ -91,7 +94,9 @@ struct run {
     const pp_run_config *cfg;
     pp_ir_info info;
     int P, N;
-    pp_stream *ir;            /* the stages' cursors: stage s reads only its own */
+    pp_stream *ir;            /* the ranks' cursors: rank r reads only its own */
+    pp_stream *stage_view;    /* several stages per rank, on resume: each stage's own
+                                 list (runtime_ckpt.c skips through it) */
     pp_ir_plan plan;          /* what the IR needs (pp_ir_plan_make) */
     int bad_resume;           /* a resume blob was refused */
     stage_rt *st;

@@ -374,15 +374,33 @@ void *pp_rank_main(void *arg)
     for (int i = 0; i < n && rc == 0; i++)
         if ((rc = stage_begin(&r->st[st[i]])) < 0)
             failed = &r->st[st[i]];
+    /* A stage at the cut the run stops at runs nothing more; the rank
+     * stops once all its stages are there (a cut's consistency means none
+     * still needs what a stopped stage would send). On resume, each stage
+     * first skips the actions it did before its checkpoint. */
+    int stopped = 0;
     pp_action a;
-    while (rc == 0 && pp_stream_next(r->ir, k->rank, &a)) {
-        stage_rt *s = &r->st[a.stage];
-        if ((rc = step(s, &a, &s->err)) < 0)
+    while (rc >= 0 && stopped < n && pp_stream_next(r->ir, k->rank, &a)) {
+        stage_rt *s = &r->st[a.op == PP_OP_BARRIER ? st[0] : a.stage];
+        if (s->resume_skip > 0) {
+            s->resume_skip--;
+            continue;
+        }
+        if (s->stopped)
+            continue;
+        int got = step(s, &a, &s->err);
+        if (got < 0) {
+            rc = got;
             failed = s;
+        } else if (got == 1) {
+            s->stopped = 1;
+            stopped++;
+            rc = 1;
+        }
     }
     for (int i = 0; i < n; i++) {
         stage_rt *s = &r->st[st[i]];
-        stage_finish(s, s == failed ? rc : rc > 0 ? rc : 0, failed && s != failed);
+        stage_finish(s, s == failed ? rc : rc > 0 ? 1 : 0, failed && s != failed);
     }
     return NULL;
 }
