@@ -12,7 +12,6 @@
 
 #include "engine.h"
 #include "registry.h"
-#include "runtime/cut.h"
 #include "runtime/runtime.h"
 #include "synth_data.h"
 #include "test_support.h"
@@ -237,45 +236,7 @@ static void check_resume(const char *name, int R, int V, int m, int S, int K)
 {
     pp_model_desc md = small_model();
     pp_schedule ir = gen(name, R, V, m, S);
-    int P = ir.info.stages;
-    pp_err e = {{0}};
-    pp_run_config c = test_run_config(&ir, &md, &pp_backend_cpu, 60);
-    pp_run_result full;
-    ck_assert_msg(pp_run(&c, &full, &e) == 0, "%s", e.msg);
-    pp_cut cut;
-    ck_assert_msg(pp_cut_plan(&ir, K, &cut, &e) == 0, "%s: %s", name, e.msg);
-    void *blobs[8];
-    size_t sizes[8];
-    test_captured cap = {0, P, blobs, sizes, 0};
-    c.cuts = &cut;
-    c.ncuts = 1;
-    c.stop_cut = 0;
-    c.on_checkpoint = test_capture;
-    c.on_checkpoint_ctx = &cap;
-    pp_run_result first;
-    ck_assert_msg(pp_run(&c, &first, &e) == 0, "%s: %s", name, e.msg);
-    ck_assert_int_eq(cap.K, K);
-    pp_run_config c2 = test_run_config(&ir, &md, &pp_backend_cpu, 60);
-    c2.seed = 999; /* must not matter: the weights come from the checkpoint */
-    c2.resume_blobs = blobs;
-    c2.resume_sizes = sizes;
-    c2.resume_tokens = cap.tokens;
-    pp_run_result second;
-    ck_assert_msg(pp_run(&c2, &second, &e) == 0, "%s: %s", name, e.msg);
-    ck_assert_int_eq(first.steps, K);
-    ck_assert_int_eq(second.steps, full.steps - K);
-    for (int i = 0; i < K; i++)
-        ck_assert(first.step_loss[i] == full.step_loss[i]);
-    for (int i = 0; i < second.steps; i++)
-        ck_assert_msg(second.step_loss[i] == full.step_loss[K + i],
-                      "%s: step %d after resume: %.9g vs %.9g", name, K + i + 1,
-                      second.step_loss[i], full.step_loss[K + i]);
-    for (int s = 0; s < P; s++)
-        free(blobs[s]);
-    pp_run_result_free(&full);
-    pp_run_result_free(&first);
-    pp_run_result_free(&second);
-    pp_cut_free(&cut, P);
+    test_check_resume(&ir, &md, K, 0);
     pp_schedule_free(&ir);
 }
 

@@ -10,6 +10,7 @@
 #include "error.h"
 #include "ir.h"
 #include "registry.h"
+#include "runtime/cut.h"
 #include "runtime/runtime.h"
 #include "synth_data.h"
 
@@ -123,6 +124,57 @@ static inline int run_suite(Suite *suite)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? 1 : 0;
+}
+
+/* Stopped after update K and resumed (CPU backend): the losses after K
+ * are those of the uninterrupted run, bit for bit; clip is --grad-clip.
+ * The schedule has at most 8 stages. */
+static inline void test_check_resume(const pp_schedule *ir, pp_model_desc *md, int K,
+                                     double clip)
+{
+    const char *name = ir->info.name;
+    int P = ir->info.stages;
+    pp_err e = {{0}};
+    pp_run_config c = test_run_config(ir, md, &pp_backend_cpu, 60);
+    c.grad_clip = clip;
+    pp_run_result full;
+    ck_assert_msg(pp_run(&c, &full, &e) == 0, "%s", e.msg);
+    pp_cut cut;
+    ck_assert_msg(pp_cut_plan(ir, K, &cut, &e) == 0, "%s: %s", name, e.msg);
+    void *blobs[8];
+    size_t sizes[8];
+    ck_assert_int_le(P, 8);
+    test_captured cap = {0, P, blobs, sizes, 0};
+    c.cuts = &cut;
+    c.ncuts = 1;
+    c.stop_cut = 0;
+    c.on_checkpoint = test_capture;
+    c.on_checkpoint_ctx = &cap;
+    pp_run_result first;
+    ck_assert_msg(pp_run(&c, &first, &e) == 0, "%s: %s", name, e.msg);
+    ck_assert_int_eq(cap.K, K);
+    pp_run_config c2 = test_run_config(ir, md, &pp_backend_cpu, 60);
+    c2.grad_clip = clip;
+    c2.seed = 999; /* must not matter: the weights come from the checkpoint */
+    c2.resume_blobs = blobs;
+    c2.resume_sizes = sizes;
+    c2.resume_tokens = cap.tokens;
+    pp_run_result second;
+    ck_assert_msg(pp_run(&c2, &second, &e) == 0, "%s: %s", name, e.msg);
+    ck_assert_int_eq(first.steps, K);
+    ck_assert_int_eq(second.steps, full.steps - K);
+    for (int i = 0; i < K; i++)
+        ck_assert(first.step_loss[i] == full.step_loss[i]);
+    for (int i = 0; i < second.steps; i++)
+        ck_assert_msg(second.step_loss[i] == full.step_loss[K + i],
+                      "%s: step %d after resume: %.9g vs %.9g", name, K + i + 1,
+                      second.step_loss[i], full.step_loss[K + i]);
+    for (int s = 0; s < P; s++)
+        free(blobs[s]);
+    pp_run_result_free(&full);
+    pp_run_result_free(&first);
+    pp_run_result_free(&second);
+    pp_cut_free(&cut, P);
 }
 
 #ifdef PP_TEST_NEEDS_GPU
